@@ -1,0 +1,43 @@
+"""kproxy: an HTTP reverse proxy for zero-downtime deploys, on trio and h11.
+
+Embedding::
+
+    proxy = await nursery.start(Proxy(RunOptions(socket_path="", state_dir="", http_port=0)).serve)
+    await proxy.deploy("web", DeploymentOptions(targets=("127.0.0.1:3000",)))
+
+The control protocol is specified in protocol.md.
+"""
+
+from kproxy._version import __version__
+from kproxy.core.commands import Command, parse_command
+from kproxy.core.listing import ServiceInfo
+from kproxy.core.options import DeploymentOptions, RunOptions, ServiceOptions, TargetOptions
+from kproxy.errors import (
+    CommandError,
+    DeployError,
+    DeployTimeout,
+    KProxyError,
+    ServiceNotFound,
+    UsageError,
+)
+from kproxy.runtime.log import Logger
+from kproxy.runtime.proxy import Proxy
+
+__all__ = [
+    "Command",
+    "CommandError",
+    "DeployError",
+    "DeployTimeout",
+    "DeploymentOptions",
+    "KProxyError",
+    "Logger",
+    "Proxy",
+    "RunOptions",
+    "ServiceInfo",
+    "ServiceNotFound",
+    "ServiceOptions",
+    "TargetOptions",
+    "UsageError",
+    "__version__",
+    "parse_command",
+]

@@ -1,0 +1,123 @@
+"""The ``kproxy`` (and ``kamal-proxy``) command: a thin client of the control socket.
+
+``run`` starts the proxy in this process. Every other command is parsed here (so a typo fails
+fast, even with no proxy running), sent as one line to the socket, and its answer printed as it
+streams: progress lines to stdout, then exit 0 on ``OK`` or 1 on ``ERR`` (message on stderr).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from kproxy.core import commands as cmd
+from kproxy.errors import KProxyError, UsageError
+from kproxy.runtime.log import Logger
+from kproxy.runtime.proxy import Proxy
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run_cli(sys.argv[1:] if argv is None else list(argv)))
+
+
+def run_cli(argv: list[str]) -> int:
+    env = dict(os.environ)
+    try:
+        socket_path, words = _take_socket_flag(argv, env)
+        command = cmd.parse_command(words, env)
+    except UsageError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(command, cmd.Help):
+        try:
+            print(cmd.usage(command.topic))
+        except UsageError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if isinstance(command, cmd.Run):
+        return _run_proxy(command)
+    return _send(socket_path, words)
+
+
+def _take_socket_flag(argv: list[str], env: dict[str, str]) -> tuple[str, list[str]]:
+    """``--socket`` is a client-side setting: take it out of the line sent to the proxy."""
+    words: list[str] = []
+    socket_path = ""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--socket":
+            if i + 1 >= len(argv):
+                raise UsageError("flag --socket needs a value")
+            socket_path, i = argv[i + 1], i + 2
+            continue
+        if word.startswith("--socket="):
+            socket_path = word.partition("=")[2]
+        else:
+            words.append(word)
+        i += 1
+    if words[:1] == ["run"] and socket_path:
+        words.append(f"--socket={socket_path}")
+    return socket_path or cmd.default_socket_path(env), words
+
+
+def _run_proxy(command: cmd.Run) -> int:
+    logger = Logger(debug_enabled=command.options.debug)
+
+    async def serve() -> None:
+        proxy = Proxy(command.options, logger)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(proxy.serve)
+                async for signum in signals:
+                    logger.info("Signal received", signal=signal.Signals(signum).name)
+                    break
+                await proxy.shutdown()
+                nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(serve)
+    except KProxyError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"Error: cannot start the proxy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _send(socket_path: str, words: list[str]) -> int:
+    """Send one command line; stream the answer; map OK/ERR to the exit status."""
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(socket_path)
+    except OSError as exc:
+        print(
+            f"Error: cannot reach the proxy at {socket_path} ({exc.strerror or exc}); "
+            "is 'kproxy run' running? (choose the socket with --socket or KPROXY_SOCKET)",
+            file=sys.stderr,
+        )
+        return 1
+    with sock, sock.makefile("rb") as answers:
+        sock.sendall((shlex.join(words) + "\n").encode())
+        sock.shutdown(socket.SHUT_WR)
+        for raw in answers:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line.startswith("  "):
+                print(line[2:], flush=True)
+            elif line == "OK" or line.startswith("OK "):
+                if line[3:]:
+                    print(line[3:], flush=True)
+                return 0
+            elif line.startswith("ERR"):
+                print(f"Error: {line[4:]}", file=sys.stderr)
+                return 1
+    print("Error: the proxy closed the connection without an answer", file=sys.stderr)
+    return 1

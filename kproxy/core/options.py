@@ -1,0 +1,256 @@
+"""Per-service options, set at deploy time, and their validation.
+
+These are the values behind the ``deploy`` flags (see ``commands.py`` for the flag table). The
+same objects are used by the control channel, the state file and embedders, so one
+``validate()`` guards all three doors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+
+from kproxy.core.durations import format_duration
+from kproxy.core.service_map import normalize_host, normalize_path_prefix
+
+DEFAULT_HTTP_PORT: Final = 80
+DEFAULT_HTTPS_PORT: Final = 443
+DEFAULT_DEPLOY_TIMEOUT: Final = 30.0  # seconds
+DEFAULT_DRAIN_TIMEOUT: Final = 30.0  # seconds
+DEFAULT_PAUSE_TIMEOUT: Final = 30.0  # seconds, --max-pause
+DEFAULT_TARGET_TIMEOUT: Final = 30.0  # seconds
+DEFAULT_HEALTH_CHECK_PATH: Final = "/up"
+DEFAULT_HEALTH_CHECK_INTERVAL: Final = 1.0  # seconds
+DEFAULT_HEALTH_CHECK_TIMEOUT: Final = 5.0  # seconds
+DEFAULT_WRITER_AFFINITY_TIMEOUT: Final = 3.0  # seconds
+DEFAULT_BUFFER_MEMORY: Final = 1 << 20  # bytes
+
+_HOSTNAME_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$", re.IGNORECASE)
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+@attrs.frozen
+class Address:
+    """A target's ``host:port``; ``host`` is a name or an IP literal (no brackets)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_target(text: str) -> Address:
+    """Parse a ``--target`` value: ``host:port``, ``[v6]:port``, or ``host`` (port 80).
+
+    Raises ValueError naming the bad value and the expected form.
+    """
+    value = text.strip()
+    hint = f"invalid target {text!r}: expected host:port (e.g. 127.0.0.1:3000 or web:80)"
+    if not value or any(c.isspace() or c in "/?#@" for c in value):
+        raise ValueError(hint)
+    host, port = value, 80
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ValueError(hint)
+        host, rest = value[1:end], value[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(hint)
+            port = _parse_port(rest[1:], hint)
+        _check_ip(host, hint, version=6)
+    elif value.count(":") == 1:
+        host, port_text = value.split(":")
+        port = _parse_port(port_text, hint)
+    elif ":" in value:
+        raise ValueError(hint + "; put IPv6 addresses in brackets: [::1]:3000")
+    if not host:
+        raise ValueError(hint)
+    if not _is_ip(host) and not all(_HOSTNAME_LABEL.match(label) for label in host.split(".")):
+        raise ValueError(hint)
+    return Address(host.lower(), port)
+
+
+def _parse_port(text: str, hint: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(hint + "; the port must be 1-65535")
+    return int(text)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_ip(host: str, hint: str, *, version: int) -> None:
+    try:
+        if ipaddress.ip_address(host).version == version:
+            return
+    except ValueError:
+        pass
+    raise ValueError(hint)
+
+
+def validate_service_name(name: str) -> str:
+    """Service names end up in logs, state and tables: keep them to a safe alphabet."""
+    if not _SERVICE_NAME.match(name):
+        raise ValueError(
+            f"invalid service name {name!r}: use letters, digits, '.', '_' and '-' "
+            "(at most 128 characters, starting with a letter or digit)"
+        )
+    return name
+
+
+def _positive(name: str) -> Callable[[object, object, float], None]:
+    def check(_instance: object, _attribute: object, value: float) -> None:
+        if value <= 0:
+            raise ValueError(f"--{name} must be greater than zero, got {format_duration(value)}")
+
+    return check
+
+
+def _not_negative(name: str) -> Callable[[object, object, float], None]:
+    def check(_instance: object, _attribute: object, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"--{name} must not be negative, got {format_duration(value)}")
+
+    return check
+
+
+def _normalize_hosts(values: tuple[str, ...]) -> tuple[str, ...]:
+    hosts: list[str] = []
+    for value in values:
+        host = normalize_host(value)
+        if host not in hosts:
+            hosts.append(host)
+    return tuple(hosts)
+
+
+def _normalize_prefixes(values: tuple[str, ...]) -> tuple[str, ...]:
+    prefixes: list[str] = []
+    for value in values or ("/",):
+        prefix = normalize_path_prefix(value)
+        if prefix not in prefixes:
+            prefixes.append(prefix)
+    return tuple(prefixes)
+
+
+def _normalize_header_names(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        if not _HEADER_NAME.match(value):
+            raise ValueError(f"invalid header name {value!r}")
+    return tuple(values)
+
+
+def _health_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError(f"invalid --health-check-path {value!r}: it must start with '/'")
+    return value
+
+
+def _optional_port(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 65535:
+        raise ValueError(f"invalid --health-check-port {value}: the port must be 1-65535")
+    return value
+
+
+@attrs.frozen
+class ServiceOptions:
+    """Where a service is reachable: its hosts and path prefixes."""
+
+    hosts: tuple[str, ...] = attrs.field(default=(), converter=_normalize_hosts)
+    path_prefixes: tuple[str, ...] = attrs.field(default=("/",), converter=_normalize_prefixes)
+    strip_path_prefix: bool = True
+
+
+@attrs.frozen
+class TargetOptions:
+    """How requests reach each target and how targets are checked."""
+
+    health_check_path: str = attrs.field(default=DEFAULT_HEALTH_CHECK_PATH, converter=_health_path)
+    health_check_interval: float = attrs.field(
+        default=DEFAULT_HEALTH_CHECK_INTERVAL, validator=_positive("health-check-interval")
+    )
+    health_check_timeout: float = attrs.field(
+        default=DEFAULT_HEALTH_CHECK_TIMEOUT, validator=_positive("health-check-timeout")
+    )
+    health_check_port: int | None = attrs.field(default=None, converter=_optional_port)
+    health_check_host: str | None = None
+    target_timeout: float = attrs.field(
+        default=DEFAULT_TARGET_TIMEOUT, validator=_positive("target-timeout")
+    )
+    forward_headers: bool = True
+    log_request_headers: tuple[str, ...] = attrs.field(
+        default=(), converter=_normalize_header_names
+    )
+    log_response_headers: tuple[str, ...] = attrs.field(
+        default=(), converter=_normalize_header_names
+    )
+
+
+def _parse_targets(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values:
+        raise ValueError("at least one --target is required")
+    targets: list[str] = []
+    for value in values:
+        target = str(parse_target(value))
+        if target not in targets:
+            targets.append(target)
+    return tuple(targets)
+
+
+@attrs.frozen
+class DeploymentOptions:
+    """Everything one ``deploy`` says: the new targets, their options, and the deadlines.
+
+    Example (embedding)::
+
+        DeploymentOptions(targets=("127.0.0.1:3000",), service=ServiceOptions(hosts=("a.test",)))
+    """
+
+    targets: tuple[str, ...] = attrs.field(converter=_parse_targets)
+    service: ServiceOptions = attrs.field(factory=ServiceOptions)
+    target: TargetOptions = attrs.field(factory=TargetOptions)
+    deploy_timeout: float = attrs.field(
+        default=DEFAULT_DEPLOY_TIMEOUT, validator=_positive("deploy-timeout")
+    )
+    drain_timeout: float = attrs.field(
+        default=DEFAULT_DRAIN_TIMEOUT, validator=_not_negative("drain-timeout")
+    )
+    force: bool = False
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        return tuple(parse_target(t) for t in self.targets)
+
+
+def _port(name: str) -> Callable[[object, object, int], None]:
+    def check(_instance: object, _attribute: object, value: int) -> None:
+        if not 0 <= value <= 65535:
+            raise ValueError(f"--{name} must be 0-65535, got {value}")
+
+    return check
+
+
+@attrs.frozen
+class RunOptions:
+    """How ``kproxy run`` listens, and where it keeps its socket and state.
+
+    ``http_port=0`` picks a free port (useful for tests and embedding).
+    """
+
+    socket_path: str
+    state_dir: str
+    bind: str = ""
+    http_port: int = attrs.field(default=DEFAULT_HTTP_PORT, validator=_port("http-port"))
+    https_port: int = attrs.field(default=DEFAULT_HTTPS_PORT, validator=_port("https-port"))
+    debug: bool = False

@@ -1,0 +1,300 @@
+"""Which service serves a request: exact host, then ``*.`` wildcard, then default; then path.
+
+Mirrors kamal-proxy's internal/server/service_map.go. Each service binds every pair of
+(host, path prefix) it was deployed with; a service without hosts binds the default host
+``""`` and one without prefixes binds ``/``. A request picks the FIRST host level that has
+any bindings (exact, then the wildcard one label up, then the default) and within it the
+longest prefix that matches on a segment boundary; if none matches, the answer is 404 and the
+lower levels are not consulted. The map is an immutable value: the router rebuilds it on
+each deploy or remove and swaps it in one assignment, so lookups need no locks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Sequence
+from typing import Final
+
+import attrs
+
+ROOT_PATH: Final = "/"
+DEFAULT_HOST: Final = ""  # the key of services deployed without --host
+MAX_HOST_LENGTH: Final = 253  # characters, RFC 1035 section 2.3.4
+
+# One DNS label, RFC 1123 section 2.1, plus "_" which real networks (Docker) do use.
+_LABEL: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_HOST_HINT: Final = "use a name like example.com, a wildcard like *.example.com, or an IP"
+_PREFIX_HINT: Final = "use a path like /api"
+
+
+@attrs.frozen
+class Route:
+    """Where a request goes: the service, and the prefix it matched (to strip if asked)."""
+
+    service: str
+    path_prefix: str
+
+
+@attrs.frozen
+class Conflict:
+    """A (host, path prefix) pair that another service already serves; host "" is the default."""
+
+    host: str
+    path_prefix: str
+    service: str
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _host_error(value: str, reason: str) -> ValueError:
+    return ValueError(f"invalid host {_quote(value)}: {reason} ({_HOST_HINT})")
+
+
+def _ipv6(text: str) -> str | None:
+    """The canonical (RFC 5952) form of an IPv6 literal, so "0:0::1" and "::1" are one host."""
+    try:
+        return str(ipaddress.IPv6Address(text))
+    except ValueError:
+        return None
+
+
+def normalize_host(value: str) -> str:
+    """Validate and canonicalize a ``--host`` value: lowercase, IPv6 without brackets.
+
+    Raises:
+      ValueError: for an empty value, spaces, a port, a path, or a misplaced ``*``.
+    """
+    host = value.strip().lower()
+    if not host:
+        raise _host_error(value, "empty")
+    if any(char.isspace() for char in host):
+        raise _host_error(value, "whitespace is not allowed (give one host per --host)")
+    if not host.isascii():
+        raise _host_error(value, "non-ASCII (use the punycode form, xn--...)")
+    if "://" in host:
+        raise _host_error(value, "give the host name only, not a URL")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif host.startswith("[") or (host.count(":") == 1 and not host.startswith(":")):
+        raise _host_error(value, "a host must not include a port")
+    if ":" in host:
+        ipv6 = _ipv6(host)
+        if ipv6 is None:
+            raise _host_error(value, "not a valid IPv6 address")
+        return ipv6
+    if "/" in host:
+        raise _host_error(value, "a host has no path (use --path-prefix for that)")
+    name = host.removeprefix("*.")
+    if "*" in name:
+        raise _host_error(
+            value, '"*" is only allowed as the whole first label, as in *.example.com'
+        )
+    if all(label.isdigit() and label.isascii() for label in name.split(".")):
+        try:
+            ipv4 = str(ipaddress.IPv4Address(name))
+        except ValueError:
+            raise _host_error(value, "not a valid IPv4 address") from None
+        if name != host:
+            raise _host_error(value, "a wildcard needs a domain name, not an IP address")
+        return ipv4
+    if len(name) > MAX_HOST_LENGTH:
+        raise _host_error(value, f"longer than {MAX_HOST_LENGTH} characters")
+    for label in name.split("."):
+        if not label:
+            raise _host_error(value, "empty label (a leading, trailing or doubled dot)")
+        if not _LABEL.fullmatch(label):
+            raise _host_error(
+                value, f"bad label {_quote(label)} (letters, digits and inner hyphens only)"
+            )
+    return host
+
+
+def request_host(header: bytes | None) -> str:
+    """The host of an incoming ``Host`` header, lowercased, without port or IPv6 brackets.
+
+    Like Go's ``net.SplitHostPort`` as service_map.go uses it, a value that does not split
+    (``a:b:c``, ``:80``) is kept whole and simply finds no exact binding.
+    """
+    if not header:
+        return DEFAULT_HOST
+    host = header.decode("latin-1").lower()  # h11 has validated it; latin-1 cannot fail
+    if host.startswith("["):
+        end = host.find("]")
+        return (_ipv6(host[1:end]) or host[1:end]) if end > 0 else host
+    colon = host.find(":")
+    if colon > 0 and host.find(":", colon + 1) < 0:
+        return host[:colon]
+    if colon >= 0:
+        return _ipv6(host) or host  # a bare IPv6 literal, which RFC 9110 does not allow
+    return host
+
+
+def normalize_path_prefix(value: str) -> str:
+    """Give a ``--path-prefix`` one leading and no trailing slash, like NormalizePathPrefixes.
+
+    Prefixes are compared with the request path as sent (not percent-decoded), so they
+    must be plain ASCII.
+
+    Raises:
+      ValueError: for ``?``, ``#``, whitespace, control or non-ASCII characters.
+    """
+    for char in value:
+        if char in "?#":
+            reason = f"{_quote(char)} starts a query or fragment, not part of a path"
+        elif char.isspace():
+            reason = "whitespace is not allowed"
+        elif not char.isascii():
+            reason = f"non-ASCII {_quote(char)} is not allowed (percent-encode it)"
+        elif not char.isprintable():
+            reason = "control characters are not allowed"
+        else:
+            continue
+        raise ValueError(f"invalid path prefix {_quote(value)}: {reason} ({_PREFIX_HINT})")
+    return ROOT_PATH + value.strip("/")
+
+
+def _normalize_hosts(hosts: Sequence[str]) -> tuple[str, ...]:
+    # An explicit "" binds the default host, as kamal-proxy's NormalizeHosts allows.
+    unique = dict.fromkeys(normalize_host(h) if h else DEFAULT_HOST for h in hosts)
+    return tuple(unique) or (DEFAULT_HOST,)
+
+
+def _normalize_prefixes(path_prefixes: Sequence[str]) -> tuple[str, ...]:
+    unique = dict.fromkeys(normalize_path_prefix(p) for p in path_prefixes)
+    return tuple(unique) or (ROOT_PATH,)
+
+
+def _with_slash(path: str) -> str:
+    """EnsureTrailingSlash: comparing "/api/" prefixes keeps "/apix" out of "/api"."""
+    return path if path.endswith("/") else path + "/"
+
+
+@attrs.frozen
+class _Binding:
+    service: str
+    hosts: tuple[str, ...]
+    path_prefixes: tuple[str, ...]
+
+
+_Entry = tuple[str, Route]  # (prefix to match, with a trailing slash; route), longest first
+
+
+@attrs.frozen
+class ServiceMap:
+    """An immutable routing table from (host, path) to service; change it by rebuilding.
+
+    Build with ``ServiceMap.empty().with_service(...)``. Bindings are kept sorted by service
+    name, so equal maps compare equal whatever order they were built in.
+    """
+
+    _bindings: tuple[_Binding, ...] = ()
+    # Derived from _bindings in __attrs_post_init__: host → entries, longest prefix first.
+    _routes: dict[str, tuple[_Entry, ...]] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        table: dict[str, list[_Entry]] = {}
+        for binding in self._bindings:
+            for host in binding.hosts:
+                entries = table.setdefault(host, [])
+                for prefix in binding.path_prefixes:
+                    # "" for the root so it matches any path, even "*" or an empty one.
+                    match = "" if prefix == ROOT_PATH else _with_slash(prefix)
+                    entries.append((match, Route(binding.service, prefix)))
+        routes = {
+            host: tuple(sorted(entries, key=lambda entry: -len(entry[0])))
+            for host, entries in table.items()
+        }
+        object.__setattr__(self, "_routes", routes)  # attrs' documented way for frozen
+
+    @classmethod
+    def empty(cls) -> ServiceMap:
+        """A map with no services: every lookup is None."""
+        return cls()
+
+    def with_service(
+        self, name: str, hosts: Sequence[str], path_prefixes: Sequence[str]
+    ) -> ServiceMap:
+        """A copy where ``name`` serves exactly these hosts and prefixes.
+
+        Replaces the service's earlier bindings. Does not check conflicts: call
+        :meth:`conflict` first (on a duplicate pair the service whose name sorts first wins).
+
+        Raises:
+          ValueError: if a host or prefix is invalid (see normalize_host, normalize_path_prefix).
+        """
+        binding = _Binding(name, _normalize_hosts(hosts), _normalize_prefixes(path_prefixes))
+        others = (b for b in self._bindings if b.service != name)
+        return ServiceMap(tuple(sorted((*others, binding), key=lambda b: b.service)))
+
+    def without_service(self, name: str) -> ServiceMap:
+        """A copy without ``name``; unchanged if it was not there."""
+        return ServiceMap(tuple(b for b in self._bindings if b.service != name))
+
+    def services(self) -> frozenset[str]:
+        """The names of all services in the map."""
+        return frozenset(b.service for b in self._bindings)
+
+    def conflict(
+        self, name: str, hosts: Sequence[str], path_prefixes: Sequence[str]
+    ) -> Conflict | None:
+        """The first (host, prefix) pair that a service other than ``name`` already serves.
+
+        Mirrors CheckAvailability: only identical pairs conflict, so ``/api`` on a host
+        served at ``/`` by another service is fine (it takes ``/api`` over).
+
+        Raises:
+          ValueError: if a host or prefix is invalid.
+        """
+        prefixes = _normalize_prefixes(path_prefixes)
+        for host in _normalize_hosts(hosts):
+            for prefix in prefixes:
+                for _, route in self._routes.get(host, ()):
+                    if route.path_prefix == prefix and route.service != name:
+                        return Conflict(host=host, path_prefix=prefix, service=route.service)
+        return None
+
+    def lookup(self, host: str, path: str) -> Route | None:
+        """Route a request, or None for a 404.
+
+        Args:
+          host: from :func:`request_host`.
+          path: the request target's path without the query, as sent (not percent-decoded).
+        """
+        entries = self._routes.get(host)
+        if entries is None:
+            # service_map.go bindingsForHost: "*" + everything from the first dot, so the
+            # wildcard covers exactly one more label.
+            dot = host.find(".")
+            if dot > 0:
+                entries = self._routes.get("*" + host[dot:])
+            if entries is None:
+                entries = self._routes.get(DEFAULT_HOST)
+                if entries is None:
+                    return None
+        slashed = _with_slash(path)
+        for prefix, route in entries:
+            if slashed.startswith(prefix):
+                return route
+        return None
+
+
+def strip_path_prefix(target: bytes, prefix: str) -> bytes:
+    """Remove a matched prefix from an origin-form target, keeping the query byte for byte.
+
+    ``b"/api/x?p=1"`` with ``/api`` gives ``b"/x?p=1"``; an emptied path becomes ``/``.
+
+    Raises:
+      ValueError: if the target's path does not start with ``prefix`` on a segment boundary.
+    """
+    if prefix == ROOT_PATH:
+        return target
+    path, sep, query = target.partition(b"?")
+    raw = prefix.encode("ascii")
+    rest = path[len(raw) :]
+    if not path.startswith(raw) or rest[:1] not in (b"", b"/"):
+        raise ValueError(f"target {target!r} does not start with path prefix {_quote(prefix)}")
+    return (rest or b"/") + sep + query

@@ -1,0 +1,77 @@
+"""The one exception hierarchy of kproxy.
+
+Every error kproxy raises on purpose derives from :class:`KProxyError`. Two families matter
+at the edges: :class:`CommandError` becomes an ``ERR <message>`` line on the control channel
+(and exit status 1 in the CLI); :class:`UpstreamError` becomes an HTTP status for the client,
+chosen in one place (``status_hint``).
+"""
+
+from __future__ import annotations
+
+
+class KProxyError(Exception):
+    """Base of every error kproxy raises on purpose."""
+
+
+class CommandError(KProxyError):
+    """A control command that cannot be carried out; the message is shown to the user."""
+
+
+class UsageError(CommandError):
+    """A command line that does not parse: unknown command, unknown flag, bad value."""
+
+
+class DeployError(CommandError):
+    """A deploy that failed; the previous deployment keeps serving."""
+
+
+class DeployTimeout(DeployError):
+    """The new targets did not become healthy within ``--deploy-timeout``."""
+
+
+class ServiceNotFound(CommandError):
+    """A command named a service that is not deployed."""
+
+
+class StateError(KProxyError):
+    """The state file cannot be read or written."""
+
+
+class UpstreamError(KProxyError):
+    """A request could not be served by its target; ``status_hint`` is the client's status."""
+
+    status_hint = 502
+
+
+class UpstreamUnreachable(UpstreamError):
+    """The target refused, reset or broke the connection before a response head arrived."""
+
+    status_hint = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    """No response head within ``--target-timeout``, or cancelled by the end of a drain."""
+
+    status_hint = 504
+
+
+class NoHealthyTargets(UpstreamError):
+    """The service has no healthy target to send the request to."""
+
+    status_hint = 503
+
+
+class ServiceUnavailable(UpstreamError):
+    """The service is stopped (maintenance mode); the message goes into the 503 page."""
+
+    status_hint = 503
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PauseExpired(UpstreamError):
+    """A request was held by a paused service for longer than ``--max-pause``."""
+
+    status_hint = 504

@@ -1,0 +1,100 @@
+"""Health checks: ``GET <path>`` on a fresh connection; 2xx is healthy, redirects are not."""
+
+from __future__ import annotations
+
+import attrs
+import h11
+import trio
+
+from kproxy.core.states import TargetHealth
+from kproxy.runtime.h11_stream import H11Stream
+from kproxy.runtime.log import Logger
+from kproxy.runtime.pool import describe_connect_error
+from kproxy.runtime.target import Target
+
+USER_AGENT = b"kproxy/health-check"
+
+
+@attrs.frozen
+class CheckResult:
+    healthy: bool
+    reason: str  # why it failed (or "200 OK"), for progress lines and logs
+
+
+async def check_once(target: Target) -> CheckResult:
+    """One check, bounded by ``--health-check-timeout``; never raises for a sick target."""
+    options = target.options
+    port = options.health_check_port or target.address.port
+    host = options.health_check_host or target.name
+    with trio.move_on_after(options.health_check_timeout):
+        try:
+            stream = await trio.open_tcp_stream(target.address.host, port)
+        except OSError as exc:
+            return CheckResult(False, f"cannot connect: {describe_connect_error(exc)}")
+        connection = H11Stream(stream, h11.Connection(h11.CLIENT))
+        try:
+            request = h11.Request(
+                method="GET",
+                target=options.health_check_path,
+                headers=[
+                    (b"host", host.encode()),
+                    (b"user-agent", USER_AGENT),
+                    (b"connection", b"close"),
+                ],
+            )
+            await connection.send(request)
+            await connection.send(h11.EndOfMessage())
+            event = await connection.next_event()
+            while isinstance(event, h11.InformationalResponse):
+                event = await connection.next_event()
+            if not isinstance(event, h11.Response):
+                return CheckResult(False, "connection closed without a response")
+            status = event.status_code
+            if 200 <= status < 300:
+                return CheckResult(True, f"{status} from {options.health_check_path}")
+            if 300 <= status < 400:
+                return CheckResult(
+                    False, f"{status} redirect from {options.health_check_path} (not followed)"
+                )
+            return CheckResult(False, f"{status} from {options.health_check_path}")
+        except (h11.ProtocolError, trio.BrokenResourceError, OSError) as exc:
+            return CheckResult(False, f"bad response: {exc}")
+        finally:
+            await connection.aclose()
+    return CheckResult(False, f"no response within {options.health_check_timeout:g}s")
+
+
+async def run_health_checks(
+    target: Target,
+    service: str,
+    logger: Logger,
+    *,
+    keep_checking: bool,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Check now, then every interval, until cancelled via ``target.health_scope``.
+
+    A single-target service stops once healthy: taking its only target out of rotation would
+    not help anyone (kamal-proxy does the same). ``target.last_check`` keeps the latest reason.
+    """
+    with target.health_scope:
+        task_status.started()
+        while True:
+            result = await check_once(target)
+            target.last_check = result.reason
+            state = TargetHealth.HEALTHY if result.healthy else TargetHealth.UNHEALTHY
+            if target.set_health(state):
+                logger.info(
+                    "Target health updated",
+                    service=service,
+                    target=target.name,
+                    healthy=result.healthy,
+                    reason=result.reason,
+                )
+            else:
+                logger.debug(
+                    "Health check", service=service, target=target.name, result=result.reason
+                )
+            if result.healthy and not keep_checking:
+                return
+            await trio.sleep(target.options.health_check_interval)

@@ -1,0 +1,305 @@
+"""The router: services by name, the current ServiceMap, and the commands that change them.
+
+Every change follows one pattern: validate, wait (health, drain) under a deadline, then swap
+the ServiceMap value whole and save a snapshot. Requests read ``router.service_map`` once, so
+they always see either the old or the new routing, never a mix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from kproxy.core import snapshot
+from kproxy.core.durations import format_duration
+from kproxy.core.listing import ServiceInfo
+from kproxy.core.options import DeploymentOptions
+from kproxy.core.service_map import Route, ServiceMap
+from kproxy.core.states import TargetHealth
+from kproxy.errors import CommandError, DeployError, DeployTimeout, ServiceNotFound, StateError
+from kproxy.runtime.health import run_health_checks
+from kproxy.runtime.log import Logger
+from kproxy.runtime.service import Service
+from kproxy.runtime.state_store import StateStore
+from kproxy.runtime.target import Target
+
+Progress = Callable[[str], Awaitable[None]]
+
+
+async def _no_progress(_line: str) -> None:
+    pass
+
+
+@attrs.define(eq=False)
+class Router:
+    logger: Logger
+    store: StateStore | None
+    nursery: trio.Nursery  # owns health loops and drains, which outlive the command that began them
+    services: dict[str, Service] = attrs.field(factory=dict)
+    service_map: ServiceMap = attrs.field(factory=ServiceMap.empty)
+    _locks: dict[str, trio.Lock] = attrs.field(factory=dict)
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def route(self, host: str, path: str) -> tuple[Service, Route] | None:
+        route = self.service_map.lookup(host, path)
+        if route is None:
+            return None
+        return self.services[route.service], route
+
+    # --- commands ---------------------------------------------------------------------------
+
+    async def deploy(
+        self, name: str, options: DeploymentOptions, progress: Progress = _no_progress
+    ) -> None:
+        """Health-check the new targets, cut over, drain the old ones.
+
+        Cancellation before the cutover leaves everything as it was. After the cutover the
+        drain belongs to the router's nursery and completes even if the caller goes away.
+        """
+        self._check_conflicts(name, options)
+        async with self._lock(name):
+            self._check_conflicts(name, options)  # another deploy may have won the wait
+            targets = [Target(address, options.target) for address in options.addresses]
+            self.logger.info("Deploying", service=name, targets=options.targets)
+            try:
+                await self._start_health_checks(name, targets)
+                if options.force:
+                    await progress(f"{name}: --force given, not waiting for health checks")
+                else:
+                    await self._wait_healthy(name, targets, options.deploy_timeout, progress)
+            except BaseException:
+                for target in targets:
+                    target.health_scope.cancel()
+                raise
+            old_targets = self._cut_over(name, options, targets)
+            await progress(f"{name}: traffic now goes to {', '.join(options.targets)}")
+            self.logger.info("Deployed", service=name, targets=options.targets)
+            save_error = await self._save_quietly()
+            await self._retire(name, old_targets, options.drain_timeout, progress)
+            if save_error is not None:
+                raise CommandError(f"deployed {name}, but {save_error}")
+
+    async def remove(self, name: str, progress: Progress = _no_progress) -> None:
+        async with self._lock(name):
+            service = self._get(name)
+            del self.services[name]
+            self.service_map = self.service_map.without_service(name)
+            self.logger.info("Removed", service=name)
+            save_error = await self._save_quietly()
+            await self._retire(name, service.targets, service.options.drain_timeout, progress)
+            if save_error is not None:
+                raise CommandError(f"removed {name}, but {save_error}")
+
+    async def pause(
+        self, name: str, drain_timeout: float, max_pause: float, progress: Progress = _no_progress
+    ) -> None:
+        service = self._get(name)
+        service.pause(max_pause)
+        self.logger.info("Paused", service=name)
+        await self._save()
+        await self._wait_in_flight(service, drain_timeout, progress)
+
+    async def stop(
+        self, name: str, drain_timeout: float, message: str, progress: Progress = _no_progress
+    ) -> None:
+        service = self._get(name)
+        service.stop(message)
+        self.logger.info("Stopped", service=name, message=message)
+        await self._save()
+        await self._wait_in_flight(service, drain_timeout, progress)
+
+    async def resume(self, name: str) -> None:
+        self._get(name).resume()
+        self.logger.info("Resumed", service=name)
+        await self._save()
+
+    def service_infos(self) -> list[ServiceInfo]:
+        return [
+            ServiceInfo(
+                name=s.name,
+                hosts=s.options.service.hosts,
+                path_prefixes=s.options.service.path_prefixes,
+                targets=tuple(t.name for t in s.targets),
+                state=s.state.value,
+            )
+            for s in sorted(self.services.values(), key=lambda s: s.name)
+        ]
+
+    # --- state ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return snapshot.dump(
+            snapshot.ServiceRecord(s.name, s.options, s.state, s.message, s.max_pause)
+            for s in self.services.values()
+        )
+
+    async def restore(self, data: dict[str, Any]) -> None:
+        """Bring back saved services, serving at once: their targets start out healthy."""
+        records, errors = snapshot.load(data)
+        for error in errors:
+            self.logger.error("State restore failed for a service", error=error)
+        for record in records:
+            conflict = self.service_map.conflict(
+                record.name, record.options.service.hosts, record.options.service.path_prefixes
+            )
+            if conflict is not None:
+                self.logger.error(
+                    "State restore skipped a service",
+                    service=record.name,
+                    error=f"routes clash with service {conflict.service}",
+                )
+                continue
+            targets = [Target(a, record.options.target) for a in record.options.addresses]
+            for target in targets:
+                target.set_health(TargetHealth.HEALTHY)
+            service = Service(
+                record.name, record.options, targets, record.state, record.message, record.max_pause
+            )
+            self.services[record.name] = service
+            self.service_map = self.service_map.with_service(
+                record.name, record.options.service.hosts, record.options.service.path_prefixes
+            )
+            if len(targets) > 1:
+                await self._start_health_checks(record.name, targets)
+            self.logger.info(
+                "Restored",
+                service=record.name,
+                targets=record.options.targets,
+                state=record.state.value,
+            )
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> trio.Lock:
+        return self._locks.setdefault(name, trio.Lock())
+
+    def _get(self, name: str) -> Service:
+        service = self.services.get(name)
+        if service is None:
+            known = ", ".join(sorted(self.services)) or "none"
+            raise ServiceNotFound(f"service {name!r} is not deployed (deployed: {known})")
+        return service
+
+    def _check_conflicts(self, name: str, options: DeploymentOptions) -> None:
+        conflict = self.service_map.conflict(
+            name, options.service.hosts, options.service.path_prefixes
+        )
+        if conflict is not None:
+            host = conflict.host or "(any host)"
+            raise DeployError(
+                f"host {host} path {conflict.path_prefix} is already used by service "
+                f"{conflict.service!r}; remove it first or deploy with other --host/--path-prefix"
+            )
+
+    async def _start_health_checks(self, name: str, targets: list[Target]) -> None:
+        keep_checking = len(targets) > 1
+        for target in targets:
+            await self.nursery.start(
+                lambda t=target, **kw: run_health_checks(
+                    t, name, self.logger, keep_checking=keep_checking, **kw
+                )
+            )
+
+    async def _wait_healthy(
+        self, name: str, targets: list[Target], timeout: float, progress: Progress
+    ) -> None:
+        deadline = trio.current_time() + timeout
+        await progress(
+            f"{name}: waiting for {', '.join(t.name for t in targets)} to pass "
+            f"{targets[0].options.health_check_path} (timeout {format_duration(timeout)})"
+        )
+        with trio.move_on_at(deadline):
+            while True:
+                pending = [t for t in targets if not t.healthy]
+                if not pending:
+                    await progress(f"{name}: all targets healthy")
+                    return
+                # Wake on the first health change, or every second to report progress.
+                with trio.move_on_after(1.0):
+                    await pending[0].health_changed.wait()
+                for target in pending:
+                    if target.healthy:
+                        await progress(f"{name}: {target.name} is healthy")
+                still = [t for t in targets if not t.healthy]
+                if still and still == pending:
+                    waited = timeout - (deadline - trio.current_time())
+                    await progress(
+                        f"{name}: {still[0].name} not healthy yet ({still[0].last_check}; "
+                        f"{format_duration(round(waited))} of {format_duration(timeout)})"
+                    )
+        self.logger.info("Deploy failed", service=name, reason="health check timeout")
+        raise DeployTimeout(
+            f"target failed to become healthy within configured timeout "
+            f"({format_duration(timeout)})"
+        )
+
+    def _cut_over(
+        self, name: str, options: DeploymentOptions, targets: list[Target]
+    ) -> list[Target]:
+        service = self.services.get(name)
+        if service is None:
+            self.services[name] = Service(name, options, targets)
+            old: list[Target] = []
+        else:
+            old = service.replace_targets(options, targets)
+        self.service_map = self.service_map.with_service(
+            name, options.service.hosts, options.service.path_prefixes
+        )
+        return old
+
+    async def _retire(
+        self, name: str, targets: list[Target], timeout: float, progress: Progress
+    ) -> None:
+        """Drain old targets in the router's nursery; wait for it unless cancelled."""
+        if not targets:
+            return
+        done = trio.Event()
+
+        async def drain_one(target: Target) -> None:
+            cancelled = await target.drain(timeout)
+            self.logger.info(
+                "Target drained", service=name, target=target.name, cancelled_requests=cancelled
+            )
+
+        async def drain_all() -> None:
+            try:
+                async with trio.open_nursery() as nursery:
+                    for target in targets:
+                        nursery.start_soon(drain_one, target)
+            finally:
+                done.set()
+
+        self.nursery.start_soon(drain_all)
+        await progress(
+            f"{name}: draining {', '.join(t.name for t in targets)} "
+            f"(timeout {format_duration(timeout)})"
+        )
+        await done.wait()
+        await progress(f"{name}: old targets drained")
+
+    async def _wait_in_flight(self, service: Service, timeout: float, progress: Progress) -> None:
+        await progress(
+            f"{service.name}: waiting for in-flight requests (timeout {format_duration(timeout)})"
+        )
+        if not await service.wait_idle(timeout):
+            await progress(f"{service.name}: some requests are still running after the timeout")
+
+    async def _save(self) -> None:
+        if self.store is not None:
+            try:
+                await self.store.write(self.snapshot())
+            except StateError as exc:
+                self.logger.error("State save failed", error=str(exc))
+                raise CommandError(str(exc)) from exc
+
+    async def _save_quietly(self) -> str | None:
+        """Save after a change that has already happened: report, don't undo, on failure."""
+        try:
+            await self._save()
+        except CommandError as exc:
+            return str(exc)
+        return None

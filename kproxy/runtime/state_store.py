@@ -1,0 +1,71 @@
+"""The state file on disk: written atomically, so ``kill -9`` leaves the old or the new state."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import trio
+
+from kproxy.errors import StateError
+
+STATE_FILE_NAME: Final = "kproxy.state.json"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # Temp file in the same directory, fsync, rename over, fsync the directory: POSIX rename is
+    # atomic, and the fsyncs make the new content durable before and after the switch.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@attrs.define(eq=False)
+class StateStore:
+    directory: Path
+    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / STATE_FILE_NAME
+
+    def read(self) -> dict[str, Any] | None:
+        """The saved state, or None when there is none yet (read once at start-up)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read state file {self.path}: {exc}") from exc
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise StateError(f"state file {self.path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise StateError(f"state file {self.path} does not hold a JSON object")
+        return data
+
+    async def write(self, data: dict[str, Any]) -> None:
+        """Save ``data``; saves are serialized so a slower older one can't overwrite a newer one."""
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        async with self._lock:
+            try:
+                await trio.to_thread.run_sync(_write_atomically, self.path, text)
+            except OSError as exc:
+                raise StateError(f"cannot save state to {self.path}: {exc}") from exc

@@ -1,0 +1,99 @@
+"""One target of a service: health, its connection pool, and the requests it is serving."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import attrs
+import trio
+
+from kproxy.core.options import Address, TargetOptions
+from kproxy.core.states import TargetHealth
+from kproxy.runtime.pool import ConnectionPool
+
+
+@attrs.define(eq=False)
+class Target:
+    address: Address
+    options: TargetOptions
+    health: TargetHealth = TargetHealth.ADDING
+    last_check: str = "not checked yet"  # the latest health check's outcome, for progress
+    pool: ConnectionPool = attrs.field(init=False)
+    # Replaced (events can't be cleared) whenever health changes, so deploys can wait on it.
+    health_changed: trio.Event = attrs.field(factory=trio.Event)
+    # Cancelling this stops the target's health-check loop.
+    health_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _inflight: set[trio.CancelScope] = attrs.field(factory=set)
+    _upgraded: set[trio.CancelScope] = attrs.field(factory=set)
+    _idle: trio.Event = attrs.field(factory=trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        self.pool = ConnectionPool(self.address)
+        self._idle.set()
+
+    @property
+    def name(self) -> str:
+        return str(self.address)
+
+    @property
+    def healthy(self) -> bool:
+        return self.health is TargetHealth.HEALTHY
+
+    @property
+    def inflight_count(self) -> int:
+        return len(self._inflight)
+
+    def set_health(self, health: TargetHealth) -> bool:
+        """Record a new health state; returns whether it changed."""
+        if self.health is TargetHealth.DRAINING or health is self.health:
+            return False
+        self.health = health
+        self.health_changed.set()
+        self.health_changed = trio.Event()
+        return True
+
+    @contextmanager
+    def track(self) -> Iterator[trio.CancelScope]:
+        """Count a request as in flight; the drain cancels the scope it yields if it overstays."""
+        scope = trio.CancelScope()
+        if not self._inflight:
+            self._idle = trio.Event()
+        self._inflight.add(scope)
+        try:
+            yield scope
+        finally:
+            self._inflight.discard(scope)
+            self._upgraded.discard(scope)
+            if not self._inflight:
+                self._idle.set()
+
+    def mark_upgraded(self, scope: trio.CancelScope) -> None:
+        """A WebSocket (or other upgrade) now lives in this scope: the drain closes it at once."""
+        self._upgraded.add(scope)
+        if self.health is TargetHealth.DRAINING:
+            scope.cancel()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is in flight, at most ``timeout`` seconds; True if idle."""
+        with trio.move_on_after(timeout):
+            await self._idle.wait()
+        return not self._inflight
+
+    async def drain(self, timeout: float) -> int:
+        """Stop taking requests, let in-flight ones finish, then cancel the rest.
+
+        Upgraded connections are closed at the start: they may last for hours. Returns how many
+        requests were cancelled when the deadline passed.
+        """
+        self.health = TargetHealth.DRAINING
+        self.health_scope.cancel()
+        for scope in self._upgraded:
+            scope.cancel()
+        cancelled = 0
+        if not await self.wait_idle(timeout):
+            cancelled = len(self._inflight)
+            for scope in self._inflight:
+                scope.cancel()
+        await self.pool.aclose()
+        return cancelled

@@ -1,0 +1,268 @@
+"""One request relayed to one target over a pooled h11 client connection.
+
+The request body streams to the target while the response is awaited (so ``Expect:
+100-continue`` and early answers work); the response streams back as it arrives. Errors before
+the response head reached the client become UpstreamError (an error page); errors after it
+abort the client connection, because a truncated body must never look complete.
+"""
+
+from __future__ import annotations
+
+import attrs
+import h11
+import trio
+
+from kproxy.core.headers import strip_response_hop_by_hop
+from kproxy.errors import UpstreamTimeout, UpstreamUnreachable
+from kproxy.runtime.h11_stream import H11Stream
+from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
+from kproxy.runtime.target import Target
+
+STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class ClientGone(Exception):
+    """The client disconnected (or half-closed) before the exchange finished: logged as 499."""
+
+
+class BadRequestBody(Exception):
+    """The client's body broke HTTP framing (e.g. a malformed chunk): answered 400."""
+
+
+class ResponseAborted(Exception):
+    """The target broke off after the response head was sent: the client connection is cut."""
+
+
+class _StaleConnection(Exception):
+    """A reused connection failed before anything of the request could matter: retry once."""
+
+
+@attrs.define(eq=False)
+class RequestBodyPump:
+    """Moves the client's request body to the target; remembers enough to allow one retry."""
+
+    client: H11Stream
+    sent_data: bool = False  # body bytes went to a target: the request can't be replayed
+    finished: bool = False  # the client's EndOfMessage was read
+    error: Exception | None = None
+
+    async def run(self, upstream: UpstreamConnection, cancel: trio.CancelScope) -> None:
+        try:
+            await self._pump(upstream)
+        except Exception as exc:  # reported to the exchange, which decides the status
+            self.error = exc
+            cancel.cancel()
+
+    async def _pump(self, upstream: UpstreamConnection) -> None:
+        while not self.finished:
+            try:
+                event = await self.client.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise BadRequestBody(str(exc)) from exc
+            except STREAM_ERRORS as exc:
+                raise ClientGone() from exc
+            if isinstance(event, h11.Data):
+                self.sent_data = True
+                await _send_upstream(upstream, event)
+            elif isinstance(event, h11.EndOfMessage):
+                self.finished = True
+            else:  # ConnectionClosed or PAUSED mid-body: the client went away
+                raise ClientGone()
+        await _send_upstream(upstream, h11.EndOfMessage())  # trailers are dropped
+
+
+async def _send_upstream(upstream: UpstreamConnection, event: h11.Event) -> None:
+    try:
+        await upstream.send(event)
+    except STREAM_ERRORS as exc:
+        raise UpstreamUnreachable(f"connection to target broke while sending: {exc}") from exc
+
+
+@attrs.define
+class ResponseRecord:
+    """What the access log needs from the exchange."""
+
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
+    head_sent: bool = False  # the client has seen a status line: no error page any more
+    upgraded: bool = False
+
+
+async def forward(
+    client: H11Stream,
+    request: h11.Request,
+    target: Target,
+    scope: trio.CancelScope,
+    record: ResponseRecord,
+) -> None:
+    """Relay ``request`` (headers already rewritten) to ``target`` and its answer back.
+
+    Raises UpstreamError while nothing was sent to the client, ClientGone, BadRequestBody or
+    ResponseAborted otherwise. ``scope`` is the request's drain scope (marked when upgraded).
+    """
+    pump = RequestBodyPump(client)
+    try:
+        upstream = await target.pool.acquire()
+    except OSError as exc:
+        raise UpstreamUnreachable(
+            f"cannot connect to {target.name}: {describe_connect_error(exc)}"
+        ) from exc
+    try:
+        await _exchange(client, upstream, request, pump, target, scope, record)
+    except _StaleConnection:
+        await upstream.aclose()
+        try:
+            upstream = await target.pool.connect()
+        except OSError as exc:
+            raise UpstreamUnreachable(
+                f"cannot connect to {target.name}: {describe_connect_error(exc)}"
+            ) from exc
+        await _exchange(client, upstream, request, pump, target, scope, record)
+
+
+async def _exchange(
+    client: H11Stream,
+    upstream: UpstreamConnection,
+    request: h11.Request,
+    pump: RequestBodyPump,
+    target: Target,
+    scope: trio.CancelScope,
+    record: ResponseRecord,
+) -> None:
+    release = False
+    try:
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            try:
+                try:
+                    await upstream.send(request)
+                except STREAM_ERRORS as exc:
+                    raise UpstreamUnreachable(f"cannot send to {target.name}: {exc}") from exc
+                nursery.start_soon(pump.run, upstream, nursery.cancel_scope)
+                release = await _relay_response(client, upstream, target, scope, record)
+            except Exception as exc:  # raised after the nursery, so it is not wrapped in a group
+                error = exc
+            nursery.cancel_scope.cancel()
+        if isinstance(pump.error, ClientGone | BadRequestBody):
+            error = pump.error  # the client's side failed: that is the story to tell
+        if (
+            isinstance(error, UpstreamUnreachable)
+            and upstream.reused
+            and not pump.sent_data
+            and not record.head_sent
+            and record.status == 0
+        ):
+            raise _StaleConnection() from error
+        if error is not None:
+            release = False
+            raise error
+    finally:
+        if release and pump.finished:
+            await target.pool.release(upstream)
+        else:
+            await upstream.aclose()
+
+
+async def _relay_response(
+    client: H11Stream,
+    upstream: UpstreamConnection,
+    target: Target,
+    scope: trio.CancelScope,
+    record: ResponseRecord,
+) -> bool:
+    """Relay the response; returns whether the upstream connection may be reused."""
+    with trio.move_on_after(target.options.target_timeout) as timer:
+        head = await _read_head(client, upstream, target)
+    if timer.cancelled_caught:
+        raise UpstreamTimeout(f"{target.name} sent no response within the target timeout")
+    record.status = head.status_code
+    record.headers = list(head.headers)
+    if isinstance(head, h11.InformationalResponse):  # 101 Switching Protocols
+        await _splice(client, upstream, head, target, scope, record)
+        return False
+    await _send_client(
+        client,
+        h11.Response(
+            status_code=head.status_code,
+            headers=strip_response_hop_by_hop(list(head.headers)),
+            reason=head.reason,
+        ),
+    )
+    record.head_sent = True
+    while True:
+        try:
+            event = await upstream.next_event()
+        except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
+            raise ResponseAborted(f"{target.name} broke off the response: {exc}") from exc
+        if isinstance(event, h11.Data):
+            await _send_client(client, event)
+        elif isinstance(event, h11.EndOfMessage):
+            await _send_client(client, h11.EndOfMessage())
+            return True
+        else:
+            raise ResponseAborted(f"{target.name} closed the connection mid-response")
+
+
+async def _read_head(
+    client: H11Stream, upstream: UpstreamConnection, target: Target
+) -> h11.Response | h11.InformationalResponse:
+    while True:
+        try:
+            event = await upstream.next_event()
+        except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
+            raise UpstreamUnreachable(f"{target.name} sent no valid response: {exc}") from exc
+        if isinstance(event, h11.Response):
+            return event
+        if isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101:
+                return event
+            # 100 Continue and friends go to the client as they come (RFC 9110 §15.2).
+            if client.conn.their_http_version != b"1.0":
+                await _send_client(
+                    client,
+                    h11.InformationalResponse(
+                        status_code=event.status_code,
+                        headers=strip_response_hop_by_hop(list(event.headers)),
+                    ),
+                )
+            continue
+        raise UpstreamUnreachable(f"{target.name} closed the connection without a response")
+
+
+async def _send_client(client: H11Stream, event: h11.Event) -> None:
+    try:
+        await client.send(event)
+    except STREAM_ERRORS as exc:
+        raise ClientGone() from exc
+
+
+async def _splice(
+    client: H11Stream,
+    upstream: UpstreamConnection,
+    head: h11.InformationalResponse,
+    target: Target,
+    scope: trio.CancelScope,
+    record: ResponseRecord,
+) -> None:
+    """After 101, copy raw bytes both ways until either side closes."""
+    await _send_client(
+        client, h11.InformationalResponse(status_code=101, headers=list(head.headers))
+    )
+    record.head_sent = record.upgraded = True
+    target.mark_upgraded(scope)
+    client_rest, _ = client.conn.trailing_data
+    upstream_rest, _ = upstream.conn.trailing_data
+    async with trio.open_nursery() as nursery:
+
+        async def copy(source: trio.SocketStream, sink: trio.SocketStream, first: bytes) -> None:
+            try:
+                if first:
+                    await sink.send_all(first)
+                while data := await source.receive_some(64 * 1024):
+                    await sink.send_all(data)
+            except STREAM_ERRORS:
+                pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(copy, client.stream, upstream.stream, bytes(client_rest))
+        nursery.start_soon(copy, upstream.stream, client.stream, bytes(upstream_rest))
