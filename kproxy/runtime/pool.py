@@ -79,7 +79,12 @@ class ConnectionPool:
             await connection.aclose()
 
     async def aclose(self) -> None:
+        self.close_nowait()
+        await trio.lowlevel.checkpoint()
+
+    def close_nowait(self) -> None:
+        """Close every idle connection; usable where awaiting is not (shutdown cleanup)."""
         self._closed = True
         idle, self._idle = self._idle, []
         for connection in idle:
-            await connection.aclose()
+            connection.stream.socket.close()

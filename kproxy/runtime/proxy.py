@@ -91,6 +91,8 @@ class Proxy:
                 )
                 task_status.started(self)
         finally:
+            if self._router is not None:
+                self._router.close_nowait()
             if control is not None:
                 unlink_socket(self.options.socket_path)
 

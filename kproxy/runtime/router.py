@@ -172,6 +172,12 @@ class Router:
                 state=record.state.value,
             )
 
+    def close_nowait(self) -> None:
+        """Release every pooled upstream connection (the proxy is stopping)."""
+        for service in self.services.values():
+            for target in service.targets:
+                target.pool.close_nowait()
+
     # --- helpers ----------------------------------------------------------------------------
 
     def _lock(self, name: str) -> trio.Lock:

@@ -91,9 +91,11 @@ class Target:
         for scope in self._upgraded:
             scope.cancel()
         cancelled = 0
-        if not await self.wait_idle(timeout):
-            cancelled = len(self._inflight)
-            for scope in self._inflight:
-                scope.cancel()
-        await self.pool.aclose()
+        try:
+            if not await self.wait_idle(timeout):
+                cancelled = len(self._inflight)
+                for scope in self._inflight:
+                    scope.cancel()
+        finally:
+            self.pool.close_nowait()
         return cancelled
