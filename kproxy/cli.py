@@ -12,7 +12,7 @@ import shlex
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 
@@ -71,53 +71,80 @@ def _take_socket_flag(argv: list[str], env: dict[str, str]) -> tuple[str, list[s
 def _run_proxy(command: cmd.Run) -> int:
     logger = Logger(debug_enabled=command.options.debug)
 
-    async def serve() -> None:
+    async def serve() -> str | None:
+        """Run until SIGTERM/SIGINT; return why the proxy could not start, if it could not."""
         proxy = Proxy(command.options, logger)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                await nursery.start(proxy.serve)
-                async for signum in signals:
-                    logger.info("Signal received", signal=signal.Signals(signum).name)
-                    break
-                await proxy.shutdown()
+                # Caught here, unwrapped: past this nursery it would be an ExceptionGroup.
+                try:
+                    await nursery.start(proxy.serve)
+                except KProxyError as exc:
+                    return str(exc)
+                except OSError as exc:
+                    return f"cannot start the proxy: {exc}"
+                await _next_signal(signals, logger)
+                with trio.CancelScope() as grace:
+                    # A second signal cuts the grace period short (an impatient Ctrl-C).
+                    nursery.start_soon(_cancel_on_signal, signals, grace, logger)
+                    await proxy.shutdown()
                 nursery.cancel_scope.cancel()
+        return None
 
-    try:
-        trio.run(serve)
-    except KProxyError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"Error: cannot start the proxy: {exc}", file=sys.stderr)
+    error = trio.run(serve)
+    if error is not None:
+        print(f"Error: {error}", file=sys.stderr)
         return 1
     return 0
 
 
+async def _next_signal(signals: AsyncIterator[int], logger: Logger) -> None:
+    async for signum in signals:
+        logger.info("Signal received", signal=signal.Signals(signum).name)
+        return
+
+
+async def _cancel_on_signal(
+    signals: AsyncIterator[int], scope: trio.CancelScope, logger: Logger
+) -> None:
+    await _next_signal(signals, logger)
+    scope.cancel()
+
+
 def _send(socket_path: str, words: list[str]) -> int:
     """Send one command line; stream the answer; map OK/ERR to the exit status."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(socket_path)
     except OSError as exc:
+        sock.close()
         print(
             f"Error: cannot reach the proxy at {socket_path} ({exc.strerror or exc}); "
             "is 'kproxy run' running? (choose the socket with --socket or KPROXY_SOCKET)",
             file=sys.stderr,
         )
         return 1
-    with sock, sock.makefile("rb") as answers:
-        sock.sendall((shlex.join(words) + "\n").encode())
-        sock.shutdown(socket.SHUT_WR)
-        for raw in answers:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if line.startswith("  "):
-                print(line[2:], flush=True)
-            elif line == "OK" or line.startswith("OK "):
-                if line[3:]:
-                    print(line[3:], flush=True)
-                return 0
-            elif line.startswith("ERR"):
-                print(f"Error: {line[4:]}", file=sys.stderr)
-                return 1
+    try:
+        with sock, sock.makefile("rb") as answers:
+            sock.sendall((shlex.join(words) + "\n").encode())
+            sock.shutdown(socket.SHUT_WR)
+            for raw in answers:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                if line.startswith("  "):
+                    print(line[2:], flush=True)
+                elif line == "OK" or line.startswith("OK "):
+                    if line[3:]:
+                        print(line[3:], flush=True)
+                    return 0
+                elif line.startswith("ERR"):
+                    print(f"Error: {line[4:]}", file=sys.stderr)
+                    return 1
+    except KeyboardInterrupt:
+        # Closing the socket is what cancels the command (a deploy before its cutover).
+        print("Error: interrupted; the proxy cancels the command", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"Error: lost the connection to the proxy ({exc})", file=sys.stderr)
+        return 1
     print("Error: the proxy closed the connection without an answer", file=sys.stderr)
     return 1

@@ -18,6 +18,7 @@ import attrs
 from kproxy._version import KAMAL_PROXY_COMPAT, __version__
 from kproxy.core import options as opt
 from kproxy.core.durations import format_duration, parse_bool, parse_duration, parse_int
+from kproxy.core.service_map import normalize_path_prefix
 from kproxy.errors import UsageError
 
 FlagValue = str | bool | float | int | tuple[str, ...]
@@ -48,6 +49,7 @@ class CommandSpec:
     summary: str
     args: tuple[str, ...] = ()
     flags: tuple[Flag, ...] = ()
+    optional_args: bool = False  # the positionals may be left out (``help`` with no topic)
 
     def flag(self, name: str) -> Flag | None:
         return next((f for f in (*self.flags, *GLOBAL_FLAGS) if f.name == name), None)
@@ -72,13 +74,13 @@ _DEPLOY_FLAGS: Final = (
     Flag("health-check-port", N, 0, "Port to check for health (default: the target's port)"),
     Flag("health-check-host", S, "", "Host header for health checks (default: the target's address)"),
     Flag("target-timeout", D, opt.DEFAULT_TARGET_TIMEOUT, "How long to wait for a target's response head"),
-    Flag("forward-headers", B, True, "Keep incoming X-Forwarded-* headers (default: true unless --tls)"),
+    Flag("forward-headers", B, True, "Keep incoming X-Forwarded-* headers (default true unless --tls)"),
     Flag("log-request-header", L, (), "Extra request header to log (repeatable)"),
     Flag("log-response-header", L, (), "Extra response header to log (repeatable)"),
     Flag("force", B, False, "Cut over at once, without waiting for health checks"),
     Flag("read-target", L, (), "Read-only target host:port(s)", supported=False),
     Flag("writer-affinity-timeout", D, opt.DEFAULT_WRITER_AFFINITY_TIMEOUT, "Time after a write before reads go to read targets", supported=False),
-    Flag("read-targets-accept-websockets", B, False, "Route WebSockets to read targets", supported=False),
+    Flag("read-target-websockets", B, False, "Route WebSockets to read targets", supported=False),
     Flag("tls", B, False, "Serve this service over TLS (requires --host)", supported=False),
     Flag("tls-staging", B, False, "Use Let's Encrypt's staging environment", supported=False),
     Flag("tls-certificate-path", S, "", "Custom TLS certificate (PEM)", supported=False),
@@ -126,10 +128,10 @@ COMMANDS: Final = {
         )),
         CommandSpec("rollout set", "Send a share of traffic to the rollout target", ("service",), (
             Flag("percent", N, 0, "Percentage of requests for the rollout target"),
-            Flag("allowlist", L, (), "Account ids always sent to the rollout target"),
+            Flag("list", L, (), "Values (e.g. account ids) always sent to the rollout target"),
         )),
         CommandSpec("rollout stop", "Stop sending traffic to the rollout target", ("service",)),
-        CommandSpec("help", "Show help for a command", ("command",)),
+        CommandSpec("help", "Show help for a command", ("command",), optional_args=True),
         CommandSpec("version", "Show the version"),
     )
 }  # fmt: skip
@@ -155,14 +157,20 @@ class Remove:
 @attrs.frozen
 class Pause:
     service: str
-    drain_timeout: float = opt.DEFAULT_DRAIN_TIMEOUT
-    max_pause: float = opt.DEFAULT_PAUSE_TIMEOUT
+    drain_timeout: float = attrs.field(
+        default=opt.DEFAULT_DRAIN_TIMEOUT, validator=opt.not_negative("drain-timeout")
+    )
+    max_pause: float = attrs.field(
+        default=opt.DEFAULT_PAUSE_TIMEOUT, validator=opt.positive("max-pause")
+    )
 
 
 @attrs.frozen
 class Stop:
     service: str
-    drain_timeout: float = opt.DEFAULT_DRAIN_TIMEOUT
+    drain_timeout: float = attrs.field(
+        default=opt.DEFAULT_DRAIN_TIMEOUT, validator=opt.not_negative("drain-timeout")
+    )
     message: str = ""
 
 
@@ -203,6 +211,7 @@ class Parsed:
     args: tuple[str, ...]
     values: Mapping[str, FlagValue]
     given: frozenset[str]  # flags set on the command line (or, for run, by the environment)
+    sources: Mapping[str, str] = attrs.field(factory=dict)  # flag → environment variable
 
     def text(self, name: str) -> str:
         value = self.values[name]
@@ -233,22 +242,36 @@ class Parsed:
 def parse_command(words: Sequence[str], env: Mapping[str, str] | None = None) -> Command:
     """Turn a command line, split into words, into a Command.
 
-    ``env`` supplies run options (and the default paths); the control channel passes none.
-    Raises UsageError with a message that names the problem and the fix.
+    The checks run in cobra's order (spf13/cobra command.go ``execute``), so a line with
+    several mistakes gets the error kamal-proxy would give: flag syntax and values, then
+    the positional arguments, then the command's own rules (deploy's ``preRun``), then
+    required flags, then flag groups; last, the flags kproxy does not support yet.
+
+    Args:
+      words: the command line after the program name, split like a POSIX shell.
+      env: supplies run options and the default paths; the control channel passes none.
+
+    Returns:
+      The command value.
+
+    Raises:
+      UsageError: with a message that names the problem and the fix.
     """
     if not words:
         raise UsageError("no command given; try 'help'")
+    env = env or {}
     spec, rest = _find_spec(words)
-    if "-h" in rest or "--help" in rest:
+    if _asks_for_help(rest):
         return Help(spec.name)
-    parsed = _parse_flags(spec, rest, env or {})
-    build = _BUILDERS.get(spec.name)
-    if build is None:  # rollout *: parsed and validated, but not there yet
-        raise UsageError(ROLLOUT_UNSUPPORTED)
+    parsed = _parse_flags(spec, rest, env)
     try:
-        return build(parsed, env or {})
+        _PRE_RUN.get(spec.name, _no_rules)(parsed)
+        _check_required(parsed)
+        _check_groups(parsed)
+        _refuse_unsupported(parsed)
+        return _BUILDERS[spec.name](parsed, env)
     except ValueError as exc:
-        raise UsageError(f"{spec.name}: {exc}") from None
+        raise UsageError(f"{spec.name}: {exc}{_env_note(parsed, str(exc))}") from None
 
 
 def _find_spec(words: Sequence[str]) -> tuple[CommandSpec, Sequence[str]]:
@@ -259,24 +282,33 @@ def _find_spec(words: Sequence[str]) -> tuple[CommandSpec, Sequence[str]]:
         return COMMANDS["version"], words[1:]
     if name == "rollout":
         sub = words[1] if len(words) > 1 else ""
+        if sub in ("--help", "-h"):
+            return COMMANDS["help"], ["rollout"]
         if f"rollout {sub}" not in COMMANDS:
             raise UsageError("rollout needs a subcommand: deploy, set or stop")
         return COMMANDS[f"rollout {sub}"], words[2:]
     if name not in COMMANDS:
-        names = ", ".join(n for n in COMMANDS if " " not in n)
-        raise UsageError(f"unknown command {words[0]!r}; commands are: {names}")
+        raise UsageError(f"unknown command {words[0]!r}; commands are: {_command_names()}")
     return COMMANDS[name], words[1:]
+
+
+def _command_names() -> str:
+    return ", ".join(n for n in COMMANDS if " " not in n)
+
+
+def _asks_for_help(words: Sequence[str]) -> bool:
+    """``-h``/``--help`` anywhere before ``--`` shows the command's help, as cobra does."""
+    end = words.index("--") if "--" in words else len(words)
+    return any(word in ("-h", "--help") for word in words[:end])
 
 
 def _parse_flags(spec: CommandSpec, words: Sequence[str], env: Mapping[str, str]) -> Parsed:
     values: dict[str, FlagValue] = {f.name: f.default for f in (*spec.flags, *GLOBAL_FLAGS)}
     given: set[str] = set()
-    args: list[str] = []
-    for flag in spec.flags:
-        if flag.env and (raw := _env_value(flag.name, env)) is not None:
-            values[flag.name] = _convert(spec, flag, raw, "")
-            given.add(flag.name)
     lists: dict[str, list[str]] = {}
+    args: list[str] = []
+    after_bool: dict[int, str] = {}  # positional index → the bare boolean flag just before it
+    bare_bool = ""
     i = 0
     while i < len(words):
         word = words[i]
@@ -285,10 +317,16 @@ def _parse_flags(spec: CommandSpec, words: Sequence[str], env: Mapping[str, str]
             args.extend(words[i:])
             break
         if not word.startswith("-") or word == "-":
+            if bare_bool:
+                after_bool[len(args)] = bare_bool
             args.append(word)
+            bare_bool = ""
             continue
+        bare_bool = ""
         if not word.startswith("--"):
-            raise UsageError(f"{spec.name}: unknown shorthand flag {word!r}; flags are --long-form")
+            raise UsageError(
+                f"{spec.name}: unknown shorthand flag {word!r}; kproxy flags are long, like --target"
+            )
         name, has_value, raw = word[2:].partition("=")
         found = spec.flag(name)
         if found is None:
@@ -296,7 +334,7 @@ def _parse_flags(spec: CommandSpec, words: Sequence[str], env: Mapping[str, str]
         flag = found
         if not has_value:
             if flag.kind is Kind.BOOL:
-                raw = "true"
+                raw, bare_bool = "true", name
             elif i < len(words):
                 raw, i = words[i], i + 1
             else:
@@ -306,26 +344,54 @@ def _parse_flags(spec: CommandSpec, words: Sequence[str], env: Mapping[str, str]
             lists.setdefault(name, []).extend(item for item in items if item)
             values[name] = tuple(lists[name])
         else:
-            values[name] = _convert(spec, flag, raw, "--")
+            values[name] = _convert(spec, flag, raw, "")
         given.add(name)
-    if len(args) != len(spec.args):
-        want = " ".join(f"<{a}>" for a in spec.args) or "no arguments"
-        raise UsageError(f"{spec.name}: expected {want}, got {len(args)} argument(s)")
+    # Run options the command line left out come from the environment (a flag beats it, and
+    # an unusable variable behind a flag does no harm).
+    sources: dict[str, str] = {}
     for flag in spec.flags:
-        if flag.required and flag.name not in given:
-            raise UsageError(f"{spec.name}: required flag --{flag.name} is missing")
-    return Parsed(spec, tuple(args), values, frozenset(given))
+        if flag.env and flag.name not in given and (from_env := _env_value(flag.name, env)):
+            key, raw = from_env
+            values[flag.name] = _convert(spec, flag, raw, key)
+            given.add(flag.name)
+            sources[flag.name] = key
+    _check_arg_count(spec, args, after_bool)
+    return Parsed(spec, tuple(args), values, frozenset(given), sources)
 
 
-def _env_value(name: str, env: Mapping[str, str]) -> str | None:
+def _check_arg_count(spec: CommandSpec, args: Sequence[str], after_bool: Mapping[int, str]) -> None:
+    want = " ".join(f"<{a}>" for a in spec.args)
+    usage_hint = f"usage: {spec.name} {want}".rstrip()
+    if len(args) > len(spec.args) and not spec.optional_args:
+        extra = len(spec.args)
+        message = f"{spec.name}: unexpected argument {args[extra]!r}"
+        if bare := after_bool.get(extra):
+            message += (
+                f" (a boolean flag takes its value after '=': --{bare}={args[extra]},"
+                f" not --{bare} {args[extra]})"
+            )
+        raise UsageError(f"{message}; {usage_hint}")
+    if len(args) < len(spec.args) and not spec.optional_args:
+        missing = " ".join(f"<{a}>" for a in spec.args[len(args) :])
+        raise UsageError(f"{spec.name}: missing {missing}; {usage_hint}")
+
+
+def _env_value(name: str, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The first of KPROXY_X, KAMAL_PROXY_X and X that is set and not empty, as (key, value)."""
     key = name.upper().replace("-", "_")
     for candidate in (f"KPROXY_{key}", f"KAMAL_PROXY_{key}", key):
         if env.get(candidate):
-            return env[candidate]
+            return candidate, env[candidate]
     return None
 
 
-def _convert(spec: CommandSpec, flag: Flag, raw: str, dashes: str) -> FlagValue:
+def _env_note(parsed: Parsed, message: str) -> str:
+    """Point at the environment when the flag an error names was set there."""
+    keys = [key for name, key in parsed.sources.items() if f"--{name} " in f"{message} "]
+    return f" (set by ${keys[0]})" if keys else ""
+
+
+def _convert(spec: CommandSpec, flag: Flag, raw: str, env_key: str) -> FlagValue:
     try:
         match flag.kind:
             case Kind.BOOL:
@@ -339,36 +405,92 @@ def _convert(spec: CommandSpec, flag: Flag, raw: str, dashes: str) -> FlagValue:
             case Kind.STRING:
                 return raw
     except ValueError as exc:
-        source = f"--{flag.name}" if dashes else f"environment value for {flag.name}"
+        source = f"${env_key} (for --{flag.name})" if env_key else f"--{flag.name}"
         raise UsageError(f"{spec.name}: invalid {source}: {exc}") from None
+
+
+# --- Validation rules, in cobra's order -------------------------------------------------------
+
+
+def _no_rules(_p: Parsed) -> None:
+    pass
+
+
+def _pre_run_deploy(p: Parsed) -> None:
+    """kamal-proxy's deploy ``preRun`` (internal/cmd/deploy.go), rule for rule, in its order."""
+    if "max-request-body" in p.given and "buffer-requests" not in p.given:
+        raise ValueError("--max-request-body can only be set with --buffer-requests")
+    if "max-response-body" in p.given and "buffer-responses" not in p.given:
+        raise ValueError("--max-response-body can only be set with --buffer-responses")
+    if p.flag("tls"):
+        if not p.strings("host"):
+            raise ValueError("--host must be set when using --tls")
+        prefixes = [normalize_path_prefix(v) for v in p.strings("path-prefix")] or ["/"]
+        if "/" not in prefixes:
+            raise ValueError(
+                "TLS settings must be given on the root path service (--path-prefix /)"
+            )
+
+
+def _pre_run_rollout_set(p: Parsed) -> None:
+    percent = p.integer("percent")
+    if not 0 <= percent <= 100:
+        raise ValueError(f"--percent must be 0-100, got {percent}")
+
+
+_PRE_RUN: Final[dict[str, Callable[[Parsed], None]]] = {
+    "deploy": _pre_run_deploy,
+    "rollout set": _pre_run_rollout_set,
+}
+
+
+def _check_required(p: Parsed) -> None:
+    for flag in p.spec.flags:
+        if flag.required and flag.name not in p.given:
+            raise ValueError(f"required flag --{flag.name} is missing")
+
+
+# cobra's MarkFlagsRequiredTogether / MarkFlagsOneRequired, checked after required flags.
+_TOGETHER: Final = {"deploy": (("tls-certificate-path", "tls-private-key-path"),)}
+_ONE_OF: Final = {"rollout set": (("percent", "list"),)}
+
+
+def _check_groups(p: Parsed) -> None:
+    for group in _TOGETHER.get(p.spec.name, ()):
+        missing = [name for name in group if name not in p.given]
+        if missing and len(missing) < len(group):
+            names = " and ".join(f"--{name}" for name in group)
+            raise ValueError(
+                f"{names} must be given together (missing {', '.join('--' + m for m in missing)})"
+            )
+    for group in _ONE_OF.get(p.spec.name, ()):
+        if not any(name in p.given for name in group):
+            raise ValueError(f"one of {' or '.join('--' + n for n in group)} is required")
 
 
 def _refuse_unsupported(p: Parsed) -> None:
     for flag in p.spec.flags:
         if not flag.supported and flag.name in p.given and p.values[flag.name] != flag.default:
-            raise UsageError(
-                f"{p.spec.name}: --{flag.name} is not supported by kproxy yet; "
-                "run the command without it"
+            if key := p.sources.get(flag.name):
+                raise ValueError(
+                    f"--{flag.name} is not supported by kproxy yet; it was set by ${key}, unset it"
+                )
+            raise ValueError(
+                f"--{flag.name} is not supported by kproxy yet; run the command without it"
             )
 
 
+# --- Builders ---------------------------------------------------------------------------------
+
+
+def _forward_headers(p: Parsed) -> bool:
+    """``--forward-headers`` defaults to true, unless ``--tls`` (kamal-proxy's preRun)."""
+    if "forward-headers" in p.given:
+        return p.flag("forward-headers")
+    return not p.flag("tls")
+
+
 def _build_deploy(p: Parsed, _env: Mapping[str, str]) -> Deploy:
-    # Validation rules of kamal-proxy's deploy preRun, in its order.
-    if "max-request-body" in p.given and "buffer-requests" not in p.given:
-        raise UsageError("deploy: --max-request-body can only be set with --buffer-requests")
-    if "max-response-body" in p.given and "buffer-responses" not in p.given:
-        raise UsageError("deploy: --max-response-body can only be set with --buffer-responses")
-    if ("tls-certificate-path" in p.given) != ("tls-private-key-path" in p.given):
-        raise UsageError(
-            "deploy: --tls-certificate-path and --tls-private-key-path must be given together"
-        )
-    tls = p.flag("tls")
-    if tls and not p.strings("host"):
-        raise UsageError("deploy: --host must be set when using --tls")
-    if tls and p.strings("path-prefix") and "/" not in p.strings("path-prefix"):
-        raise UsageError("deploy: TLS settings must be given on the root path service")
-    _refuse_unsupported(p)
-    forward_headers = p.flag("forward-headers") if "forward-headers" in p.given else not tls
     service = opt.validate_service_name(p.args[0])
     options = opt.DeploymentOptions(
         targets=p.strings("target"),
@@ -384,7 +506,7 @@ def _build_deploy(p: Parsed, _env: Mapping[str, str]) -> Deploy:
             health_check_port=p.integer("health-check-port") or None,
             health_check_host=p.text("health-check-host") or None,
             target_timeout=p.seconds("target-timeout"),
-            forward_headers=forward_headers,
+            forward_headers=_forward_headers(p),
             log_request_headers=p.strings("log-request-header"),
             log_response_headers=p.strings("log-response-header"),
         ),
@@ -396,7 +518,6 @@ def _build_deploy(p: Parsed, _env: Mapping[str, str]) -> Deploy:
 
 
 def _build_run(p: Parsed, env: Mapping[str, str]) -> Run:
-    _refuse_unsupported(p)
     return Run(
         opt.RunOptions(
             socket_path=p.text("socket") or default_socket_path(env),
@@ -418,7 +539,18 @@ def _build_stop(p: Parsed, _env: Mapping[str, str]) -> Stop:
 
 
 def _build_help(p: Parsed, _env: Mapping[str, str]) -> Help:
-    return Help(p.args[0] if p.args else "")
+    topic = " ".join(p.args)
+    topic = ALIASES.get(topic, topic)
+    if topic and topic not in COMMANDS and topic != "rollout":
+        raise ValueError(f"unknown command {topic!r}; commands are: {_command_names()}")
+    return Help(topic)
+
+
+def _build_rollout(p: Parsed, _env: Mapping[str, str]) -> Command:
+    # Parsed and validated like any command, then refused by name until rollouts exist.
+    for target in p.strings("target") if p.spec.flag("target") else ():
+        opt.parse_target(target)
+    raise UsageError(ROLLOUT_UNSUPPORTED)
 
 
 _BUILDERS: Final[dict[str, Callable[[Parsed, Mapping[str, str]], Command]]] = {
@@ -429,6 +561,9 @@ _BUILDERS: Final[dict[str, Callable[[Parsed, Mapping[str, str]], Command]]] = {
     "stop": _build_stop,
     "resume": lambda p, _env: Resume(p.args[0]),
     "list": lambda p, _env: List(json=p.flag("json")),
+    "rollout deploy": _build_rollout,
+    "rollout set": _build_rollout,
+    "rollout stop": _build_rollout,
     "help": _build_help,
     "version": lambda _p, _env: Version(),
 }
@@ -444,6 +579,7 @@ def default_socket_path(env: Mapping[str, str]) -> str:
 
 
 def default_state_dir(env: Mapping[str, str]) -> str:
+    """``~/.config/kproxy``; ``--state-dir`` and KPROXY_STATE_DIR are read as run options."""
     home = env.get("HOME") or "/root"
     return f"{home.rstrip('/')}/.config/kproxy"
 
@@ -452,16 +588,28 @@ def default_state_dir(env: Mapping[str, str]) -> str:
 
 
 def _show_default(flag: Flag) -> str:
-    if flag.default in ((), "", 0, False):
+    """pflag's ``(default …)`` suffix: zero values are not shown, strings are quoted."""
+    if flag.default in ((), "", 0, False) or "(default" in flag.help:
         return ""
-    if flag.kind is Kind.DURATION:
-        assert isinstance(flag.default, float)
-        return f" (default {format_duration(flag.default)})"
-    return f" (default {str(flag.default).lower() if flag.kind is Kind.BOOL else flag.default})"
+    match flag.kind:
+        case Kind.DURATION:
+            assert isinstance(flag.default, float)
+            shown = format_duration(flag.default)
+        case Kind.BOOL:
+            shown = str(flag.default).lower()
+        case Kind.STRING:
+            shown = f'"{flag.default}"'
+        case _:
+            shown = str(flag.default)
+    return f" (default {shown})"
 
 
 def usage(name: str = "") -> str:
-    """Help text for one command, or the command list when ``name`` is empty."""
+    """Help text for one command, or the command list when ``name`` is empty.
+
+    Raises:
+      UsageError: for an unknown command name.
+    """
     if not name:
         lines = [
             f"kproxy {__version__}: zero-downtime deploy proxy (kamal-proxy {KAMAL_PROXY_COMPAT} compatible)",
@@ -471,10 +619,14 @@ def usage(name: str = "") -> str:
         lines += [f"  {s.name:<16} {s.summary}" for s in COMMANDS.values()]
         lines += ["", "Run 'help <command>' for its flags."]
         return "\n".join(lines)
+    if name == "rollout":
+        lines = ["Usage: rollout <deploy|set|stop> <service> [flags]", "", "Subcommands:"]
+        lines += [f"  {n:<16} {s.summary}" for n, s in COMMANDS.items() if n.startswith("rollout ")]
+        return "\n".join([*lines, "", ROLLOUT_UNSUPPORTED])
     spec = COMMANDS.get(ALIASES.get(name, name))
     if spec is None:
         raise UsageError(f"unknown command {name!r}; try 'help'")
-    args = " ".join(f"<{a}>" for a in spec.args)
+    args = " ".join(f"[{a}]" if spec.optional_args else f"<{a}>" for a in spec.args)
     lines = [
         f"Usage: {spec.name} {args} [flags]".replace("  ", " "),
         "",

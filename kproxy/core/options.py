@@ -29,9 +29,10 @@ DEFAULT_HEALTH_CHECK_TIMEOUT: Final = 5.0  # seconds
 DEFAULT_WRITER_AFFINITY_TIMEOUT: Final = 3.0  # seconds
 DEFAULT_BUFFER_MEMORY: Final = 1 << 20  # bytes
 
-_HOSTNAME_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$", re.IGNORECASE)
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Used with fullmatch(): "$" would also match before a trailing newline.
+_HOSTNAME_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", re.IGNORECASE | re.ASCII)
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 
 
 @attrs.frozen
@@ -48,61 +49,71 @@ class Address:
 def parse_target(text: str) -> Address:
     """Parse a ``--target`` value: ``host:port``, ``[v6]:port``, or ``host`` (port 80).
 
-    Raises ValueError naming the bad value and the expected form.
+    Host names may contain underscores (Docker container names); IP literals are
+    canonicalized, so ``[0:0::1]:80`` and ``[::1]:80`` are the same target.
+
+    Raises:
+      ValueError: naming the bad value, what is wrong with it and the expected form.
     """
     value = text.strip()
-    hint = f"invalid target {text!r}: expected host:port (e.g. 127.0.0.1:3000 or web:80)"
-    if not value or any(c.isspace() or c in "/?#@" for c in value):
-        raise ValueError(hint)
+
+    def bad(reason: str = "") -> ValueError:
+        hint = f"invalid target {text!r}: expected host:port (e.g. 127.0.0.1:3000 or web:80)"
+        return ValueError(f"{hint}; {reason}" if reason else hint)
+
+    if not value:
+        raise bad("empty")
+    if "://" in value:
+        raise bad("give host:port, not a URL")
+    if any(c.isspace() or c in "/?#@" or not c.isprintable() for c in value):
+        raise bad()
     host, port = value, 80
     if value.startswith("["):
         end = value.find("]")
         if end < 0:
-            raise ValueError(hint)
+            raise bad("unclosed '['")
         host, rest = value[1:end], value[end + 1 :]
         if rest:
             if not rest.startswith(":"):
-                raise ValueError(hint)
-            port = _parse_port(rest[1:], hint)
-        _check_ip(host, hint, version=6)
+                raise bad()
+            port = _parse_port(rest[1:], bad)
+        if not _is_ip(host, version=6):
+            raise bad(f"{host!r} is not an IPv6 address")
     elif value.count(":") == 1:
         host, port_text = value.split(":")
-        port = _parse_port(port_text, hint)
+        port = _parse_port(port_text, bad)
     elif ":" in value:
-        raise ValueError(hint + "; put IPv6 addresses in brackets: [::1]:3000")
+        raise bad("put an IPv6 address in brackets, as in [::1]:3000")
     if not host:
-        raise ValueError(hint)
-    if not _is_ip(host) and not all(_HOSTNAME_LABEL.match(label) for label in host.split(".")):
-        raise ValueError(hint)
+        raise bad("the host is missing")
+    if _is_ip(host):
+        return Address(str(ipaddress.ip_address(host)), port)
+    labels = host.split(".")
+    if not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels) or len(host) > 253:
+        raise bad(f"{host!r} is not a valid host name")
+    if labels[-1].isdigit():
+        # getaddrinfo would read "30" or "10.1.2" as an IPv4 address; say so rather than guess
+        raise bad(f"{host!r} is neither a host name nor an IPv4 address")
     return Address(host.lower(), port)
 
 
-def _parse_port(text: str, hint: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(hint + "; the port must be 1-65535")
+def _parse_port(text: str, bad: Callable[[str], ValueError]) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise bad(f"the port must be 1-65535, got {text!r}")
     return int(text)
 
 
-def _is_ip(host: str) -> bool:
+def _is_ip(host: str, version: int | None = None) -> bool:
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return True
-
-
-def _check_ip(host: str, hint: str, *, version: int) -> None:
-    try:
-        if ipaddress.ip_address(host).version == version:
-            return
-    except ValueError:
-        pass
-    raise ValueError(hint)
+    return version is None or address.version == version
 
 
 def validate_service_name(name: str) -> str:
     """Service names end up in logs, state and tables: keep them to a safe alphabet."""
-    if not _SERVICE_NAME.match(name):
+    if not _SERVICE_NAME.fullmatch(name):
         raise ValueError(
             f"invalid service name {name!r}: use letters, digits, '.', '_' and '-' "
             "(at most 128 characters, starting with a letter or digit)"
@@ -110,7 +121,9 @@ def validate_service_name(name: str) -> str:
     return name
 
 
-def _positive(name: str) -> Callable[[object, object, float], None]:
+def positive(name: str) -> Callable[[object, object, float], None]:
+    """An attrs validator: the duration ``--name`` must be greater than zero."""
+
     def check(_instance: object, _attribute: object, value: float) -> None:
         if value <= 0:
             raise ValueError(f"--{name} must be greater than zero, got {format_duration(value)}")
@@ -118,7 +131,9 @@ def _positive(name: str) -> Callable[[object, object, float], None]:
     return check
 
 
-def _not_negative(name: str) -> Callable[[object, object, float], None]:
+def not_negative(name: str) -> Callable[[object, object, float], None]:
+    """An attrs validator: the duration ``--name`` may be zero but not negative."""
+
     def check(_instance: object, _attribute: object, value: float) -> None:
         if value < 0:
             raise ValueError(f"--{name} must not be negative, got {format_duration(value)}")
@@ -146,7 +161,7 @@ def _normalize_prefixes(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def _normalize_header_names(values: tuple[str, ...]) -> tuple[str, ...]:
     for value in values:
-        if not _HEADER_NAME.match(value):
+        if not _HEADER_NAME.fullmatch(value):
             raise ValueError(f"invalid header name {value!r}")
     return tuple(values)
 
@@ -154,6 +169,15 @@ def _normalize_header_names(values: tuple[str, ...]) -> tuple[str, ...]:
 def _health_path(value: str) -> str:
     if not value.startswith("/") or any(c.isspace() for c in value):
         raise ValueError(f"invalid --health-check-path {value!r}: it must start with '/'")
+    return value
+
+
+def _health_host(value: str | None) -> str | None:
+    # Sent as the Host header of every check: no whitespace or control characters.
+    if not value:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"invalid --health-check-host {value!r}: it must be a bare host name")
     return value
 
 
@@ -178,15 +202,15 @@ class TargetOptions:
 
     health_check_path: str = attrs.field(default=DEFAULT_HEALTH_CHECK_PATH, converter=_health_path)
     health_check_interval: float = attrs.field(
-        default=DEFAULT_HEALTH_CHECK_INTERVAL, validator=_positive("health-check-interval")
+        default=DEFAULT_HEALTH_CHECK_INTERVAL, validator=positive("health-check-interval")
     )
     health_check_timeout: float = attrs.field(
-        default=DEFAULT_HEALTH_CHECK_TIMEOUT, validator=_positive("health-check-timeout")
+        default=DEFAULT_HEALTH_CHECK_TIMEOUT, validator=positive("health-check-timeout")
     )
     health_check_port: int | None = attrs.field(default=None, converter=_optional_port)
-    health_check_host: str | None = None
+    health_check_host: str | None = attrs.field(default=None, converter=_health_host)
     target_timeout: float = attrs.field(
-        default=DEFAULT_TARGET_TIMEOUT, validator=_positive("target-timeout")
+        default=DEFAULT_TARGET_TIMEOUT, validator=positive("target-timeout")
     )
     forward_headers: bool = True
     log_request_headers: tuple[str, ...] = attrs.field(
@@ -221,10 +245,10 @@ class DeploymentOptions:
     service: ServiceOptions = attrs.field(factory=ServiceOptions)
     target: TargetOptions = attrs.field(factory=TargetOptions)
     deploy_timeout: float = attrs.field(
-        default=DEFAULT_DEPLOY_TIMEOUT, validator=_positive("deploy-timeout")
+        default=DEFAULT_DEPLOY_TIMEOUT, validator=positive("deploy-timeout")
     )
     drain_timeout: float = attrs.field(
-        default=DEFAULT_DRAIN_TIMEOUT, validator=_not_negative("drain-timeout")
+        default=DEFAULT_DRAIN_TIMEOUT, validator=not_negative("drain-timeout")
     )
     force: bool = False
 

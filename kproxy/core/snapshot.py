@@ -10,7 +10,13 @@ from typing import Any, Final
 
 import attrs
 
-from kproxy.core.options import DeploymentOptions, ServiceOptions, TargetOptions
+from kproxy.core.options import (
+    DEFAULT_PAUSE_TIMEOUT,
+    DeploymentOptions,
+    ServiceOptions,
+    TargetOptions,
+    validate_service_name,
+)
 from kproxy.core.states import ServiceState
 
 FORMAT_VERSION: Final = 1
@@ -22,7 +28,7 @@ class ServiceRecord:
     options: DeploymentOptions
     state: ServiceState = ServiceState.RUNNING
     message: str = ""
-    max_pause: float = 30.0
+    max_pause: float = DEFAULT_PAUSE_TIMEOUT
 
 
 def dump(records: Iterable[ServiceRecord]) -> dict[str, Any]:
@@ -42,25 +48,45 @@ def dump(records: Iterable[ServiceRecord]) -> dict[str, Any]:
 
 
 def load(data: Mapping[str, Any]) -> tuple[list[ServiceRecord], list[str]]:
-    """Returns the services that could be restored, and one error message per skipped one."""
-    if not isinstance(data, Mapping) or data.get("version") != FORMAT_VERSION:
-        version = data.get("version") if isinstance(data, Mapping) else None
+    """Read a state file's content back.
+
+    Returns:
+      The services that could be restored, and one error message per skipped entry. A
+      file of another format version restores nothing and gives one error.
+    """
+    version = data.get("version") if isinstance(data, Mapping) else None
+    if type(version) is not int or version != FORMAT_VERSION:
         return [], [f"unsupported state format version {version!r} (expected {FORMAT_VERSION})"]
+    services = data.get("services", [])
+    if not isinstance(services, list):
+        return [], [f"'services' must be a list, got {type(services).__name__}"]
     records: list[ServiceRecord] = []
     errors: list[str] = []
-    for entry in data.get("services", []):
+    seen: set[str] = set()
+    for index, entry in enumerate(services):
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        label = f"service {name!r}" if isinstance(name, str) else f"service entry #{index}"
         try:
-            records.append(_load_service(entry))
-        except (KeyError, TypeError, ValueError) as exc:
-            name = entry.get("name", "?") if isinstance(entry, Mapping) else "?"
-            errors.append(f"service {name!r} skipped: {exc!r}")
+            record = _load_service(entry)
+        except KeyError as exc:
+            errors.append(f"{label} skipped: missing field {exc}")
+        except (TypeError, ValueError, AttributeError) as exc:
+            errors.append(f"{label} skipped: {exc}")
+        else:
+            if record.name in seen:
+                errors.append(f"{label} skipped: the name appears twice")
+                continue
+            seen.add(record.name)
+            records.append(record)
     return records, errors
 
 
 def _load_service(entry: Mapping[str, Any]) -> ServiceRecord:
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"expected an object, got {type(entry).__name__}")
     options = entry["options"]
     return ServiceRecord(
-        name=str(entry["name"]),
+        name=validate_service_name(entry["name"]),
         options=DeploymentOptions(
             targets=tuple(options["targets"]),
             service=ServiceOptions(**_tuples(options["service"])),
@@ -71,7 +97,7 @@ def _load_service(entry: Mapping[str, Any]) -> ServiceRecord:
         ),
         state=ServiceState(entry.get("state", "running")),
         message=str(entry.get("message", "")),
-        max_pause=float(entry.get("max_pause", 30.0)),
+        max_pause=float(entry.get("max_pause", DEFAULT_PAUSE_TIMEOUT)),
     )
 
 

@@ -130,6 +130,10 @@ async def handle_control_connection(stream: trio.SocketStream, execute: Execute)
                         text = await execute(event.words, progress)
                     except KProxyError as exc:
                         await write(format_err(str(exc)))
+                    except Exception as exc:
+                        # execute() reports bugs as CommandError; this backstop keeps a bug in
+                        # it from escaping into the listener's nursery and stopping the proxy.
+                        await write(format_err(f"internal error: {exc!r}"))
                     else:
                         await write(format_ok(text))
             nursery.cancel_scope.cancel()

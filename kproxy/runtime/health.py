@@ -6,6 +6,7 @@ import attrs
 import h11
 import trio
 
+from kproxy.core.durations import format_duration
 from kproxy.core.states import TargetHealth
 from kproxy.runtime.h11_stream import H11Stream
 from kproxy.runtime.log import Logger
@@ -61,7 +62,7 @@ async def check_once(target: Target) -> CheckResult:
             return CheckResult(False, f"bad response: {exc}")
         finally:
             await connection.aclose()
-    return CheckResult(False, f"no response within {options.health_check_timeout:g}s")
+    return CheckResult(False, f"no response within {format_duration(options.health_check_timeout)}")
 
 
 async def run_health_checks(

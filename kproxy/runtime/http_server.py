@@ -41,16 +41,36 @@ from kproxy.runtime.upstream import (
 MAX_HEADER_BYTES: Final = 1024 * 1024  # request line + headers; Go's net/http allows 1 MiB
 KEEPALIVE_TIMEOUT: Final = 60.0  # seconds an idle keep-alive connection is kept
 HEADER_TIMEOUT: Final = 30.0  # seconds a client may take to send a request head
+MAX_DISCARD: Final = 256 * 1024  # bytes of unread request body read to keep a connection
+DISCARD_TIMEOUT: Final = 5.0  # seconds allowed for reading them
 STATUS_CLIENT_CLOSED: Final = 499  # nginx's convention, as kamal-proxy logs it
+
+
+class NoMatchingService(UpstreamError):
+    """No service serves the request's host and path."""
+
+    status_hint = 404
 
 
 @attrs.define
 class RequestLog:
-    """The fields of one access log line (kamal-proxy's names)."""
+    """The fields of one access log line (kamal-proxy's names), filled in as the request goes."""
 
     fields: dict[str, Any]
     status: int = 0
     started: float = 0.0
+    response_headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
+    response_bytes: int = 0  # body bytes sent to the client, as kamal-proxy counts them
+    response_header_names: tuple[str, ...] = ()  # the service's --log-response-header
+
+    def line(self, now: float) -> dict[str, Any]:
+        fields = dict(self.fields)
+        fields["status"] = self.status
+        fields["duration"] = int((now - self.started) * 1e9)
+        fields["resp_content_length"] = self.response_bytes
+        fields["resp_content_type"] = _text(header_value(self.response_headers, b"content-type"))
+        _log_headers(fields, "resp_", self.response_headers, self.response_header_names)
+        return fields
 
 
 def _peer(stream: trio.SocketStream) -> tuple[str, int]:
@@ -112,8 +132,8 @@ class HttpServer:
                     self._connections[scope] = False
                 if not keep_open or client.conn.our_state is not h11.DONE:
                     return
-                if client.conn.their_state is not h11.DONE:
-                    return  # the body was not read (an error answered early): can't reuse
+                if not await _discard_request_body(client):
+                    return  # too much unread body (an early answer) to reuse the connection
                 client.conn.start_next_cycle()
                 timeout = KEEPALIVE_TIMEOUT
                 continue
@@ -127,21 +147,32 @@ class HttpServer:
         path_bytes, _, query = raw_target.partition(b"?")
         path = path_bytes.decode("latin-1")
         host = request_host(header_value(request.headers, b"host"))
+        # Every line gets a request id, 404s included (kamal-proxy's request-id middleware
+        # runs before routing); an empty incoming value counts as absent, as in Go.
+        request_id = _text(header_value(request.headers, b"x-request-id")) or str(uuid.uuid4())
+        chunked = header_value(request.headers, b"transfer-encoding") is not None
         log = RequestLog(
             fields={
                 "host": host,
                 "port": self.port,
                 "path": path,
+                "request_id": request_id,
+                "service": "",
+                "target": "",
                 "method": request.method.decode("latin-1"),
+                # Go's Request.ContentLength: -1 when unknown (chunked).
+                "req_content_length": -1
+                if chunked
+                else _length(header_value(request.headers, b"content-length")),
+                "req_content_type": _text(header_value(request.headers, b"content-type")),
+                "client_addr": client_ip,
+                "client_port": str(client_port) if client_ip else "",  # a string, as Go logs it
+                "remote_addr": _text(header_value(request.headers, b"x-forwarded-for"))
+                or client_ip,
+                "user_agent": _text(header_value(request.headers, b"user-agent")),
                 "proto": f"HTTP/{request.http_version.decode()}",
                 "scheme": self.scheme,
                 "query": query.decode("latin-1"),
-                "client_addr": client_ip,
-                "client_port": client_port,
-                "remote_addr": client_ip,
-                "user_agent": _text(header_value(request.headers, b"user-agent")),
-                "req_content_length": _length(header_value(request.headers, b"content-length")),
-                "req_content_type": _text(header_value(request.headers, b"content-type")),
             },
             started=trio.current_time(),
         )
@@ -149,9 +180,7 @@ class HttpServer:
         try:
             keep_open = await self._route(client, request, raw_target, path, host, log)
         finally:
-            log.fields["status"] = log.status
-            log.fields["duration"] = int((trio.current_time() - log.started) * 1e9)
-            self.logger.info("Request", **log.fields)
+            self.logger.info("Request", **log.line(trio.current_time()))
         return keep_open
 
     async def _route(
@@ -165,10 +194,12 @@ class HttpServer:
     ) -> bool:
         routed = self.router.route(host, path)
         if routed is None:
-            log.status = await self._send_error(client, 404)
-            return True
+            return await self._fail(client, log, NoMatchingService(), ResponseRecord())
         service, route = routed
         log.fields["service"] = service.name
+        target_options = service.options.target
+        _log_headers(log.fields, "req_", request.headers, target_options.log_request_headers)
+        log.response_header_names = target_options.log_response_headers
         upstream_target = raw_target
         if service.options.service.strip_path_prefix:
             upstream_target = strip_path_prefix(raw_target, route.path_prefix)
@@ -176,13 +207,12 @@ class HttpServer:
         try:
             if service.is_health_check(request.method, upstream_path) and not service.running:
                 # Paused or stopped: keep load balancers in front of us from dropping the host.
-                log.status = await self._send_simple(client, 200, b"OK\n")
+                log.status = await self._send_simple(client, 200, b"OK\n", log=log)
                 return True
             await service.admit()
             target = service.choose_target()
         except UpstreamError as exc:
-            log.status = await self._send_error(client, exc.status_hint, _message(exc))
-            return True
+            return await self._fail(client, log, exc, ResponseRecord())
         log.fields["target"] = target.name
         return await self._proxy(client, request, upstream_target, service, target, log)
 
@@ -202,10 +232,9 @@ class HttpServer:
             forward_headers=target.options.forward_headers,
             target=target.name,
             now=time.time(),
-            make_request_id=lambda: str(uuid.uuid4()),
+            make_request_id=lambda: str(log.fields["request_id"]),
             upgrade=upgrade_type(request.headers) is not None,
         )
-        log.fields["request_id"] = headers.request_id
         upstream_headers = headers.headers
         if header_value(request.headers, b"transfer-encoding") is not None:
             upstream_headers.append((b"transfer-encoding", b"chunked"))  # h11 re-frames it
@@ -214,54 +243,55 @@ class HttpServer:
         upstream_request = h11.Request(
             method=request.method, target=upstream_target, headers=upstream_headers
         )
-        _log_headers(log, "req_", request.headers, target.options.log_request_headers)
         record = ResponseRecord()
-        keep_open = True
-        with target.track() as scope:
-            try:
+        try:
+            with target.track() as scope:
                 with scope:
                     await forward(client, upstream_request, target, scope, record)
                 if scope.cancelled_caught and not record.upgraded:
                     raise UpstreamTimeout(f"request to draining target {target.name} cut off")
-                log.status = record.status
-                keep_open = not record.upgraded
-            except UpstreamError as exc:
-                if record.head_sent:
-                    log.status, keep_open = record.status, False
-                else:
-                    log.status = await self._send_error(client, exc.status_hint, _message(exc))
-                    keep_open = log.status != 0
+        except (UpstreamError, ClientGone, BadRequestBody, ResponseAborted) as exc:
+            log.response_headers, log.response_bytes = record.headers, record.body_bytes
+            if not isinstance(exc, ClientGone):  # a client leaving is the access log's news
                 self.logger.info(
                     "Proxy error",
                     service=service.name,
                     target=target.name,
-                    status=exc.status_hint,
+                    status=_status_for(exc, record),
                     error=str(exc),
                 )
-            except ClientGone:
-                log.status, keep_open = STATUS_CLIENT_CLOSED, False
-            except BadRequestBody as exc:
-                log.status = 400 if record.head_sent else await self._send_error(client, 400)
-                keep_open = False
-                self.logger.info("Bad request body", service=service.name, error=str(exc))
-            except ResponseAborted as exc:
-                log.status, keep_open = record.status, False
-                self.logger.warning(
-                    "Response aborted", service=service.name, target=target.name, error=str(exc)
-                )
-        if record.headers:
-            _log_headers(log, "resp_", record.headers, target.options.log_response_headers)
-            log.fields["resp_content_length"] = _length(
-                header_value(record.headers, b"content-length")
-            )
-            log.fields["resp_content_type"] = _text(header_value(record.headers, b"content-type"))
-        return keep_open
+            return await self._fail(client, log, exc, record)
+        log.response_headers, log.response_bytes = record.headers, record.body_bytes
+        log.status = record.status
+        return not record.upgraded
 
-    async def _send_error(self, client: H11Stream, status: int, message: str = "") -> int:
-        return await self._send_simple(client, status, error_page(status, message), CONTENT_TYPE)
+    async def _fail(
+        self, client: H11Stream, log: RequestLog, exc: Exception, record: ResponseRecord
+    ) -> bool:
+        """Answer (or, past the response head, just log) a failure; returns keep-open."""
+        log.status = _status_for(exc, record)
+        if record.head_sent or isinstance(exc, ClientGone):
+            return False  # a truncated response must end with a cut connection
+        if not await self._send_error(client, log.status, _message(exc), log):
+            log.status = STATUS_CLIENT_CLOSED  # the error page could not be delivered
+            return False
+        return True
+
+    async def _send_error(
+        self, client: H11Stream, status: int, message: str = "", log: RequestLog | None = None
+    ) -> int:
+        return await self._send_simple(
+            client, status, error_page(status, message), CONTENT_TYPE, log=log
+        )
 
     async def _send_simple(
-        self, client: H11Stream, status: int, body: bytes, content_type: bytes = b"text/plain"
+        self,
+        client: H11Stream,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"text/plain",
+        *,
+        log: RequestLog | None = None,
     ) -> int:
         """Send a complete small response if the client can still take one; returns the status
         sent, or 0 when nothing could be sent."""
@@ -276,6 +306,8 @@ class HttpServer:
             await client.send(h11.EndOfMessage())
         except (h11.LocalProtocolError, *STREAM_ERRORS):
             return 0
+        if log is not None:
+            log.response_headers, log.response_bytes = headers, len(body)
         return status
 
     async def shutdown(self, grace: float) -> None:
@@ -291,7 +323,41 @@ class HttpServer:
             scope.cancel()
 
 
-def _message(exc: UpstreamError) -> str:
+async def _discard_request_body(client: H11Stream) -> bool:
+    """Read what is left of a request body that was answered without it (a 404, a 502, a target
+    that replied early), so the connection can carry the next request. Like Go's server
+    (maxPostHandlerReadBytes), give up past a limit; returns whether the request is complete."""
+    if client.conn.they_are_waiting_for_100_continue:
+        return False  # the client sends nothing until asked to: don't ask now
+    discarded = 0
+    with trio.move_on_after(DISCARD_TIMEOUT):
+        while client.conn.their_state is h11.SEND_BODY and discarded <= MAX_DISCARD:
+            try:
+                event = await client.next_event()
+            except (h11.RemoteProtocolError, *STREAM_ERRORS):
+                return False
+            if isinstance(event, h11.Data):
+                discarded += len(event.data)
+            elif not isinstance(event, h11.EndOfMessage):
+                return False
+    return client.conn.their_state is h11.DONE
+
+
+def _status_for(exc: Exception, record: ResponseRecord) -> int:
+    """The one place a failure becomes a status, like kamal-proxy's handleProxyError
+    (internal/server/target.go). Once the head went out, the log keeps the status sent."""
+    if isinstance(exc, ClientGone):
+        return STATUS_CLIENT_CLOSED
+    if record.head_sent:
+        return record.status
+    if isinstance(exc, BadRequestBody):
+        return 400
+    if isinstance(exc, UpstreamError):
+        return exc.status_hint  # 404, 502, 503, 504
+    return 502
+
+
+def _message(exc: Exception) -> str:
     return getattr(exc, "message", "")
 
 
@@ -303,8 +369,8 @@ def _length(value: bytes | None) -> int:
     return int(value) if value is not None and value.isdigit() else 0
 
 
-def _log_headers(log: RequestLog, prefix: str, headers: Any, names: tuple[str, ...]) -> None:
+def _log_headers(fields: dict[str, Any], prefix: str, headers: Any, names: tuple[str, ...]) -> None:
+    """``req_x_custom`` style fields for --log-request-header/--log-response-header."""
     for name in names:
         value = header_value(headers, name.lower().encode())
-        key = prefix + name.lower().replace("-", "_")
-        log.fields[key] = _text(value)
+        fields[prefix + name.lower().replace("-", "_")] = _text(value)

@@ -65,14 +65,17 @@ class Proxy:
         """Run until cancelled. ``task_status.started(self)`` once requests are accepted."""
         store = StateStore(Path(self.options.state_dir)) if self.options.state_dir else None
         saved = store.read() if store is not None else None
-        listeners = await trio.open_tcp_listeners(
-            self.options.http_port, host=self.options.bind or None
-        )
-        self.http_port = listeners[0].socket.getsockname()[1]
+        listeners: list[trio.SocketListener] = []
         control = None
-        if self.options.socket_path:
-            control = await open_control_listener(self.options.socket_path)
         try:
+            # The control socket first: a second proxy on the same socket is refused before
+            # it takes any port.
+            if self.options.socket_path:
+                control = await open_control_listener(self.options.socket_path)
+            listeners = await trio.open_tcp_listeners(
+                self.options.http_port, host=self.options.bind or None
+            )
+            self.http_port = listeners[0].socket.getsockname()[1]
             async with trio.open_nursery() as nursery:
                 router = self._router = Router(self.logger, store, nursery)
                 if saved is not None:
@@ -93,6 +96,9 @@ class Proxy:
         finally:
             if self._router is not None:
                 self._router.close_nowait()
+            # Listeners are closed here, not by serve_listeners, which leaves them open.
+            for listener in [*listeners, *([control] if control is not None else [])]:
+                listener.socket.close()
             if control is not None:
                 unlink_socket(self.options.socket_path)
 
@@ -104,6 +110,9 @@ class Proxy:
             await trio.serve_listeners(
                 http.handle_connection, listeners, handler_nursery=connections
             )
+        # shutdown() stopped us: close the ports so new clients are refused, not left queued.
+        for listener in listeners:
+            listener.socket.close()
 
     async def _accept_control(
         self, listener: trio.SocketListener, connections: trio.Nursery
@@ -114,6 +123,7 @@ class Proxy:
         with trio.CancelScope() as scope:
             self._accepting.append(scope)
             await trio.serve_listeners(handle, [listener], handler_nursery=connections)
+        listener.socket.close()
 
     async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting; give in-flight requests up to ``grace`` seconds. The caller then
@@ -206,9 +216,8 @@ class Proxy:
 
     async def execute_words(self, words: tuple[str, ...], progress: Progress) -> str:
         """The control channel's entry: parse, execute, and never let a bug kill the proxy."""
-        command = cmd.parse_command(words)
         try:
-            return await self.execute(command, progress)
+            return await self.execute(cmd.parse_command(words), progress)
         except KProxyError:
             raise
         except Exception as exc:

@@ -8,7 +8,7 @@ they always see either the old or the new routing, never a mix.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -27,6 +27,8 @@ from kproxy.runtime.state_store import StateStore
 from kproxy.runtime.target import Target
 
 Progress = Callable[[str], Awaitable[None]]
+
+SAVE_TIMEOUT: Final = 10.0  # seconds a state save may take (it runs shielded)
 
 
 async def _no_progress(_line: str) -> None:
@@ -76,10 +78,14 @@ class Router:
                     target.health_scope.cancel()
                 raise
             old_targets = self._cut_over(name, options, targets)
-            await progress(f"{name}: traffic now goes to {', '.join(options.targets)}")
+            # The deploy has happened. Start the drain and save before the first await that a
+            # vanished control client can cancel (a progress write), or neither would happen:
+            # the old targets would keep their health checks and the state file its old targets.
+            drained = self._start_drain(name, old_targets, options.drain_timeout)
             self.logger.info("Deployed", service=name, targets=options.targets)
             save_error = await self._save_quietly()
-            await self._retire(name, old_targets, options.drain_timeout, progress)
+            await progress(f"{name}: traffic now goes to {', '.join(options.targets)}")
+            await self._wait_drained(name, old_targets, drained, options.drain_timeout, progress)
             if save_error is not None:
                 raise CommandError(f"deployed {name}, but {save_error}")
 
@@ -88,9 +94,12 @@ class Router:
             service = self._get(name)
             del self.services[name]
             self.service_map = self.service_map.without_service(name)
+            service.close()
             self.logger.info("Removed", service=name)
+            timeout = service.options.drain_timeout
+            drained = self._start_drain(name, service.targets, timeout)  # before any await
             save_error = await self._save_quietly()
-            await self._retire(name, service.targets, service.options.drain_timeout, progress)
+            await self._wait_drained(name, service.targets, drained, timeout, progress)
             if save_error is not None:
                 raise CommandError(f"removed {name}, but {save_error}")
 
@@ -257,13 +266,13 @@ class Router:
         )
         return old
 
-    async def _retire(
-        self, name: str, targets: list[Target], timeout: float, progress: Progress
-    ) -> None:
-        """Drain old targets in the router's nursery; wait for it unless cancelled."""
-        if not targets:
-            return
+    def _start_drain(self, name: str, targets: list[Target], timeout: float) -> trio.Event:
+        """Drain old targets in the router's nursery, so it outlives the command; returns an
+        event set when every one is drained."""
         done = trio.Event()
+        if not targets:
+            done.set()
+            return done
 
         async def drain_one(target: Target) -> None:
             cancelled = await target.drain(timeout)
@@ -280,11 +289,24 @@ class Router:
                 done.set()
 
         self.nursery.start_soon(drain_all)
+        return done
+
+    async def _wait_drained(
+        self,
+        name: str,
+        targets: list[Target],
+        drained: trio.Event,
+        timeout: float,
+        progress: Progress,
+    ) -> None:
+        """Report the drain and wait for it; cancelling this wait leaves the drain running."""
+        if not targets:
+            return
         await progress(
             f"{name}: draining {', '.join(t.name for t in targets)} "
             f"(timeout {format_duration(timeout)})"
         )
-        await done.wait()
+        await drained.wait()
         await progress(f"{name}: old targets drained")
 
     async def _wait_in_flight(self, service: Service, timeout: float, progress: Progress) -> None:
@@ -295,12 +317,22 @@ class Router:
             await progress(f"{service.name}: some requests are still running after the timeout")
 
     async def _save(self) -> None:
-        if self.store is not None:
+        """Save the state the change just made; called once that change has happened.
+
+        Shielded, with a bound: a control client that goes away at this moment must not leave
+        the file behind the running proxy (a restart would bring back the old state).
+        """
+        if self.store is None:
+            return
+        with trio.move_on_after(SAVE_TIMEOUT, shield=True) as scope:
             try:
                 await self.store.write(self.snapshot())
             except StateError as exc:
                 self.logger.error("State save failed", error=str(exc))
                 raise CommandError(str(exc)) from exc
+        if scope.cancelled_caught:
+            self.logger.error("State save failed", error="timed out")
+            raise CommandError(f"saving the state took longer than {SAVE_TIMEOUT:g}s")
 
     async def _save_quietly(self) -> str | None:
         """Save after a change that has already happened: report, don't undo, on failure."""

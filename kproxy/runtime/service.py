@@ -22,6 +22,7 @@ class Service:
     # Set while running; a new event replaces it on every pause or stop.
     _running: trio.Event = attrs.field(factory=trio.Event)
     _next: int = 0
+    removed: bool = False  # set by close(); routing no longer reaches the service
 
     def __attrs_post_init__(self) -> None:
         if self.state is ServiceState.RUNNING:
@@ -50,8 +51,10 @@ class Service:
         return method in (b"GET", b"HEAD") and path == self.options.target.health_check_path
 
     async def admit(self) -> None:
-        """Wait while paused (at most max-pause); raise while stopped."""
-        while self.state is not ServiceState.RUNNING:
+        """Wait while paused (at most max-pause); raise while stopped or once removed."""
+        while self.state is not ServiceState.RUNNING or self.removed:
+            if self.removed:
+                raise NoHealthyTargets(f"service {self.name} was removed")
             if self.state is ServiceState.STOPPED:
                 raise ServiceUnavailable(self.message)
             with trio.move_on_after(self.max_pause):
@@ -72,9 +75,16 @@ class Service:
         self.message = ""
         self._running.set()
 
+    def close(self) -> None:
+        """The service was removed: requests held by a pause get 503 now, not at max-pause."""
+        self.removed = True
+        self._running.set()
+
     def _hold(self, state: ServiceState) -> None:
-        if self.state is ServiceState.RUNNING:
-            self._running = trio.Event()
+        # Wake the requests held by an earlier pause so they look at the new state: a stop
+        # answers them 503 at once (the newest command wins), a new pause holds them again.
+        self._running.set()
+        self._running = trio.Event()
         self.state = state
 
     async def wait_idle(self, timeout: float) -> bool:

@@ -1,24 +1,30 @@
 """One request relayed to one target over a pooled h11 client connection.
 
 The request body streams to the target while the response is awaited (so ``Expect:
-100-continue`` and early answers work); the response streams back as it arrives. Errors before
-the response head reached the client become UpstreamError (an error page); errors after it
-abort the client connection, because a truncated body must never look complete.
+100-continue`` and early answers work); the response streams back as it arrives. Once the body
+is in, the client connection is watched, so a client that leaves ends the exchange (499).
+Errors before the response head reached the client become UpstreamError (an error page);
+errors after it abort the client connection, because a truncated body must never look complete.
 """
 
 from __future__ import annotations
+
+import functools
+import math
+from typing import Final
 
 import attrs
 import h11
 import trio
 
-from kproxy.core.headers import strip_response_hop_by_hop
+from kproxy.core.headers import header_value, strip_response_hop_by_hop
 from kproxy.errors import UpstreamTimeout, UpstreamUnreachable
-from kproxy.runtime.h11_stream import H11Stream
+from kproxy.runtime.h11_stream import READ_SIZE, H11Stream
 from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
 from kproxy.runtime.target import Target
 
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+EXPECT_CONTINUE_TIMEOUT: Final = 1.0  # seconds; ExpectContinueTimeout of Go's DefaultTransport
 
 
 class ClientGone(Exception):
@@ -46,12 +52,32 @@ class RequestBodyPump:
     finished: bool = False  # the client's EndOfMessage was read
     error: Exception | None = None
 
-    async def run(self, upstream: UpstreamConnection, cancel: trio.CancelScope) -> None:
+    async def run(
+        self, upstream: UpstreamConnection, cancel: trio.CancelScope, *, watch: bool
+    ) -> None:
         try:
             await self._pump(upstream)
+            if watch:
+                await self._watch_for_hangup()
         except Exception as exc:  # reported to the exchange, which decides the status
             self.error = exc
             cancel.cancel()
+
+    async def _watch_for_hangup(self) -> None:
+        """Notice a client that leaves while its response is awaited or streamed.
+
+        Go's server keeps reading the connection in the background and cancels the request on
+        EOF (net/http connReader.backgroundRead); kamal-proxy logs that as 499, and the target
+        connection is released at once instead of when the target finally answers. Bytes that
+        arrive instead (a pipelined request) are handed to h11 for later, ending the watch.
+        """
+        try:
+            data = await self.client.stream.receive_some(READ_SIZE)
+        except STREAM_ERRORS as exc:
+            raise ClientGone() from exc
+        if not data:
+            raise ClientGone()
+        self.client.conn.receive_data(data)
 
     async def _pump(self, upstream: UpstreamConnection) -> None:
         while not self.finished:
@@ -84,6 +110,7 @@ class ResponseRecord:
 
     status: int = 0
     headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
+    body_bytes: int = 0  # response body bytes sent to the client
     head_sent: bool = False  # the client has seen a status line: no error page any more
     upgraded: bool = False
 
@@ -129,7 +156,7 @@ async def _exchange(
     scope: trio.CancelScope,
     record: ResponseRecord,
 ) -> None:
-    release = False
+    release = completed = False
     try:
         error: Exception | None = None
         async with trio.open_nursery() as nursery:
@@ -138,12 +165,17 @@ async def _exchange(
                     await upstream.send(request)
                 except STREAM_ERRORS as exc:
                     raise UpstreamUnreachable(f"cannot send to {target.name}: {exc}") from exc
-                nursery.start_soon(pump.run, upstream, nursery.cancel_scope)
+                # An upgrade's client bytes belong to the splice: nothing else may read them.
+                watch = header_value(request.headers, b"upgrade") is None
+                nursery.start_soon(
+                    functools.partial(pump.run, watch=watch), upstream, nursery.cancel_scope
+                )
                 release = await _relay_response(client, upstream, target, scope, record)
+                completed = True
             except Exception as exc:  # raised after the nursery, so it is not wrapped in a group
                 error = exc
             nursery.cancel_scope.cancel()
-        if isinstance(pump.error, ClientGone | BadRequestBody):
+        if not completed and isinstance(pump.error, ClientGone | BadRequestBody):
             error = pump.error  # the client's side failed: that is the story to tell
         if (
             isinstance(error, UpstreamUnreachable)
@@ -196,6 +228,7 @@ async def _relay_response(
             raise ResponseAborted(f"{target.name} broke off the response: {exc}") from exc
         if isinstance(event, h11.Data):
             await _send_client(client, event)
+            record.body_bytes += len(event.data)
         elif isinstance(event, h11.EndOfMessage):
             await _send_client(client, h11.EndOfMessage())
             return True
@@ -207,15 +240,25 @@ async def _read_head(
     client: H11Stream, upstream: UpstreamConnection, target: Target
 ) -> h11.Response | h11.InformationalResponse:
     while True:
-        try:
-            event = await upstream.next_event()
-        except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
-            raise UpstreamUnreachable(f"{target.name} sent no valid response: {exc}") from exc
+        event: h11.Event | type[h11.PAUSED] | None = None
+        with trio.move_on_after(_continue_wait(client)):
+            try:
+                event = await upstream.next_event()
+            except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
+                raise UpstreamUnreachable(f"{target.name} sent no valid response: {exc}") from exc
+        if event is None:
+            # The client holds its body for a 100 the target has not sent. Go's transport sends
+            # the body anyway after ExpectContinueTimeout, so ask the client for it. Sent from
+            # this task because only one task may write to the client.
+            await _send_client(client, h11.InformationalResponse(status_code=100, headers=[]))
+            continue
         if isinstance(event, h11.Response):
             return event
         if isinstance(event, h11.InformationalResponse):
             if event.status_code == 101:
                 return event
+            if event.status_code == 100 and not client.conn.they_are_waiting_for_100_continue:
+                continue  # we already sent one, or the client is sending its body anyway
             # 100 Continue and friends go to the client as they come (RFC 9110 §15.2).
             if client.conn.their_http_version != b"1.0":
                 await _send_client(
@@ -227,6 +270,10 @@ async def _read_head(
                 )
             continue
         raise UpstreamUnreachable(f"{target.name} closed the connection without a response")
+
+
+def _continue_wait(client: H11Stream) -> float:
+    return EXPECT_CONTINUE_TIMEOUT if client.conn.they_are_waiting_for_100_continue else math.inf
 
 
 async def _send_client(client: H11Stream, event: h11.Event) -> None:

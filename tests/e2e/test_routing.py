@@ -1,0 +1,187 @@
+"""Routing end to end: which service a real request reaches, and what path it arrives with.
+
+Each service gets its own Upstream named after it, so a response body names the service that
+served it; ``None`` below means the proxy answered 404 itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from kproxy import DeployError, DeploymentOptions, Proxy, ServiceOptions
+from tests.helpers import Upstream, control, request, start_proxy, start_upstream
+
+
+async def deploy(
+    nursery: trio.Nursery,
+    proxy: Proxy,
+    name: str,
+    hosts: tuple[str, ...] = (),
+    prefixes: tuple[str, ...] = (),
+    *,
+    strip: bool = True,
+) -> Upstream:
+    """Deploy service ``name`` on a fresh Upstream of the same name."""
+    upstream = await start_upstream(nursery, name)
+    service = ServiceOptions(hosts=hosts, path_prefixes=prefixes, strip_path_prefix=strip)
+    await proxy.deploy(name, DeploymentOptions(targets=(upstream.address,), service=service))
+    return upstream
+
+
+async def served_by(proxy: Proxy, host: str, path: str = "/") -> str | None:
+    reply = await request(proxy.http_port, path, host=host)
+    if reply.status == 404:
+        assert b"404" in reply.body  # the proxy's own page, not a target's 404
+        return None
+    assert reply.status == 200, reply
+    return reply.body.decode()
+
+
+async def test_host_levels_exact_wildcard_default(nursery: trio.Nursery, tmp_path: Path) -> None:
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    with trio.fail_after(20):
+        await deploy(nursery, proxy, "exact", ("app.example.com",))
+        await deploy(nursery, proxy, "wild", ("*.example.com",))
+        cases = {
+            "app.example.com": "exact",
+            "APP.Example.COM": "exact",  # hosts are case-insensitive
+            "app.example.com:8080": "exact",  # the port is not part of the host
+            "other.example.com": "wild",
+            "x.app.example.com": None,  # a wildcard covers exactly one label
+            "example.com": None,  # ... and not the bare domain
+            "unknown.test": None,  # no default service yet
+        }
+        for host, service in cases.items():
+            assert await served_by(proxy, host) == service, host
+        await deploy(nursery, proxy, "default")
+        cases |= {"x.app.example.com": "default", "example.com": "default"}
+        cases |= {"unknown.test": "default", "": "default"}
+        for host, service in cases.items():
+            assert await served_by(proxy, host) == service, host
+
+
+async def test_several_hosts_per_service(nursery: trio.Nursery, tmp_path: Path) -> None:
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    with trio.fail_after(20):
+        await deploy(nursery, proxy, "multi", ("one.test", "two.test", "*.three.test"))
+        for host in ("one.test", "two.test:80", "a.three.test"):
+            assert await served_by(proxy, host) == "multi", host
+        assert await served_by(proxy, "four.test") is None
+
+
+@pytest.mark.parametrize(
+    ("bound", "host_header"),
+    [
+        ("[::1]", "[::1]:8080"),
+        ("[::1]", "[0:0::1]"),
+        ("::1", "[::1]"),
+        ("127.0.0.1", "127.0.0.1:80"),
+    ],
+)
+async def test_ip_literal_hosts(
+    nursery: trio.Nursery, tmp_path: Path, bound: str, host_header: str
+) -> None:
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    with trio.fail_after(20):
+        await deploy(nursery, proxy, "ip", (bound,))
+        assert await served_by(proxy, host_header) == "ip"
+        assert await served_by(proxy, "[::2]") is None
+
+
+async def test_longest_prefix_on_segment_boundaries(nursery: trio.Nursery, tmp_path: Path) -> None:
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    with trio.fail_after(20):
+        await deploy(nursery, proxy, "root", ("a.test",))
+        await deploy(nursery, proxy, "api", ("a.test",), ("/api",))
+        await deploy(nursery, proxy, "v2", ("a.test",), ("/api/v2",))
+        cases = {
+            "/": "root",
+            "/api": "api",
+            "/api/": "api",
+            "/api/x": "api",
+            "/api?q=1": "api",
+            "/apix": "root",  # not on a segment boundary
+            "/api/v2": "v2",
+            "/api/v2/users/1": "v2",
+            "/api/v20": "api",
+            "/API": "root",  # paths are case-sensitive
+        }
+        for path, service in cases.items():
+            assert await served_by(proxy, "a.test", path) == service, path
+
+
+@pytest.mark.parametrize(
+    ("strip", "path", "forwarded"),
+    [
+        (True, "/api/x/y?q=a;b", b"/x/y?q=a;b"),
+        (True, "/api", b"/"),
+        (True, "/api/", b"/"),
+        (True, "/api?q=1", b"/?q=1"),
+        (False, "/api/x/y?q=a;b", b"/api/x/y?q=a;b"),
+        (False, "/api", b"/api"),
+    ],
+)
+async def test_strip_path_prefix(
+    nursery: trio.Nursery, tmp_path: Path, strip: bool, path: str, forwarded: bytes
+) -> None:
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    with trio.fail_after(20):
+        api = await deploy(nursery, proxy, "api", (), ("/api",), strip=strip)
+        assert await served_by(proxy, "a.test", path) == "api"
+    assert api.received[-1].target == forwarded
+
+
+async def test_host_with_bindings_does_not_fall_through(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    with trio.fail_after(20):
+        await deploy(nursery, proxy, "default")
+        await deploy(nursery, proxy, "wild", ("*.example.com",))
+        await deploy(nursery, proxy, "api", ("app.example.com",), ("/api",))
+        await deploy(nursery, proxy, "wild-api", ("*.test",), ("/api",))
+        assert await served_by(proxy, "app.example.com", "/api/x") == "api"
+        # app.example.com has bindings: a path outside them is a 404, not the wildcard's.
+        assert await served_by(proxy, "app.example.com", "/other") is None
+        assert await served_by(proxy, "www.example.com", "/other") == "wild"
+        # Likewise a wildcard level with bindings does not fall through to the default.
+        assert await served_by(proxy, "x.test", "/other") is None
+        assert await served_by(proxy, "x.test", "/api") == "wild-api"
+        assert await served_by(proxy, "elsewhere.org", "/other") == "default"
+
+
+async def test_conflicting_deploy_fails_and_changes_nothing(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    sock = tmp_path / "kproxy.sock"
+    other = await start_upstream(nursery, "other")
+    with trio.fail_after(20):
+        await deploy(nursery, proxy, "first", ("a.test", "b.test"), ("/app",))
+        listing = await control(sock, "list")
+
+        answer = await control(
+            sock, f"deploy second --target {other.address} --host b.test --path-prefix /app/"
+        )
+        assert answer[-1].startswith("ERR ")
+        assert "'first'" in answer[-1]
+        assert "b.test" in answer[-1]
+
+        options = DeploymentOptions(
+            targets=(other.address,),
+            service=ServiceOptions(hosts=("a.test",), path_prefixes=("/app",)),
+        )
+        with pytest.raises(DeployError, match="'first'"):
+            await proxy.deploy("second", options)
+
+        assert await control(sock, "list") == listing
+        assert [s.name for s in proxy.services()] == ["first"]
+        assert await served_by(proxy, "b.test", "/app") == "first"
+        # A different prefix on the same host is no conflict: the longer one takes it over.
+        await deploy(nursery, proxy, "third", ("b.test",), ("/app/admin",))
+        assert await served_by(proxy, "b.test", "/app/admin/x") == "third"
+        assert await served_by(proxy, "b.test", "/app/x") == "first"
+    assert other.received == [] or {r.target for r in other.received} == {b"/up"}

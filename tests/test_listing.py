@@ -1,0 +1,101 @@
+"""The ``list`` answer: an aligned table, or one JSON line."""
+
+from __future__ import annotations
+
+import json
+
+from kproxy.core.listing import HEADINGS, ServiceInfo, json_line, table_lines
+
+SERVICES = [
+    ServiceInfo("web", (), ("/",), ("127.0.0.1:3001",), "running"),
+    ServiceInfo(
+        "api-longer-name",
+        ("api.example", "*.api.example"),
+        ("/v1", "/v2"),
+        ("10.0.0.1:80", "[::1]:3000"),
+        "paused",
+        tls=True,
+    ),
+]
+
+
+def _columns(line: str, starts: list[int]) -> list[str]:
+    ends = [*starts[1:], None]
+    return [line[s:e].strip() for s, e in zip(starts, ends, strict=True)]
+
+
+def test_table_columns_are_aligned() -> None:
+    lines = table_lines(SERVICES)
+    header = lines[0]
+    starts = [header.index(heading) for heading in HEADINGS]
+    assert starts == sorted(starts)
+    assert _columns(header, starts) == list(HEADINGS)
+    assert _columns(lines[1], starts) == ["web", "*", "/", "127.0.0.1:3001", "running", "no"]
+    assert _columns(lines[2], starts) == [
+        "api-longer-name",
+        "api.example,*.api.example",
+        "/v1,/v2",
+        "10.0.0.1:80,[::1]:3000",
+        "paused",
+        "yes",
+    ]
+    for line in lines[1:]:  # every cell starts at its heading, after two spaces
+        for start in starts[1:]:
+            assert line[start - 2 : start] == "  "
+            assert line[start] != " "
+
+
+def test_table_lines_have_no_trailing_spaces() -> None:
+    assert all(line == line.rstrip() for line in table_lines(SERVICES))
+
+
+def test_star_stands_for_any_host() -> None:
+    assert table_lines(SERVICES[:1])[1].split() == [
+        "web",
+        "*",
+        "/",
+        "127.0.0.1:3001",
+        "running",
+        "no",
+    ]
+
+
+def test_empty_table_is_the_heading_only() -> None:
+    assert table_lines([]) == ["  ".join(HEADINGS)]
+
+
+def test_json_line_parses() -> None:
+    line = json_line(SERVICES)
+    assert "\n" not in line
+    assert json.loads(line) == {
+        "services": [
+            {
+                "name": "web",
+                "hosts": [],
+                "path_prefixes": ["/"],
+                "targets": ["127.0.0.1:3001"],
+                "state": "running",
+                "tls": False,
+            },
+            {
+                "name": "api-longer-name",
+                "hosts": ["api.example", "*.api.example"],
+                "path_prefixes": ["/v1", "/v2"],
+                "targets": ["10.0.0.1:80", "[::1]:3000"],
+                "state": "paused",
+                "tls": True,
+            },
+        ]
+    }
+
+
+def test_json_line_of_nothing() -> None:
+    assert json.loads(json_line([])) == {"services": []}
+
+
+def test_json_line_is_ascii_so_it_cannot_break_the_line_protocol() -> None:
+    line = json_line(
+        [ServiceInfo("w", ("xn--bcher-kva.example",), ("/\u2028",), ("a:1",), "running")]
+    )
+    assert line.isascii()
+    assert json.loads(line)["services"][0]["path_prefixes"] == ["/\u2028"]

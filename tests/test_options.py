@@ -1,0 +1,281 @@
+"""The options objects guard every door (control channel, state file, embedders) alike."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+import pytest
+
+from kproxy.core import options as opt
+
+TARGETS = ("127.0.0.1:3000",)
+
+
+# --- parse_target / Address -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("127.0.0.1:3000", "127.0.0.1", 3000),
+        (" 127.0.0.1:3000 ", "127.0.0.1", 3000),
+        ("web", "web", 80),
+        ("WEB:1", "web", 1),
+        ("app_web-1.internal:8080", "app_web-1.internal", 8080),
+        ("_svc:80", "_svc", 80),
+        ("[::1]:3000", "::1", 3000),
+        ("[::1]", "::1", 80),
+        ("[2001:DB8::0001]:443", "2001:db8::1", 443),
+        ("10.0.0.1", "10.0.0.1", 80),
+        ("a.b.c.example:65535", "a.b.c.example", 65535),
+    ],
+)
+def test_parse_target(text: str, host: str, port: int) -> None:
+    assert opt.parse_target(text) == opt.Address(host, port)
+
+
+@pytest.mark.parametrize(
+    ("address", "text"),
+    [
+        (opt.Address("web", 80), "web:80"),
+        (opt.Address("::1", 3000), "[::1]:3000"),
+        (opt.Address("10.0.0.1", 1), "10.0.0.1:1"),
+    ],
+)
+def test_address_str_round_trips(address: opt.Address, text: str) -> None:
+    assert str(address) == text
+    assert opt.parse_target(text) == address
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("foo bar", "expected host:port"),
+        ("a:1\tb:2", "expected host:port"),
+        ("host:0", "the port must be 1-65535, got '0'"),
+        ("host:99999", "the port must be 1-65535, got '99999'"),
+        ("host:-1", "the port must be 1-65535, got '-1'"),
+        ("host:\uff18\uff10", "the port must be 1-65535"),  # full-width digits are not a port
+        ("::1:80", "put an IPv6 address in brackets"),
+        ("::1", "put an IPv6 address in brackets"),
+        ("[::1]x", "expected host:port"),
+        ("[::1]:", "the port must be 1-65535, got ''"),
+        ("[nope]:80", "'nope' is not an IPv6 address"),
+        ("https://web", "not a URL"),
+        ("user@web:80", "expected host:port"),
+        ("web/path", "expected host:port"),
+        ("web\x00:80", "expected host:port"),
+        (":80", "the host is missing"),
+        ("web-:80", "'web-' is not a valid host name"),
+        ("a" * 64 + ":80", "is not a valid host name"),
+        (".web:80", "is not a valid host name"),
+        ("\u212aelvin:80", "is not a valid host name"),  # KELVIN SIGN folds to "k"
+        ("1.2.3", "'1.2.3' is neither a host name nor an IPv4 address"),
+        ("999.1.1.1:80", "neither a host name nor an IPv4 address"),
+    ],
+)
+def test_parse_target_errors_name_the_value(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match="invalid target") as info:
+        opt.parse_target(text)
+    message = str(info.value)
+    assert message.startswith(f"invalid target {text!r}: ")
+    assert reason in message
+
+
+# --- service names ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["web", "app-web", "app-web-staging", "a.b_c-1", "A", "x" * 128])
+def test_valid_service_names(name: str) -> None:
+    assert opt.validate_service_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-web", ".web", "a b", "a/b", "x" * 129, "é", "web\n"])
+def test_invalid_service_names(name: str) -> None:
+    with pytest.raises(ValueError, match=r"invalid service name"):
+        opt.validate_service_name(name)
+
+
+# --- ServiceOptions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hosts", "normalized"),
+    [
+        ((), ()),
+        (("A.Example",), ("a.example",)),
+        (("a.example", "A.EXAMPLE", "b.example"), ("a.example", "b.example")),
+        (("*.example.com",), ("*.example.com",)),
+        (("[::1]",), ("::1",)),
+    ],
+)
+def test_hosts_are_normalized_and_deduplicated(
+    hosts: tuple[str, ...], normalized: tuple[str, ...]
+) -> None:
+    assert opt.ServiceOptions(hosts=hosts).hosts == normalized
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "normalized"),
+    [
+        ((), ("/",)),
+        (("",), ("/",)),
+        (("api",), ("/api",)),
+        (("/api/",), ("/api",)),
+        (("/api", "api", "/api/"), ("/api",)),
+        (("/a/b", "/"), ("/a/b", "/")),
+    ],
+)
+def test_path_prefixes_are_normalized_and_deduplicated(
+    prefixes: tuple[str, ...], normalized: tuple[str, ...]
+) -> None:
+    assert opt.ServiceOptions(path_prefixes=prefixes).path_prefixes == normalized
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("hosts", ("a.example:80",), "a host must not include a port"),
+        ("hosts", ("",), "empty"),
+        ("hosts", ("a b",), "whitespace"),
+        ("path_prefixes", ("/a?b",), "invalid path prefix"),
+        ("path_prefixes", ("/a b",), "whitespace"),
+    ],
+)
+def test_service_options_errors(field: str, value: tuple[str, ...], fragment: str) -> None:
+    kwargs: dict[str, Any] = {field: value}
+    with pytest.raises(ValueError, match=fragment):
+        opt.ServiceOptions(**kwargs)
+
+
+# --- TargetOptions ----------------------------------------------------------------------------
+
+
+def test_target_option_defaults_match_kamal_proxy() -> None:
+    options = opt.TargetOptions()
+    assert options.health_check_path == "/up"
+    assert (options.health_check_interval, options.health_check_timeout) == (1.0, 5.0)
+    assert (options.health_check_port, options.health_check_host) == (None, None)
+    assert options.target_timeout == 30.0
+    assert options.forward_headers is True
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"health_check_path": "up"}, "invalid --health-check-path 'up': it must start with '/'"),
+        ({"health_check_path": ""}, "invalid --health-check-path ''"),
+        ({"health_check_path": "/a b"}, "invalid --health-check-path '/a b'"),
+        (
+            {"health_check_interval": 0.0},
+            "--health-check-interval must be greater than zero, got 0s",
+        ),
+        ({"health_check_interval": -1.0}, "--health-check-interval must be greater than zero"),
+        ({"health_check_timeout": 0.0}, "--health-check-timeout must be greater than zero"),
+        ({"target_timeout": -0.5}, "--target-timeout must be greater than zero, got -500ms"),
+        ({"health_check_port": 0}, "invalid --health-check-port 0: the port must be 1-65535"),
+        ({"health_check_port": 65536}, "invalid --health-check-port 65536"),
+        ({"health_check_host": "a b"}, "invalid --health-check-host 'a b'"),
+        ({"health_check_host": "a\r\nX-Evil: 1"}, "invalid --health-check-host"),
+        ({"log_request_headers": ("X-Ok", "Bad:Name")}, "invalid header name 'Bad:Name'"),
+        ({"log_response_headers": ("",)}, "invalid header name ''"),
+        ({"log_response_headers": ("X-A\n",)}, "invalid header name 'X-A\\n'"),
+    ],
+)
+def test_target_options_errors(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        opt.TargetOptions(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "value"),
+    [
+        ({"health_check_port": 1}, "health_check_port", 1),
+        ({"health_check_port": 65535}, "health_check_port", 65535),
+        ({"health_check_host": ""}, "health_check_host", None),
+        ({"health_check_host": "internal.example"}, "health_check_host", "internal.example"),
+        ({"health_check_path": "/health?full=1"}, "health_check_path", "/health?full=1"),
+        ({"health_check_interval": 0.001}, "health_check_interval", 0.001),
+    ],
+)
+def test_target_options_accept(kwargs: dict[str, Any], field: str, value: object) -> None:
+    assert getattr(opt.TargetOptions(**kwargs), field) == value
+
+
+# --- DeploymentOptions ------------------------------------------------------------------------
+
+
+def test_deployment_option_defaults() -> None:
+    options = opt.DeploymentOptions(targets=TARGETS)
+    assert (options.deploy_timeout, options.drain_timeout, options.force) == (30.0, 30.0, False)
+    assert options.service == opt.ServiceOptions()
+    assert options.target == opt.TargetOptions()
+
+
+def test_targets_are_canonical_and_deduplicated() -> None:
+    options = opt.DeploymentOptions(targets=("WEB", "web:80", "[0::1]:3000", "[::1]:3000"))
+    assert options.targets == ("web:80", "[::1]:3000")
+    assert options.addresses == (opt.Address("web", 80), opt.Address("::1", 3000))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"targets": ()}, "at least one --target is required"),
+        ({"targets": ("foo bar",)}, "invalid target 'foo bar'"),
+        ({"targets": TARGETS, "deploy_timeout": 0.0}, "--deploy-timeout must be greater than zero"),
+        (
+            {"targets": TARGETS, "drain_timeout": -1.0},
+            "--drain-timeout must not be negative, got -1s",
+        ),
+    ],
+)
+def test_deployment_options_errors(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        opt.DeploymentOptions(**kwargs)
+
+
+def test_zero_drain_timeout_is_allowed() -> None:
+    assert opt.DeploymentOptions(targets=TARGETS, drain_timeout=0.0).drain_timeout == 0.0
+
+
+def test_evolve_validates_again() -> None:
+    options = opt.DeploymentOptions(targets=TARGETS)
+    with pytest.raises(ValueError, match="--deploy-timeout"):
+        attrs.evolve(options, deploy_timeout=-1.0)
+
+
+def test_options_are_frozen() -> None:
+    options = opt.DeploymentOptions(targets=TARGETS)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        options.force = True  # type: ignore[misc]
+
+
+# --- RunOptions -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"http_port": -1}, "--http-port must be 0-65535, got -1"),
+        ({"http_port": 65536}, "--http-port must be 0-65535, got 65536"),
+        ({"https_port": 70000}, "--https-port must be 0-65535, got 70000"),
+    ],
+)
+def test_run_options_errors(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        opt.RunOptions(socket_path="/s", state_dir="/d", **kwargs)
+
+
+def test_run_options_defaults() -> None:
+    options = opt.RunOptions(socket_path="/s", state_dir="/d")
+    assert (options.bind, options.http_port, options.https_port, options.debug) == (
+        "",
+        80,
+        443,
+        False,
+    )

@@ -1,0 +1,177 @@
+"""The state file's content: dump → JSON → load gives back the same services."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kproxy.core import options as opt
+from kproxy.core import snapshot
+from kproxy.core.snapshot import FORMAT_VERSION, ServiceRecord
+from kproxy.core.states import ServiceState
+
+FULL = opt.DeploymentOptions(
+    targets=("10.0.0.1:3000", "[::1]:3001", "web_1"),
+    service=opt.ServiceOptions(
+        hosts=("a.example", "*.b.example"), path_prefixes=("/api", "/"), strip_path_prefix=False
+    ),
+    target=opt.TargetOptions(
+        health_check_path="/health",
+        health_check_interval=0.25,
+        health_check_timeout=2.0,
+        health_check_port=4000,
+        health_check_host="internal.example",
+        target_timeout=45.5,
+        forward_headers=False,
+        log_request_headers=("Cache-Control", "User-Agent"),
+        log_response_headers=("X-Runtime",),
+    ),
+    deploy_timeout=90.0,
+    drain_timeout=0.0,
+    force=True,
+)
+RECORDS = [
+    ServiceRecord("full", FULL),
+    ServiceRecord("plain", opt.DeploymentOptions(targets=("127.0.0.1:3000",))),
+    ServiceRecord(
+        "paused",
+        opt.DeploymentOptions(targets=("b:1",), service=opt.ServiceOptions(hosts=("p.example",))),
+        ServiceState.PAUSED,
+        max_pause=12.5,
+    ),
+    ServiceRecord(
+        "stopped",
+        opt.DeploymentOptions(targets=("c:1",), service=opt.ServiceOptions(hosts=("s.example",))),
+        ServiceState.STOPPED,
+        message="Back at 5pm — ünïcode",
+    ),
+]
+
+
+def through_json(data: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(data))
+
+
+def test_round_trip_through_json_is_equal() -> None:
+    records, errors = snapshot.load(through_json(snapshot.dump(RECORDS)))
+    assert errors == []
+    assert records == RECORDS
+
+
+def test_pause_and_stop_state_survive() -> None:
+    records, _ = snapshot.load(through_json(snapshot.dump(RECORDS)))
+    by_name = {r.name: r for r in records}
+    assert (by_name["paused"].state, by_name["paused"].max_pause) == (ServiceState.PAUSED, 12.5)
+    assert by_name["stopped"].state is ServiceState.STOPPED
+    assert by_name["stopped"].message == "Back at 5pm — ünïcode"
+    assert by_name["plain"].state is ServiceState.RUNNING
+
+
+def test_dump_carries_the_format_version() -> None:
+    data = snapshot.dump(RECORDS)
+    assert data["version"] == FORMAT_VERSION
+    assert [entry["name"] for entry in data["services"]] == ["full", "plain", "paused", "stopped"]
+
+
+def test_dump_of_nothing_loads_as_nothing() -> None:
+    assert snapshot.load(through_json(snapshot.dump([]))) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"version": FORMAT_VERSION + 1, "services": []},
+        {"version": 0},
+        {"version": "1"},
+        {"version": True},
+        {"services": []},
+        {},
+    ],
+)
+def test_wrong_version_restores_nothing_and_says_why(data: dict[str, Any]) -> None:
+    records, errors = snapshot.load(data)
+    assert records == []
+    assert len(errors) == 1
+    assert errors[0].startswith("unsupported state format version")
+    assert f"(expected {FORMAT_VERSION})" in errors[0]
+
+
+@pytest.mark.parametrize("services", [None, {}, "x", 1])
+def test_services_that_are_not_a_list(services: object) -> None:
+    records, errors = snapshot.load({"version": FORMAT_VERSION, "services": services})
+    assert records == []
+    assert errors == [f"'services' must be a list, got {type(services).__name__}"]
+
+
+def _broken(change: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = through_json(snapshot.dump(RECORDS[1:2]))["services"][0]
+    for path, value in change.items():
+        *parents, last = path.split(".")
+        node = entry
+        for key in parents:
+            node = node[key]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        (
+            _broken({"options.targets": ["foo bar"]}),
+            "service 'plain' skipped: invalid target 'foo bar'",
+        ),
+        (
+            _broken({"options.targets": []}),
+            "service 'plain' skipped: at least one --target is required",
+        ),
+        (_broken({"options": KeyError}), "service 'plain' skipped: missing field 'options'"),
+        (_broken({"options.target": KeyError}), "service 'plain' skipped: missing field 'target'"),
+        (_broken({"options.target.health_check_path": "up"}), "invalid --health-check-path 'up'"),
+        (_broken({"options.target.bogus": 1}), "service 'plain' skipped: "),
+        (_broken({"options.deploy_timeout": -1}), "--deploy-timeout must be greater than zero"),
+        (_broken({"options.deploy_timeout": None}), "service 'plain' skipped: "),
+        (_broken({"options.service.hosts": ["a b"]}), 'invalid host "a b"'),
+        (
+            _broken({"state": "sleeping"}),
+            "service 'plain' skipped: 'sleeping' is not a valid ServiceState",
+        ),
+        (_broken({"max_pause": "long"}), "service 'plain' skipped: "),
+        (_broken({"name": "bad name"}), "service 'bad name' skipped: invalid service name"),
+        (_broken({"name": 7}), "service entry #1 skipped: "),
+        (_broken({"name": KeyError}), "service entry #1 skipped: missing field 'name'"),
+        ([1, 2], "service entry #1 skipped: expected an object, got list"),
+        (None, "service entry #1 skipped: expected an object, got NoneType"),
+    ],
+)
+def test_one_broken_entry_is_skipped_and_the_others_load(entry: object, fragment: str) -> None:
+    good = through_json(snapshot.dump(RECORDS))["services"]
+    data = {"version": FORMAT_VERSION, "services": [good[0], entry, *good[1:]]}
+    records, errors = snapshot.load(data)
+    assert records == RECORDS
+    assert len(errors) == 1
+    assert fragment in errors[0]
+
+
+def test_a_name_that_appears_twice_keeps_the_first() -> None:
+    data = through_json(snapshot.dump([*RECORDS, ServiceRecord("plain", FULL)]))
+    records, errors = snapshot.load(data)
+    assert records == RECORDS
+    assert errors == ["service 'plain' skipped: the name appears twice"]
+
+
+def test_optional_state_fields_default() -> None:
+    entry = _broken({"state": KeyError, "message": KeyError, "max_pause": KeyError})
+    records, errors = snapshot.load({"version": FORMAT_VERSION, "services": [entry]})
+    assert errors == []
+    assert records == [RECORDS[1]]
+    assert (records[0].state, records[0].message, records[0].max_pause) == (
+        ServiceState.RUNNING,
+        "",
+        opt.DEFAULT_PAUSE_TIMEOUT,
+    )
