@@ -8,6 +8,8 @@ Embedding::
 The control protocol is specified in protocol.md.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from kproxy._version import __version__
 from kproxy.core.commands import Command, parse_command
 from kproxy.core.listing import ServiceInfo
@@ -20,8 +22,24 @@ from kproxy.errors import (
     ServiceNotFound,
     UsageError,
 )
-from kproxy.runtime.log import Logger
-from kproxy.runtime.proxy import Proxy
+
+if TYPE_CHECKING:
+    from kproxy.runtime.log import Logger
+    from kproxy.runtime.proxy import Proxy
+
+
+def __getattr__(name: str) -> Any:
+    # The trio runtime loads on first use, so `import kproxy.core.x` stays free of I/O modules.
+    if name == "Proxy":
+        from kproxy.runtime.proxy import Proxy
+
+        return Proxy
+    if name == "Logger":
+        from kproxy.runtime.log import Logger
+
+        return Logger
+    raise AttributeError(f"module 'kproxy' has no attribute {name!r}")
+
 
 __all__ = [
     "Command",

@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import kproxy.core
 
 CORE_MODULES = sorted(f"kproxy.core.{m.name}" for m in pkgutil.iter_modules(kproxy.core.__path__))
@@ -59,9 +57,5 @@ def test_core_modules_import_no_io() -> None:
     assert _io_modules(_loaded_after_importing("--bare", PACKAGE_DIR, *CORE_MODULES)) == []
 
 
-@pytest.mark.xfail(
-    reason="kproxy/__init__.py imports kproxy.runtime (trio) eagerly; make Proxy and Logger lazy",
-    strict=True,
-)
 def test_importing_every_core_module_leaves_io_out() -> None:
     assert _io_modules(_loaded_after_importing(*CORE_MODULES)) == []

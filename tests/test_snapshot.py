@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -90,19 +91,17 @@ def test_dump_of_nothing_loads_as_nothing() -> None:
         {},
     ],
 )
-def test_wrong_version_restores_nothing_and_says_why(data: dict[str, Any]) -> None:
-    records, errors = snapshot.load(data)
-    assert records == []
-    assert len(errors) == 1
-    assert errors[0].startswith("unsupported state format version")
-    assert f"(expected {FORMAT_VERSION})" in errors[0]
+def test_wrong_version_is_refused_and_says_why(data: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"^unsupported state format version") as info:
+        snapshot.load(data)
+    assert f"(expected {FORMAT_VERSION})" in str(info.value)
 
 
 @pytest.mark.parametrize("services", [None, {}, "x", 1])
 def test_services_that_are_not_a_list(services: object) -> None:
-    records, errors = snapshot.load({"version": FORMAT_VERSION, "services": services})
-    assert records == []
-    assert errors == [f"'services' must be a list, got {type(services).__name__}"]
+    expected = f"'services' must be a list, got {type(services).__name__}"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        snapshot.load({"version": FORMAT_VERSION, "services": services})
 
 
 def _broken(change: dict[str, Any]) -> dict[str, Any]:

@@ -51,15 +51,20 @@ def load(data: Mapping[str, Any]) -> tuple[list[ServiceRecord], list[str]]:
     """Read a state file's content back.
 
     Returns:
-      The services that could be restored, and one error message per skipped entry. A
-      file of another format version restores nothing and gives one error.
+      The services that could be restored, and one error message per skipped entry.
+
+    Raises:
+      ValueError: the file as a whole is unusable (another format version, no service list).
+        The caller must not overwrite it: it may belong to another kproxy version.
     """
     version = data.get("version") if isinstance(data, Mapping) else None
     if type(version) is not int or version != FORMAT_VERSION:
-        return [], [f"unsupported state format version {version!r} (expected {FORMAT_VERSION})"]
+        raise ValueError(
+            f"unsupported state format version {version!r} (expected {FORMAT_VERSION})"
+        )
     services = data.get("services", [])
     if not isinstance(services, list):
-        return [], [f"'services' must be a list, got {type(services).__name__}"]
+        raise ValueError(f"'services' must be a list, got {type(services).__name__}")
     records: list[ServiceRecord] = []
     errors: list[str] = []
     seen: set[str] = set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 from typing import Final
 
@@ -25,8 +26,8 @@ def describe_connect_error(exc: OSError) -> str:
     cause: BaseException = exc
     if isinstance(exc.__cause__, BaseExceptionGroup) and exc.__cause__.exceptions:
         cause = exc.__cause__.exceptions[0]
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror.lower()
+    if isinstance(cause, OSError) and cause.errno:
+        return os.strerror(cause.errno).lower()  # trio's own text repeats the address
     return str(cause)
 
 

@@ -64,7 +64,7 @@ class Proxy:
     ) -> None:
         """Run until cancelled. ``task_status.started(self)`` once requests are accepted."""
         store = StateStore(Path(self.options.state_dir)) if self.options.state_dir else None
-        saved = store.read() if store is not None else None
+        saved = Router.load_state(store) if store is not None else ([], [])
         listeners: list[trio.SocketListener] = []
         control = None
         try:
@@ -78,8 +78,7 @@ class Proxy:
             self.http_port = listeners[0].socket.getsockname()[1]
             async with trio.open_nursery() as nursery:
                 router = self._router = Router(self.logger, store, nursery)
-                if saved is not None:
-                    await router.restore(saved)
+                await router.restore(*saved)
                 http = self._http = HttpServer(router, self.logger, port=self.http_port)
                 connections = await nursery.start(_hold_nursery)
                 nursery.start_soon(self._accept, http, listeners, connections)

@@ -140,15 +140,15 @@ class Router:
 
     # --- state ------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def state_data(self) -> dict[str, Any]:
         return snapshot.dump(
             snapshot.ServiceRecord(s.name, s.options, s.state, s.message, s.max_pause)
             for s in self.services.values()
         )
 
-    async def restore(self, data: dict[str, Any]) -> None:
-        """Bring back saved services, serving at once: their targets start out healthy."""
-        records, errors = snapshot.load(data)
+    async def restore(self, records: list[snapshot.ServiceRecord], errors: list[str]) -> None:
+        """Bring back saved services (see ``load_state``), serving at once: their targets
+        start out healthy."""
         for error in errors:
             self.logger.error("State restore failed for a service", error=error)
         for record in records:
@@ -180,6 +180,23 @@ class Router:
                 targets=record.options.targets,
                 state=record.state.value,
             )
+
+    @staticmethod
+    def load_state(store: StateStore) -> tuple[list[snapshot.ServiceRecord], list[str]]:
+        """Read the state file: the services in it, and why any could not be restored.
+
+        A file that is unusable as a whole (another format version) raises StateError: it is
+        left untouched rather than overwritten by the next change.
+        """
+        data = store.read()
+        if data is None:
+            return [], []
+        try:
+            return snapshot.load(data)
+        except ValueError as exc:
+            raise StateError(
+                f"cannot restore {store.path}: {exc}; move the file away to start with no services"
+            ) from exc
 
     def close_nowait(self) -> None:
         """Release every pooled upstream connection (the proxy is stopping)."""
@@ -326,7 +343,7 @@ class Router:
             return
         with trio.move_on_after(SAVE_TIMEOUT, shield=True) as scope:
             try:
-                await self.store.write(self.snapshot())
+                await self.store.write(self.state_data())
             except StateError as exc:
                 self.logger.error("State save failed", error=str(exc))
                 raise CommandError(str(exc)) from exc

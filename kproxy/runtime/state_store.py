@@ -46,7 +46,12 @@ class StateStore:
         return self.directory / STATE_FILE_NAME
 
     def read(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is none yet (read once at start-up)."""
+        """The saved state, or None when there is none yet (read once at start-up).
+
+        Temp files left by a save that ``kill -9`` interrupted are removed here.
+        """
+        for leftover in self.directory.glob(f".{STATE_FILE_NAME}.*.tmp"):
+            leftover.unlink(missing_ok=True)
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:

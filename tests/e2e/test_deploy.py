@@ -195,9 +195,7 @@ async def test_unreachable_target_is_unhealthy(nursery: trio.Nursery, tmp_path: 
     with pytest.raises(DeployTimeout):
         await proxy.deploy("web", quick_options(f"127.0.0.1:{port}", deploy_timeout=0.3))
     (update,) = logs.records("Target health updated")
-    assert update["reason"] == (
-        f"cannot connect: error connecting to ('127.0.0.1', {port}): connection refused"
-    )
+    assert update["reason"] == ("cannot connect: connection refused")
 
 
 @guard(10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -12,10 +13,13 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
 import trio
 
-from kproxy import ServiceOptions
+from kproxy import Logger, Proxy, RunOptions, ServiceOptions
 from kproxy.core.snapshot import FORMAT_VERSION
+from kproxy.errors import StateError
+from kproxy.runtime.state_store import STATE_FILE_NAME
 from tests.helpers import (
     Reply,
     Upstream,
@@ -253,3 +257,23 @@ async def test_kill_9_during_deploys_leaves_a_usable_state_file(
     finally:
         process.kill()
         await process.wait()
+
+
+async def test_a_state_file_of_another_version_stops_the_start_and_is_kept(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    state_file = state_dir / STATE_FILE_NAME
+    future = '{"version": 99, "services": []}\n'
+    state_file.write_text(future)
+    leftover = state_dir / f".{STATE_FILE_NAME}.1234.tmp"
+    leftover.write_text("{half")
+    options = RunOptions(socket_path="", state_dir=str(state_dir), http_port=0)
+    proxy = Proxy(options, Logger(out=io.StringIO()))
+    refused = pytest.RaisesExc(StateError, match="unsupported state format version 99")
+    with pytest.RaisesGroup(refused, allow_unwrapped=True, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.serve)
+    assert state_file.read_text() == future
+    assert not leftover.exists()
