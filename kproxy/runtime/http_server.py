@@ -29,6 +29,7 @@ from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import error_page
 from kproxy.runtime.router import Router
 from kproxy.runtime.service import Service
+from kproxy.runtime.target import Target
 from kproxy.runtime.upstream import (
     STREAM_ERRORS,
     BadRequestBody,
@@ -89,6 +90,8 @@ class HttpServer:
     logger: Logger
     port: int = 0
     scheme: str = "http"
+    header_timeout: float = HEADER_TIMEOUT
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
     closing: bool = False
     _connections: dict[trio.CancelScope, bool] = attrs.field(factory=dict)  # scope → busy
     _all_closed: trio.Event = attrs.field(factory=trio.Event)
@@ -112,8 +115,11 @@ class HttpServer:
     async def _serve(
         self, client: H11Stream, client_ip: str, client_port: int, scope: trio.CancelScope
     ) -> None:
-        timeout = HEADER_TIMEOUT
+        timeout = self.header_timeout
         while not self.closing:
+            # The deadline covers waiting for the request head only, never the exchange:
+            # a slow response or a WebSocket may rightly last far longer.
+            event: h11.Event | type[h11.PAUSED] | None = None
             with trio.move_on_after(timeout):
                 try:
                     event = await client.next_event()
@@ -123,21 +129,19 @@ class HttpServer:
                     return
                 except STREAM_ERRORS:
                     return
-                if not isinstance(event, h11.Request):
-                    return  # ConnectionClosed (or anything unexpected): we're done
-                self._connections[scope] = True
-                try:
-                    keep_open = await self._handle(client, event, client_ip, client_port)
-                finally:
-                    self._connections[scope] = False
-                if not keep_open or client.conn.our_state is not h11.DONE:
-                    return
-                if not await _discard_request_body(client):
-                    return  # too much unread body (an early answer) to reuse the connection
-                client.conn.start_next_cycle()
-                timeout = KEEPALIVE_TIMEOUT
-                continue
-            return  # idle too long, or a head that trickled in too slowly
+            if not isinstance(event, h11.Request):
+                return  # closed, idle too long, or a head that trickled in too slowly
+            self._connections[scope] = True
+            try:
+                keep_open = await self._handle(client, event, client_ip, client_port)
+            finally:
+                self._connections[scope] = False
+            if not keep_open or client.conn.our_state is not h11.DONE:
+                return
+            if not await _discard_request_body(client):
+                return  # too much unread body (an early answer) to reuse the connection
+            client.conn.start_next_cycle()
+            timeout = self.keepalive_timeout
 
     async def _handle(
         self, client: H11Stream, request: h11.Request, client_ip: str, client_port: int
@@ -222,7 +226,7 @@ class HttpServer:
         request: h11.Request,
         upstream_target: bytes,
         service: Service,
-        target: Any,
+        target: Target,
         log: RequestLog,
     ) -> bool:
         headers = build_upstream_request_headers(

@@ -857,3 +857,27 @@ async def test_target_breaking_off_mid_body_aborts_client(
 async def _hello(conn: H11Stream) -> None:
     await read_body(conn)
     await send_reply(conn, 200, b"hello")
+
+
+# --- connection deadlines ------------------------------------------------------------------------
+
+
+async def test_head_deadlines_never_cut_an_exchange_short(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The header and keep-alive deadlines govern the wait for a request head only: a response
+    slower than both still arrives, and only an idle connection is closed."""
+    up = await start_upstream(nursery, "slow")
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    await deploy(proxy, up.address)
+    http = proxy._http  # the deadlines are constants in production; shortened for the test
+    assert http is not None
+    http.header_timeout = http.keepalive_timeout = 0.3
+
+    reply = await request(proxy.http_port, "/slow?1")
+    assert (reply.status, reply.body) == (200, b"slow")
+
+    started = trio.current_time()
+    data = await raw_exchange(proxy.http_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", timeout=5)
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert trio.current_time() - started < 2  # closed by the keep-alive deadline, not ours
