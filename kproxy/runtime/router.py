@@ -62,9 +62,8 @@ class Router:
         Cancellation before the cutover leaves everything as it was. After the cutover the
         drain belongs to the router's nursery and completes even if the caller goes away.
         """
-        self._check_conflicts(name, options)
+        self._check_conflicts(name, options)  # fail fast, before any health check
         async with self._lock(name):
-            self._check_conflicts(name, options)  # another deploy may have won the wait
             targets = [Target(address, options.target) for address in options.addresses]
             self.logger.info("Deploying", service=name, targets=options.targets)
             try:
@@ -73,6 +72,9 @@ class Router:
                     await progress(f"{name}: --force given, not waiting for health checks")
                 else:
                     await self._wait_healthy(name, targets, options.deploy_timeout, progress)
+                # Another service's deploy may have taken the route meanwhile; no await
+                # separates this check from the cutover.
+                self._check_conflicts(name, options)
             except BaseException:
                 for target in targets:
                     target.health_scope.cancel()

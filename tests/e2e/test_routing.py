@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from kproxy import DeployError, DeploymentOptions, Proxy, ServiceOptions
+from kproxy import DeployError, DeploymentOptions, Proxy, ServiceOptions, TargetOptions
 from tests.helpers import Upstream, control, request, start_proxy, start_upstream
 
 
@@ -185,3 +185,40 @@ async def test_conflicting_deploy_fails_and_changes_nothing(
         assert await served_by(proxy, "b.test", "/app/admin/x") == "third"
         assert await served_by(proxy, "b.test", "/app/x") == "first"
     assert other.received == [] or {r.target for r in other.received} == {b"/up"}
+
+
+async def test_concurrent_deploys_of_one_route_cannot_both_win(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Two services claiming the same host start together; the second to become healthy
+    finds the route taken at its cutover and fails, naming the winner."""
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    quick = await start_upstream(nursery, "quick")
+    late = await start_upstream(nursery, "late", healthy=False)
+    outcomes: dict[str, str] = {}
+    quick_done = trio.Event()
+
+    async def deploy_one(name: str, upstream: Upstream) -> None:
+        options = DeploymentOptions(
+            targets=(upstream.address,),
+            service=ServiceOptions(hosts=("shared.test",)),
+            target=TargetOptions(health_check_interval=0.05),
+        )
+        try:
+            await proxy.deploy(name, options)
+            outcomes[name] = "deployed"
+        except DeployError as exc:
+            outcomes[name] = str(exc)
+        if name == "quick":
+            quick_done.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as deploys:
+            deploys.start_soon(deploy_one, "quick", quick)
+            deploys.start_soon(deploy_one, "late", late)
+            await quick_done.wait()
+            late.healthy = True
+    assert outcomes["quick"] == "deployed"
+    assert "already used by service 'quick'" in outcomes["late"]
+    assert [s.name for s in proxy.services()] == ["quick"]
+    assert await served_by(proxy, "shared.test", "/") == "quick"
