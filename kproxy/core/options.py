@@ -187,13 +187,49 @@ def _optional_port(value: int | None) -> int | None:
     return value
 
 
+def _optional_host(value: str) -> str:
+    return normalize_host(value) if value else ""
+
+
+def _optional_header_name(value: str) -> str:
+    return _normalize_header_names((value,))[0] if value else ""
+
+
+def _not_negative_size(name: str) -> Callable[[object, object, int], None]:
+    def check(_instance: object, _attribute: object, value: int) -> None:
+        if value < 0:
+            raise ValueError(f"--{name} must not be negative, got {value}")
+
+    return check
+
+
+def _positive_size(name: str) -> Callable[[object, object, int], None]:
+    def check(_instance: object, _attribute: object, value: int) -> None:
+        if value <= 0:
+            raise ValueError(f"--{name} must be greater than zero, got {value}")
+
+    return check
+
+
 @attrs.frozen
 class ServiceOptions:
-    """Where a service is reachable: its hosts and path prefixes."""
+    """Where a service is reachable (hosts, path prefixes) and how it answers there."""
 
     hosts: tuple[str, ...] = attrs.field(default=(), converter=_normalize_hosts)
     path_prefixes: tuple[str, ...] = attrs.field(default=("/",), converter=_normalize_prefixes)
     strip_path_prefix: bool = True
+    # Requests for the other hosts are redirected (301) here; it must be one of ``hosts``.
+    canonical_host: str = attrs.field(default="", converter=_optional_host)
+    error_pages: str = ""  # a directory of <status>.html templates; "" = built-in pages
+    client_ip_header: str = attrs.field(default="", converter=_optional_header_name)
+    scope_cookie_paths: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.canonical_host and self.canonical_host not in self.hosts:
+            raise ValueError(
+                f"--canonical-host {self.canonical_host} must be one of the --host values"
+                f" ({', '.join(self.hosts) or 'none given'})"
+            )
 
 
 @attrs.frozen
@@ -219,6 +255,17 @@ class TargetOptions:
     log_response_headers: tuple[str, ...] = attrs.field(
         default=(), converter=_normalize_header_names
     )
+    buffer_requests: bool = False
+    buffer_responses: bool = False
+    buffer_memory: int = attrs.field(
+        default=DEFAULT_BUFFER_MEMORY, validator=_positive_size("buffer-memory")
+    )  # bytes a buffer holds in memory before it spills to a temporary file
+    max_request_body: int = attrs.field(
+        default=0, validator=_not_negative_size("max-request-body")
+    )  # bytes, 0 = unlimited; only with buffer_requests
+    max_response_body: int = attrs.field(
+        default=0, validator=_not_negative_size("max-response-body")
+    )  # bytes, 0 = unlimited; only with buffer_responses
 
 
 def _parse_targets(values: tuple[str, ...]) -> tuple[str, ...]:
