@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 import trio
 
 from kproxy.core import commands as cmd
+from kproxy.core.reference import help_text
 from kproxy.errors import KProxyError, UsageError
 from kproxy.runtime.log import Logger
 from kproxy.runtime.proxy import Proxy
@@ -36,7 +37,7 @@ def run_cli(argv: list[str]) -> int:
         return 1
     if isinstance(command, cmd.Help):
         try:
-            print(cmd.usage(command.topic))
+            print(help_text(command))
         except UsageError as exc:
             print(f"Error: {exc}", file=sys.stderr)
             return 1

@@ -131,7 +131,9 @@ COMMANDS: Final = {
             Flag("list", L, (), "Values (e.g. account ids) always sent to the rollout target"),
         )),
         CommandSpec("rollout stop", "Stop sending traffic to the rollout target", ("service",)),
-        CommandSpec("help", "Show help for a command", ("command",), optional_args=True),
+        CommandSpec("help", "Show help for a command", ("command",), (
+            Flag("markdown", B, False, "Print every command's reference as Markdown"),
+        ), optional_args=True),
         CommandSpec("version", "Show the version"),
     )
 }  # fmt: skip
@@ -187,6 +189,7 @@ class List:
 @attrs.frozen
 class Help:
     topic: str = ""
+    markdown: bool = False
 
 
 @attrs.frozen
@@ -552,7 +555,7 @@ def _build_help(p: Parsed, _env: Mapping[str, str]) -> Help:
     topic = ALIASES.get(topic, topic)
     if topic and topic not in COMMANDS and topic != "rollout":
         raise ValueError(f"unknown command {topic!r}; commands are: {_command_names()}")
-    return Help(topic)
+    return Help(topic, markdown=p.flag("markdown"))
 
 
 def _build_rollout(p: Parsed, _env: Mapping[str, str]) -> Command:
@@ -596,21 +599,27 @@ def default_state_dir(env: Mapping[str, str]) -> str:
 # --- Help text ------------------------------------------------------------------------------
 
 
-def _show_default(flag: Flag) -> str:
-    """pflag's ``(default …)`` suffix: zero values are not shown, strings are quoted."""
+def default_text(flag: Flag) -> str:
+    """A flag's default as pflag shows it ("30s", "true", quoted strings), or "" for zero values
+    and flags whose help explains their default."""
     if flag.default in ((), "", 0, False) or "(default" in flag.help:
         return ""
     match flag.kind:
         case Kind.DURATION:
             assert isinstance(flag.default, float)
-            shown = format_duration(flag.default)
+            return format_duration(flag.default)
         case Kind.BOOL:
-            shown = str(flag.default).lower()
+            return str(flag.default).lower()
         case Kind.STRING:
-            shown = f'"{flag.default}"'
+            return f'"{flag.default}"'
         case _:
-            shown = str(flag.default)
-    return f" (default {shown})"
+            return str(flag.default)
+
+
+def _show_default(flag: Flag) -> str:
+    """pflag's ``(default …)`` suffix."""
+    shown = default_text(flag)
+    return f" (default {shown})" if shown else ""
 
 
 def usage(name: str = "") -> str:

@@ -21,6 +21,7 @@ from kproxy.core.options import (
     DeploymentOptions,
     RunOptions,
 )
+from kproxy.core.reference import help_text
 from kproxy.errors import CommandError, KProxyError
 from kproxy.runtime.control_server import (
     handle_control_connection,
@@ -200,8 +201,8 @@ class Proxy:
                 for line in [json_line(services)] if as_json else table_lines(services):
                     await progress(line)
                 return ""
-            case cmd.Help(topic):
-                for line in cmd.usage(topic).splitlines():
+            case cmd.Help():
+                for line in help_text(command).splitlines():
                     await progress(line)
                 return ""
             case cmd.Version():
