@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+import attrs
 import pytest
 
 from kproxy.core import commands as cmd
@@ -64,16 +65,30 @@ def test_kamal_deploy_line_parses() -> None:
 
 
 @pytest.mark.parametrize(
-    ("extra", "named"),
+    ("extra", "target"),
     [
-        (["--buffer-requests", "--buffer-responses"], "--buffer-requests"),
-        (["--buffer-responses"], "--buffer-responses"),
-        (["--buffer-requests=true", "--max-request-body=1000"], "--buffer-requests"),
+        (
+            ["--buffer-requests", "--buffer-responses"],
+            opt.TargetOptions(buffer_requests=True, buffer_responses=True),
+        ),
+        (["--buffer-responses"], opt.TargetOptions(buffer_responses=True)),
+        (
+            ["--buffer-requests=true", "--max-request-body=1000", "--buffer-memory=4096"],
+            opt.TargetOptions(buffer_requests=True, max_request_body=1000, buffer_memory=4096),
+        ),
+        (
+            ["--buffer-responses", "--max-response-body=2000"],
+            opt.TargetOptions(buffer_responses=True, max_response_body=2000),
+        ),
     ],
 )
-def test_kamal_deploy_line_with_buffering_is_refused_by_name(extra: list[str], named: str) -> None:
-    message = error(*KAMAL_DEPLOY, *extra)
-    assert f"{named} is not supported by kproxy yet" in message
+def test_kamal_deploy_line_with_buffering_parses(
+    extra: list[str], target: opt.TargetOptions
+) -> None:
+    command = cmd.parse_command([*KAMAL_DEPLOY, *extra])
+    assert isinstance(command, cmd.Deploy)
+    log_headers = ("Cache-Control", "Last-Modified", "User-Agent")
+    assert command.options.target == attrs.evolve(target, log_request_headers=log_headers)
 
 
 @pytest.mark.parametrize(
@@ -635,11 +650,14 @@ def test_every_not_yet_supported_flag_is_known() -> None:
     names = {f.name for spec in cmd.COMMANDS.values() for f in _unsupported(spec)}
     assert names == {
         "read-target", "writer-affinity-timeout", "read-target-websockets", "tls", "tls-staging",
-        "tls-certificate-path", "tls-private-key-path", "tls-redirect", "canonical-host",
-        "buffer-requests", "buffer-responses", "buffer-memory", "max-request-body",
-        "max-response-body", "error-pages", "client-ip-header", "scope-cookie-paths",
+        "tls-certificate-path", "tls-private-key-path", "tls-redirect",
         "metrics-port",
     }  # fmt: skip
+
+
+def test_error_pages_reaches_the_options() -> None:
+    assert deploy(T, "--error-pages", "/srv/pages").service.error_pages == "/srv/pages"
+    assert deploy(T).service.error_pages == ""
 
 
 def test_unsupported_run_flag_is_refused_by_name() -> None:
@@ -925,3 +943,42 @@ def test_every_help_topic_the_parser_accepts_has_a_usage(words: list[str]) -> No
     command = cmd.parse_command(words)
     assert isinstance(command, cmd.Help)
     assert cmd.usage(command.topic)
+
+
+# --- --canonical-host, --client-ip-header, --scope-cookie-paths ---------------------------------
+
+
+def test_redirect_client_ip_and_cookie_flags_parse() -> None:
+    options = deploy(
+        T,
+        "--host=example.com,www.example.com",
+        "--canonical-host=Example.COM",
+        "--client-ip-header=CF-Connecting-IP",
+        "--scope-cookie-paths",
+        "--path-prefix=/app",
+    )
+    assert options.service == opt.ServiceOptions(
+        hosts=("example.com", "www.example.com"),
+        path_prefixes=("/app",),
+        canonical_host="example.com",
+        client_ip_header="CF-Connecting-IP",
+        scope_cookie_paths=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (
+            ["--host=a.example", "--canonical-host=b.example"],
+            "deploy: --canonical-host b.example must be one of the --host values (a.example)",
+        ),
+        (
+            ["--canonical-host=b.example"],
+            "deploy: --canonical-host b.example must be one of the --host values (none given)",
+        ),
+        (["--client-ip-header=CF Connecting IP"], "deploy: invalid header name 'CF Connecting IP'"),
+    ],
+)
+def test_redirect_and_client_ip_flags_are_validated(words: list[str], message: str) -> None:
+    assert error("deploy", "app", T, *words) == message

@@ -11,6 +11,8 @@ from kproxy.core.headers import (
     HeaderList,
     UpstreamRequestHeaders,
     build_upstream_request_headers,
+    canonical_host_redirect,
+    client_ips_from_header,
     connection_tokens,
     header_value,
     header_values,
@@ -33,6 +35,7 @@ def build(
     now: float = 1_700_000_000.25,
     make_request_id: Callable[[], str] = lambda: "generated-id",
     upgrade: bool = False,
+    forwarded_for: tuple[str, ...] | None = None,
 ) -> UpstreamRequestHeaders:
     """build_upstream_request_headers with fixed defaults, so each table varies one input."""
     return build_upstream_request_headers(
@@ -44,6 +47,7 @@ def build(
         now=now,
         make_request_id=make_request_id,
         upgrade=upgrade,
+        forwarded_for=forwarded_for,
     )
 
 
@@ -414,3 +418,108 @@ def test_hop_by_hop_stripped_and_body_framing_kept() -> None:
     assert values(result, b"content-length") == [b"10"]
     for name in (b"transfer-encoding", b"te", b"proxy-authorization"):
         assert values(result, name) == []
+
+
+# --- --client-ip-header (kamal-proxy: internal/server/client_ip_middleware_test.go) --------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([], None),
+        ([(b"cf-connecting-ip", b"203.0.113.9")], ("203.0.113.9",)),
+        ([(b"cf-connecting-ip", b" 2001:db8::1 ")], ("2001:db8::1",)),
+        ([(b"cf-connecting-ip", b"203.0.113.9, 10.0.0.1")], ("203.0.113.9", "10.0.0.1")),
+        (
+            [(b"cf-connecting-ip", b"203.0.113.9"), (b"cf-connecting-ip", b"10.0.0.1")],
+            ("203.0.113.9", "10.0.0.1"),
+        ),
+        ([(b"x-forwarded-for", b"203.0.113.9")], None),  # another header is not trusted
+        # Anything but IP addresses is ignored whole: the peer is used instead.
+        ([(b"cf-connecting-ip", b"")], None),
+        ([(b"cf-connecting-ip", b" ")], None),
+        ([(b"cf-connecting-ip", b"unknown")], None),
+        ([(b"cf-connecting-ip", b"203.0.113.9, evil")], None),
+        ([(b"cf-connecting-ip", b"203.0.113.9,")], None),
+        ([(b"cf-connecting-ip", b"203.0.113.9:443")], None),
+        ([(b"cf-connecting-ip", b"256.1.1.1")], None),
+        ([(b"cf-connecting-ip", b"1.2.3.4\xff")], None),
+    ],
+)
+def test_client_ips_from_header(headers: HeaderList, expected: tuple[str, ...] | None) -> None:
+    assert client_ips_from_header([*BASE, *headers], "CF-Connecting-IP") == expected
+
+
+@pytest.mark.parametrize("forward_headers", [False, True])
+@pytest.mark.parametrize(
+    ("forwarded_for", "expected"),
+    [
+        (None, None),  # no --client-ip-header: the usual rules (other tests)
+        (("203.0.113.9",), b"203.0.113.9, 10.0.0.1"),
+        (("203.0.113.9", "10.9.9.9"), b"203.0.113.9, 10.9.9.9, 10.0.0.1"),
+        ((), b"10.0.0.1"),  # set but absent or invalid: the incoming value is not trusted
+    ],
+)
+def test_client_ip_header_replaces_x_forwarded_for(
+    forwarded_for: tuple[str, ...] | None, expected: bytes | None, forward_headers: bool
+) -> None:
+    """As in kamal-proxy, the header's value stands in for X-Forwarded-For whatever
+    --forward-headers says, and the socket peer is appended to it."""
+    headers = [*BASE, (b"x-forwarded-for", b"6.6.6.6")]
+    result = build(headers, forward_headers=forward_headers, forwarded_for=forwarded_for)
+    if expected is None:
+        expected = b"6.6.6.6, 10.0.0.1" if forward_headers else b"10.0.0.1"
+    assert values(result, b"x-forwarded-for") == [expected]
+
+
+# --- --canonical-host (kamal-proxy: Service.redirectURLIfNeeded, internal/server/service.go) --
+
+
+@pytest.mark.parametrize(
+    ("host", "target", "scheme", "expected"),
+    [
+        (b"example.com", b"/", "http", None),
+        (b"EXAMPLE.com", b"/", "http", None),  # hosts compare case-insensitively
+        (b"example.com:8080", b"/", "http", None),  # the port is not part of the host
+        (b"www.example.com", b"/", "http", b"http://example.com/"),
+        (b"www.example.com", b"/up", "http", b"http://example.com/up"),  # health path too
+        (b"www.example.com", b"/a/b?x=1&y=%20;z", "http", b"http://example.com/a/b?x=1&y=%20;z"),
+        (b"www.example.com", b"/p?", "http", b"http://example.com/p?"),
+        (b"www.example.com", b"/%2F..%2f?q=a+b", "https", b"https://example.com/%2F..%2f?q=a+b"),
+        # A port other than the scheme's default is kept (kamal-proxy drops it).
+        (b"www.example.com:8080", b"/x", "http", b"http://example.com:8080/x"),
+        (b"www.example.com:80", b"/x", "http", b"http://example.com/x"),
+        (b"www.example.com:443", b"/x", "https", b"https://example.com/x"),
+        (b"www.example.com:443", b"/x", "http", b"http://example.com:443/x"),
+        (b"www.example.com:", b"/x", "http", b"http://example.com/x"),
+        (b"www.example.com:99999", b"/x", "http", b"http://example.com/x"),
+        (b"[::1]:8080", b"/x", "http", b"http://example.com:8080/x"),
+        # Absolute form: only the path and query go into Location.
+        (b"www.example.com", b"http://www.example.com/a?b", "http", b"http://example.com/a?b"),
+        (b"www.example.com", b"http://www.example.com?b", "http", b"http://example.com/?b"),
+        (b"www.example.com", b"http://www.example.com", "http", b"http://example.com/"),
+        (b"www.example.com", b"*", "http", b"http://example.com/"),
+        # Bytes a header may not carry are percent-encoded, as Go's http.Redirect does.
+        (b"www.example.com", b"/caf\xc3\xa9", "http", b"http://example.com/caf%C3%A9"),
+        (b"www.example.com", b"/a\x01b", "http", b"http://example.com/a%01b"),
+        (None, b"/", "http", b"http://example.com/"),
+    ],
+)
+def test_canonical_host_redirect(
+    host: bytes | None, target: bytes, scheme: str, expected: bytes | None
+) -> None:
+    assert (
+        canonical_host_redirect(host, target, canonical_host="example.com", scheme=scheme)
+        == expected
+    )
+
+
+def test_canonical_host_redirect_off_without_canonical_host() -> None:
+    assert canonical_host_redirect(b"a.test", b"/", canonical_host="", scheme="http") is None
+
+
+def test_canonical_host_redirect_to_an_ipv6_canonical_host() -> None:
+    assert (
+        canonical_host_redirect(b"a.test:8080", b"/", canonical_host="::1", scheme="http")
+        == b"http://[::1]:8080/"
+    )

@@ -279,3 +279,21 @@ def test_run_options_defaults() -> None:
         443,
         False,
     )
+
+
+@pytest.mark.parametrize(
+    ("hosts", "canonical", "error"),
+    [
+        (("a.test", "b.test"), "c.test", "must be one of the --host values (a.test, b.test)"),
+        ((), "a.test", "must be one of the --host values (none given)"),
+        (("*.a.test",), "*.a.test", "must be a host name, not a wildcard"),
+    ],
+)
+def test_canonical_host_must_be_one_of_the_plain_hosts(
+    hosts: tuple[str, ...], canonical: str, error: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        opt.ServiceOptions(hosts=hosts, canonical_host=canonical)
+    assert opt.ServiceOptions(
+        hosts=("a.test", "B.test"), canonical_host="b.TEST"
+    ).canonical_host == ("b.test")

@@ -1,21 +1,24 @@
-"""Error pages: the pure renderer (kproxy.core.pages) and the package-data loader (runtime)."""
+"""Error pages: the pure half (kproxy.core.pages) and the loaders (kproxy.runtime.pages)."""
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from kproxy.core import templates
 from kproxy.core.pages import (
-    MESSAGE,
-    MESSAGE_BLOCK_END,
-    MESSAGE_BLOCK_START,
+    MAX_PAGE_SIZE,
+    ErrorPages,
     fallback_template,
+    page_status,
+    parse_pages,
     render_page,
 )
-from kproxy.runtime.pages import BUILTIN_STATUSES, error_page
-
-TEMPLATE = "<p>before</p>{{#MESSAGE}}<div>{{MESSAGE}}</div>{{/MESSAGE}}<p>after</p>"
+from kproxy.runtime.pages import BUILTIN_STATUSES, error_page, read_error_pages
 
 TITLES = {
     404: "Not found",
@@ -26,40 +29,14 @@ TITLES = {
 }
 
 
-@pytest.mark.parametrize(
-    ("template", "message", "expected"),
-    [
-        (TEMPLATE, "", "<p>before</p><p>after</p>"),
-        (TEMPLATE, "Back at 5pm", "<p>before</p><div>Back at 5pm</div><p>after</p>"),
-        (
-            TEMPLATE,
-            "<script>alert(\"x\")</script> & 'q'",
-            "<p>before</p><div>&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
-            " &amp; &#x27;q&#x27;</div><p>after</p>",
-        ),
-        (
-            TEMPLATE,
-            "{{MESSAGE}} {{/MESSAGE}}",
-            "<p>before</p><div>{{MESSAGE}} {{/MESSAGE}}</div><p>after</p>",
-        ),
-        ("a\n{{#MESSAGE}}\n<p>{{MESSAGE}}</p>\n{{/MESSAGE}}\nb", "", "a\n\nb"),
-        ("<p>{{MESSAGE}}</p>", "", "<p></p>"),
-        ("<p>{{MESSAGE}}</p>", "m", "<p>m</p>"),
-        ("<p>static</p>", "ignored", "<p>static</p>"),
-    ],
-)
-def test_render_page(template: str, message: str, expected: str) -> None:
-    assert render_page(template, message) == expected
-
-
 @pytest.mark.parametrize("status", sorted(BUILTIN_STATUSES))
 def test_every_builtin_page_renders(status: int) -> None:
     page = error_page(status).decode("utf-8")
     assert page.startswith("<!doctype html>")
     assert f"<title>{status} {TITLES[status]}</title>" in page
     assert f"<h1>{TITLES[status]}</h1>" in page
-    for marker in (MESSAGE, MESSAGE_BLOCK_START, MESSAGE_BLOCK_END):
-        assert marker not in page
+    assert "{{" not in page
+    assert "}}" not in page
 
 
 @pytest.mark.parametrize("status", sorted(BUILTIN_STATUSES))
@@ -80,7 +57,7 @@ def test_503_without_message_has_no_message_box() -> None:
 
 
 @pytest.mark.parametrize("status", [502, 504, 404])
-def test_pages_without_block_ignore_message(status: int) -> None:
+def test_pages_without_message_ignore_it(status: int) -> None:
     assert error_page(status, "secret maintenance note") == error_page(status)
 
 
@@ -96,12 +73,154 @@ def test_unknown_status_falls_back(status: int, title: str) -> None:
     assert "<p>down &amp; out</p>" in error_page(status, "down & out").decode("utf-8")
 
 
-def test_fallback_template_keeps_message_block() -> None:
+def test_fallback_template_parses_and_escapes_its_title() -> None:
     template = fallback_template(418)
-    assert MESSAGE_BLOCK_START in template
     assert "<title>418 I&#x27;m a Teapot</title>" in template
+    assert templates.parse(template).uses_message
 
 
 def test_pages_are_utf8_bytes() -> None:
     assert isinstance(error_page(404), bytes)
     assert "é".encode() in error_page(503, "café")
+    assert render_page(templates.parse("✓ {{ .Message }}"), "é") == "✓ é".encode()
+
+
+# --- custom pages ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [
+        ("404.html", 404),
+        ("503.html", 503),
+        ("599.html", 599),
+        ("400.html", 400),
+        ("200.html", None),
+        ("302.html", None),
+        ("600.html", None),
+        ("50.html", None),
+        ("5030.html", None),
+        ("503.htm", None),
+        ("503.HTML", None),
+        ("503.html~", None),
+        (".503.html", None),
+        ("error.html", None),
+        ("503.html.bak", None),
+    ],
+)
+def test_page_status(name: str, status: int | None) -> None:
+    assert page_status(name) == status
+
+
+def test_parse_pages_keeps_only_status_pages() -> None:
+    pages = parse_pages("/d", {"503.html": "down {{ .Message }}", "notes.txt": "{{ nope }}"})
+    assert pages.directory == "/d"
+    assert set(pages.templates) == {503}
+    assert pages.template(404) is None
+
+
+def test_parse_pages_names_the_file_and_position() -> None:
+    expected = "503.html, line 2, column 3: unsupported action {{ .Status }}; expected"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        parse_pages("/d", {"404.html": "ok", "503.html": "a\n  {{ .Status }}"})
+
+
+def test_custom_page_wins_and_missing_statuses_fall_back() -> None:
+    pages = parse_pages("/d", {"503.html": "<h1>{{ .Message }}</h1>", "500.html": "oops"})
+    assert error_page(503, "a<b", pages) == b"<h1>a&lt;b</h1>"
+    assert error_page(500, "", pages) == b"oops"
+    assert error_page(502, "", pages) == error_page(502)  # built-in
+    assert error_page(431, "", pages) == error_page(431)  # minimal
+    assert error_page(502, "", ErrorPages()) == error_page(502)
+
+
+def test_read_error_pages(tmp_path: Path) -> None:
+    files = {
+        "404.html": "nf",
+        "503.html": "{{ if .Message }}{{ .Message }}{{ else }}down{{ end }}",
+        "readme.md": "{{ ignored }}",
+        "layout.html": "{{ template }}",  # no status page: ignored, as kamal-proxy never uses it
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    pages = read_error_pages(str(tmp_path))
+    assert pages.directory == str(tmp_path)
+    assert set(pages.templates) == {404, 503}
+    assert error_page(503, "", pages) == b"down"
+    assert error_page(503, "<up>", pages) == b"&lt;up&gt;"
+    assert error_page(404, "", pages) == b"nf"
+
+
+def test_read_error_pages_empty_means_builtin() -> None:
+    assert read_error_pages("") == ErrorPages()
+
+
+def test_read_an_empty_directory(tmp_path: Path) -> None:
+    assert read_error_pages(str(tmp_path)) == ErrorPages(str(tmp_path), {})
+
+
+def _error(directory: Path | str) -> str:
+    with pytest.raises(ValueError, match=r"^--error-pages ") as info:
+        read_error_pages(str(directory))
+    return str(info.value)
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    assert _error(tmp_path / "nope") == (
+        f"--error-pages {tmp_path / 'nope'}: cannot read the directory: No such file or directory"
+    )
+
+
+def test_not_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    assert _error(tmp_path / "file").endswith("cannot read the directory: Not a directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_directory_and_file(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o000)
+    try:
+        assert _error(locked).endswith("cannot read the directory: Permission denied")
+    finally:
+        locked.chmod(0o700)
+    (tmp_path / "503.html").write_text("x")
+    (tmp_path / "503.html").chmod(0o000)
+    assert _error(tmp_path) == f"--error-pages {tmp_path}: cannot read 503.html: Permission denied"
+
+
+@pytest.mark.parametrize("make", [Path.mkdir, os.mkfifo, lambda p: p.symlink_to("gone")])
+def test_page_that_is_no_regular_file(tmp_path: Path, make: Callable[[Path], object]) -> None:
+    make(tmp_path / "502.html")
+    assert _error(tmp_path) == f"--error-pages {tmp_path}: 502.html is not a regular file"
+
+
+def test_page_may_be_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "real").write_text("{{ .Message }}!")
+    (tmp_path / "503.html").symlink_to(tmp_path / "real")
+    assert error_page(503, "m", read_error_pages(str(tmp_path))) == b"m!"
+
+
+def test_page_that_is_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "404.html").write_bytes(b"ok \xff")
+    assert _error(tmp_path) == (
+        f"--error-pages {tmp_path}: 404.html is not UTF-8 text (byte 0xff at offset 3)"
+    )
+
+
+def test_page_too_large(tmp_path: Path) -> None:
+    (tmp_path / "404.html").write_bytes(b"x" * MAX_PAGE_SIZE)
+    assert set(read_error_pages(str(tmp_path)).templates) == {404}  # exactly the limit is fine
+    (tmp_path / "404.html").write_bytes(b"x" * (MAX_PAGE_SIZE + 1))
+    assert _error(tmp_path) == (
+        f"--error-pages {tmp_path}: 404.html is larger than {MAX_PAGE_SIZE} bytes"
+    )
+
+
+def test_page_that_does_not_parse(tmp_path: Path) -> None:
+    (tmp_path / "404.html").write_text("fine")
+    (tmp_path / "504.html").write_text("<p>\n{{ if .Message }}\n</p>")
+    assert _error(tmp_path) == (
+        f"--error-pages {tmp_path}: 504.html, line 2, column 1: {{{{ if .Message }}}} is never "
+        "closed; expected {{ end }} before the end of the file"
+    )

@@ -86,15 +86,15 @@ _DEPLOY_FLAGS: Final = (
     Flag("tls-certificate-path", S, "", "Custom TLS certificate (PEM)", supported=False),
     Flag("tls-private-key-path", S, "", "Custom TLS private key (PEM)", supported=False),
     Flag("tls-redirect", B, True, "Redirect HTTP to HTTPS when TLS is on", supported=False),
-    Flag("canonical-host", S, "", "Redirect the other hosts to this one", supported=False),
-    Flag("buffer-requests", B, False, "Receive whole request bodies before forwarding", supported=False),
-    Flag("buffer-responses", B, False, "Receive whole responses before forwarding", supported=False),
-    Flag("buffer-memory", N, opt.DEFAULT_BUFFER_MEMORY, "Memory per buffer before spilling to disk (bytes)", supported=False),
-    Flag("max-request-body", N, 0, "Largest request body when buffering (bytes, 0 = unlimited)", supported=False),
-    Flag("max-response-body", N, 0, "Largest response body when buffering (bytes, 0 = unlimited)", supported=False),
-    Flag("error-pages", S, "", "Directory of custom error pages", supported=False),
-    Flag("client-ip-header", S, "", "Header that carries the real client IP", supported=False),
-    Flag("scope-cookie-paths", B, False, "Rewrite Set-Cookie paths under the path prefix", supported=False),
+    Flag("canonical-host", S, "", "Redirect the other hosts to this one"),
+    Flag("buffer-requests", B, False, "Receive whole request bodies before forwarding"),
+    Flag("buffer-responses", B, False, "Receive whole responses before forwarding"),
+    Flag("buffer-memory", N, opt.DEFAULT_BUFFER_MEMORY, "Memory per buffer before spilling to disk (bytes)"),
+    Flag("max-request-body", N, 0, "Largest request body when buffering (bytes, 0 = unlimited)"),
+    Flag("max-response-body", N, 0, "Largest response body when buffering (bytes, 0 = unlimited)"),
+    Flag("error-pages", S, "", "Directory of custom error pages"),
+    Flag("client-ip-header", S, "", "Header that carries the real client IP"),
+    Flag("scope-cookie-paths", B, False, "Rewrite Set-Cookie paths under the path prefix"),
 )  # fmt: skip
 
 COMMANDS: Final = {
@@ -106,6 +106,7 @@ COMMANDS: Final = {
             Flag("https-port", N, opt.DEFAULT_HTTPS_PORT, "Port to serve HTTPS on (used once a service has TLS)", env=True),
             Flag("metrics-port", N, 0, "Port for Prometheus metrics (0 = off)", supported=False, env=True),
             Flag("debug", B, False, "Include debugging logs", env=True),
+            Flag("max-connections", N, 0, "Most simultaneous client connections; more wait (0 = 10000, fewer if ulimit -n is low)", env=True),
             Flag("state-dir", S, "", "Directory for the state file (env KPROXY_STATE_DIR; default ~/.config/kproxy)", env=True),
         )),
         CommandSpec("deploy", "Deploy targets for a service; returns when traffic is cut over and the old targets drained", ("service",), _DEPLOY_FLAGS),
@@ -538,6 +539,7 @@ def _build_run(p: Parsed, env: Mapping[str, str]) -> Run:
             http_port=p.integer("http-port"),
             https_port=p.integer("https-port"),
             debug=p.flag("debug"),
+            max_connections=p.integer("max-connections"),
         )
     )
 

@@ -13,10 +13,13 @@ fresh lists ready for ``h11.Request``/``h11.Response``.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, TypeAlias
 
 import attrs
+
+from kproxy.core.service_map import request_host
 
 Header: TypeAlias = tuple[bytes, bytes]
 HeaderList: TypeAlias = list[Header]
@@ -153,6 +156,7 @@ def build_upstream_request_headers(
     now: float,
     make_request_id: Callable[[], str],
     upgrade: bool,
+    forwarded_for: Sequence[str] | None = None,
 ) -> UpstreamRequestHeaders:
     """The headers to send to a target for one client request, kamal-proxy's rules in one pass.
 
@@ -167,6 +171,9 @@ def build_upstream_request_headers(
         is read by APM tools as an absolute time.
       make_request_id: called only when the client sent no X-Request-ID.
       upgrade: the request is forwarded as an upgrade (see :func:`strip_hop_by_hop`).
+      forwarded_for: the addresses a trusted ``--client-ip-header`` gave (see
+        :func:`client_ips_from_header`). When not None they replace the incoming
+        X-Forwarded-For whatever ``forward_headers`` says, and ``client_ip`` is appended.
 
     Returns:
       The new list (kept headers in their original order, then X-Forwarded-For, -Proto, -Host,
@@ -188,6 +195,8 @@ def build_upstream_request_headers(
 
     if client_ip:
         prior = [v for v in header_values(headers, X_FORWARDED_FOR) if v] if forward_headers else []
+        if forwarded_for is not None:
+            prior = [", ".join(forwarded_for).encode("ascii")] if forwarded_for else []
         out.append((X_FORWARDED_FOR, b", ".join([*prior, client_ip.encode("ascii")])))
     proto = header_value(headers, X_FORWARDED_PROTO) if forward_headers else None
     out.append((X_FORWARDED_PROTO, proto or scheme.encode("ascii")))
@@ -206,6 +215,96 @@ def build_upstream_request_headers(
         out.append((X_REQUEST_START, b"t=%d" % int(now * 1000)))
     out.append((X_KAMAL_TARGET, target.encode("ascii")))
     return UpstreamRequestHeaders(headers=out, request_id=request_id)
+
+
+def client_ips_from_header(headers: Sequence[Header], name: str) -> tuple[str, ...] | None:
+    """The addresses in a trusted ``--client-ip-header`` (e.g. CF-Connecting-IP), or None.
+
+    kamal-proxy (internal/server/client_ip_middleware.go) copies every value of that header
+    into X-Forwarded-For, as if a trusted proxy had sent it, and logs its first entry as the
+    client; the socket peer is appended after them as usual. kproxy takes the same values but
+    only if every comma-separated entry is an IP address: an absent, empty or forged-looking
+    header gives None, and the caller falls back to the socket peer alone.
+
+    Returns:
+      The entries as sent (whitespace trimmed), the client first.
+    """
+    values = header_values(headers, name.lower().encode("ascii"))
+    if not values:
+        return None
+    entries: list[str] = []
+    for value in values:
+        for entry in value.split(b","):
+            text = entry.strip(b" \t").decode("latin-1")
+            try:
+                ipaddress.ip_address(text)
+            except ValueError:
+                return None
+            entries.append(text)
+    return tuple(entries)
+
+
+def canonical_host_redirect(
+    host_header: bytes | None, target: bytes, *, canonical_host: str, scheme: str
+) -> bytes | None:
+    """The Location of a ``--canonical-host`` redirect (301), or None to serve the request.
+
+    Mirrors kamal-proxy's ``Service.redirectURLIfNeeded`` (internal/server/service.go): a
+    request whose host (port removed) is not the canonical one goes to
+    ``<scheme>://<canonical host><request URI>``, the path and query byte for byte. Every
+    path is redirected, the health check path included, as in kamal-proxy: a load balancer
+    probing by IP address never reaches a service that has ``--host`` values.
+
+    One deliberate difference: kamal-proxy drops the port of the ``Host`` header, so a proxy
+    published on ``:8080`` redirects to port 80. kproxy keeps a port that is not the scheme's
+    default (``www.example.com:8080`` → ``http://example.com:8080/…``).
+
+    Args:
+      host_header: the request's Host header, as sent.
+      target: the request target, as sent (origin or absolute form).
+      canonical_host: the service's normalized ``--canonical-host``; "" means no redirects.
+      scheme: "http" or "https", the listener the request came in on.
+    """
+    if not canonical_host or request_host(host_header) == canonical_host:
+        return None
+    authority = f"[{canonical_host}]" if ":" in canonical_host else canonical_host
+    port = _host_port(host_header or b"")
+    if port is not None and port != (443 if scheme == "https" else 80):
+        authority += f":{port}"
+    return f"{scheme}://{authority}".encode("ascii") + _escape_location(_request_uri(target))
+
+
+def _host_port(host: bytes) -> int | None:
+    """The port of a Host header value, if it has a valid one."""
+    if host.startswith(b"["):
+        _, _, rest = host.partition(b"]")
+        port = rest[1:] if rest.startswith(b":") else b""
+    elif host.count(b":") == 1:
+        port = host.partition(b":")[2]
+    else:
+        return None
+    if not (1 <= len(port) <= 5 and port.isdigit() and 1 <= int(port) <= 65535):
+        return None
+    return int(port)
+
+
+def _request_uri(target: bytes) -> bytes:
+    """Path and query of a request target (Go's ``URL.RequestURI``); "/" when it has none."""
+    if target.startswith(b"/"):
+        return target
+    _, scheme_sep, rest = target.partition(b"://")
+    if scheme_sep:  # absolute form: drop the scheme and authority
+        ends = [i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0]
+        if ends:
+            uri = rest[min(ends) :]
+            return uri if uri.startswith(b"/") else b"/" + uri
+    return b"/"  # "*" and authority forms have no path to keep
+
+
+def _escape_location(uri: bytes) -> bytes:
+    """Percent-encode what may not stand in a header value (Go's hexEscapeNonASCII, plus
+    controls, which h11 lets through in a request target but not in a header)."""
+    return b"".join(b"%%%02X" % b if b <= 0x20 or b >= 0x7F else bytes((b,)) for b in uri)
 
 
 def _strip(

@@ -225,6 +225,10 @@ class ServiceOptions:
     scope_cookie_paths: bool = False
 
     def __attrs_post_init__(self) -> None:
+        if self.canonical_host.startswith("*."):
+            raise ValueError(
+                f"--canonical-host {self.canonical_host} must be a host name, not a wildcard"
+            )
         if self.canonical_host and self.canonical_host not in self.hosts:
             raise ValueError(
                 f"--canonical-host {self.canonical_host} must be one of the --host values"
@@ -325,3 +329,6 @@ class RunOptions:
     http_port: int = attrs.field(default=DEFAULT_HTTP_PORT, validator=_port("http-port"))
     https_port: int = attrs.field(default=DEFAULT_HTTPS_PORT, validator=_port("https-port"))
     debug: bool = False
+    # Simultaneous client connections, beyond which new ones wait in the listen backlog.
+    # 0 = automatic: 10 000, or fewer if the open-file limit cannot hold two descriptors each.
+    max_connections: int = attrs.field(default=0, validator=_not_negative_size("max-connections"))

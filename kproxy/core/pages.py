@@ -1,43 +1,76 @@
-"""Error page templating: the pure half of the built-in pages (kproxy.runtime.pages reads files).
+"""Error pages, the pure half: which files are pages, parsing them, choosing and rendering one.
 
-A template may hold one optional block, ``{{#MESSAGE}}...{{/MESSAGE}}``, in which
-``{{MESSAGE}}`` becomes the HTML-escaped ``stop --message`` text. With no message the whole
-block is removed, so the page shows no empty box. Templates are trusted package data; only the
-message is escaped, because it comes from an operator's command line.
+kproxy.runtime.pages reads the files (the built-in pages from package data, a service's
+``--error-pages`` directory at deploy time). Every page, built-in or custom, is a template in
+the syntax of ``kproxy.core.templates``: the message is the ``stop --message`` text.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Final
 
+import attrs
+
+from kproxy.core import templates
+from kproxy.core.templates import Template
+
 CONTENT_TYPE: Final = b"text/html; charset=utf-8"
-MESSAGE: Final = "{{MESSAGE}}"
-MESSAGE_BLOCK_START: Final = "{{#MESSAGE}}"
-MESSAGE_BLOCK_END: Final = "{{/MESSAGE}}"
-
-_MESSAGE_BLOCK: Final = re.compile(
-    re.escape(MESSAGE_BLOCK_START) + ".*?" + re.escape(MESSAGE_BLOCK_END), re.DOTALL
-)
+MAX_PAGE_SIZE: Final = 1024 * 1024  # bytes per --error-pages file; pages live in memory
+# "<status>.html" for the statuses a proxy answers with errors; other files are ignored,
+# as kamal-proxy only ever looks up "<status>.html" (error_page_middleware.go getTemplate).
+_PAGE_NAME: Final = re.compile(r"([45][0-9][0-9])\.html")
 
 
-def render_page(template: str, message: str) -> str:
-    """Fill a page template with ``message``, or drop its message block if ``message`` is "".
+@attrs.frozen
+class ErrorPages:
+    """A service's custom pages: parsed templates by status, loaded once at deploy.
+
+    The empty value (no directory) means the built-in pages.
+    """
+
+    directory: str = ""
+    templates: Mapping[int, Template] = attrs.field(factory=dict)
+
+    def template(self, status: int) -> Template | None:
+        return self.templates.get(status)
+
+
+def page_status(file_name: str) -> int | None:
+    """The status a file in an ``--error-pages`` directory is for, or None if it is no page."""
+    match = _PAGE_NAME.fullmatch(file_name)
+    return int(match.group(1)) if match else None
+
+
+def parse_pages(directory: str, files: Mapping[str, str]) -> ErrorPages:
+    """Parse the pages of an ``--error-pages`` directory.
 
     Args:
-      template: page text with an optional ``{{#MESSAGE}}...{{/MESSAGE}}`` block.
-      message: plain text; it is HTML-escaped, and placeholders inside it are not expanded.
+      directory: the directory, as given (for the value and error messages).
+      files: page file name (see ``page_status``) → its text.
 
-    Returns:
-      The page as text; the caller encodes it as UTF-8 (see ``CONTENT_TYPE``).
+    Raises:
+      ValueError: naming the first file that does not parse, with the line, column and problem.
     """
-    if not message:
-        return _MESSAGE_BLOCK.sub("", template).replace(MESSAGE, "")
-    page = template.replace(MESSAGE_BLOCK_START, "").replace(MESSAGE_BLOCK_END, "")
-    # str.replace is one pass, so "{{MESSAGE}}" typed into the message stays literal.
-    return page.replace(MESSAGE, html.escape(message))
+    parsed: dict[int, Template] = {}
+    for name in sorted(files):
+        status = page_status(name)
+        if status is None:
+            continue
+        try:
+            parsed[status] = templates.parse(files[name])
+        except ValueError as exc:
+            raise ValueError(f"{name}, {exc}") from None
+    return ErrorPages(directory, parsed)
+
+
+def render_page(template: Template, message: str) -> bytes:
+    """The response body: ``template`` rendered with the HTML-escaped ``message``, as UTF-8
+    (send it with ``CONTENT_TYPE``)."""
+    return templates.render(template, message).encode("utf-8")
 
 
 def fallback_template(status: int) -> str:
@@ -52,6 +85,6 @@ def fallback_template(status: int) -> str:
         f"<title>{title}</title>\n</head>\n"
         '<body style="font-family: system-ui, sans-serif; text-align: center; margin-top: 20vh">\n'
         f"<h1>{title}</h1>\n"
-        f"{MESSAGE_BLOCK_START}<p>{MESSAGE}</p>{MESSAGE_BLOCK_END}\n"
+        "{{ if .Message }}<p>{{ .Message }}</p>{{ end }}\n"
         "</body>\n</html>\n"
     )

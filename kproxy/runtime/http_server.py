@@ -1,12 +1,17 @@
 """The client side: one task (and nursery) per connection, an h11 server connection each.
 
-Requests on a connection are served in order (keep-alive and pipelining). Each request is
-routed, admitted by its service (pause/stop), given a target, and relayed by ``upstream``.
+Requests on a connection are served in order (keep-alive and pipelining). Each request head,
+and each chunked body, passes ``kproxy.core.framing`` before h11 parses it (``client.py``);
+a head that fails is answered here and its connection closed. Each request is then routed,
+admitted by its service (pause/stop), given a target, and relayed by ``upstream``.
 Errors become a status in one place (``_status_for``) and one JSON log line per request.
 """
 
 from __future__ import annotations
 
+import errno
+import html
+import resource
 import socket
 import time
 import uuid
@@ -16,17 +21,24 @@ import attrs
 import h11
 import trio
 
+from kproxy.core import framing
+from kproxy.core.buffering import BufferPolicy, buffered_request_headers, has_request_body
+from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import (
     build_upstream_request_headers,
+    canonical_host_redirect,
+    client_ips_from_header,
     header_value,
     upgrade_type,
 )
-from kproxy.core.pages import CONTENT_TYPE
+from kproxy.core.pages import CONTENT_TYPE, ErrorPages
 from kproxy.core.service_map import request_host, strip_path_prefix
 from kproxy.errors import UpstreamError, UpstreamTimeout
+from kproxy.runtime.buffer import SpooledBody
+from kproxy.runtime.client import ClientStream
 from kproxy.runtime.h11_stream import H11Stream
 from kproxy.runtime.log import Logger
-from kproxy.runtime.pages import error_page
+from kproxy.runtime.pages import BUILTIN_PAGES, error_page
 from kproxy.runtime.router import Router
 from kproxy.runtime.service import Service
 from kproxy.runtime.target import Target
@@ -37,11 +49,20 @@ from kproxy.runtime.upstream import (
     ResponseAborted,
     ResponseRecord,
     forward,
+    receive_request_body,
 )
 
 MAX_HEADER_BYTES: Final = 1024 * 1024  # request line + headers; Go's net/http allows 1 MiB
+# Go counts no header fields (only bytes); Apache allows 100. 500 leaves room for any real
+# client while bounding the per-request work on the header list.
+MAX_HEADERS: Final = 500  # header fields per request
 KEEPALIVE_TIMEOUT: Final = 60.0  # seconds an idle keep-alive connection is kept
-HEADER_TIMEOUT: Final = 30.0  # seconds a client may take to send a request head
+HEADER_TIMEOUT: Final = 30.0  # seconds a client may take to send a whole request head
+MAX_CONNECTIONS: Final = 10_000  # simultaneous client connections, unless run says otherwise
+RESERVED_DESCRIPTORS: Final = 64  # for listeners, control, state and health-check sockets
+ACCEPT_RETRY_DELAY: Final = 0.1  # seconds; trio's serve_listeners waits as long on EMFILE
+# accept() errors that mean "no resources for now" (as trio's _highlevel_serve_listeners.py)
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 MAX_DISCARD: Final = 256 * 1024  # bytes of unread request body read to keep a connection
 DISCARD_TIMEOUT: Final = 5.0  # seconds allowed for reading them
 STATUS_CLIENT_CLOSED: Final = 499  # nginx's convention, as kamal-proxy logs it
@@ -63,6 +84,11 @@ class RequestLog:
     response_headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
     response_bytes: int = 0  # body bytes sent to the client, as kamal-proxy counts them
     response_header_names: tuple[str, ...] = ()  # the service's --log-response-header
+    # Per-request decisions the relay needs, made once the service is known:
+    peer_ip: str = ""  # the socket peer, which X-Forwarded-For always ends with
+    forwarded_for: tuple[str, ...] | None = None  # --client-ip-header's addresses (None: unset)
+    cookie_scope: CookieScope | None = None  # --scope-cookie-paths, when it applies
+    pages: ErrorPages = BUILTIN_PAGES  # the service's --error-pages
 
     def line(self, now: float) -> dict[str, Any]:
         fields = dict(self.fields)
@@ -84,6 +110,15 @@ def _peer(stream: trio.SocketStream) -> tuple[str, int]:
     return "", 0
 
 
+def default_max_connections() -> int:
+    """MAX_CONNECTIONS, or fewer when the open-file limit (``ulimit -n``) could not hold them:
+    each client connection may hold a target connection too."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, (soft - RESERVED_DESCRIPTORS) // 2))
+
+
 @attrs.define(eq=False)
 class HttpServer:
     router: Router
@@ -92,13 +127,54 @@ class HttpServer:
     scheme: str = "http"
     header_timeout: float = HEADER_TIMEOUT
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_headers: int = MAX_HEADERS
+    # One token per open client connection, taken before accept(): beyond the bound, new
+    # clients wait in the kernel's listen backlog rather than costing memory and descriptors.
+    connection_slots: trio.CapacityLimiter = attrs.field(
+        factory=lambda: trio.CapacityLimiter(default_max_connections())
+    )
+    buffer_dir: str | None = None  # where buffered bodies spill; None = the system temp dir
     closing: bool = False
     _connections: dict[trio.CancelScope, bool] = attrs.field(factory=dict)  # scope → busy
     _all_closed: trio.Event = attrs.field(factory=trio.Event)
 
+    async def serve_listeners(
+        self, listeners: list[trio.SocketListener], handler_nursery: trio.Nursery
+    ) -> None:
+        """Accept on every listener until cancelled; each connection runs in
+        ``handler_nursery``, at most ``connection_slots.total_tokens`` at once."""
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, handler_nursery)
+
+    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        while True:
+            slot = object()
+            await self.connection_slots.acquire_on_behalf_of(slot)
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                self.connection_slots.release_on_behalf_of(slot)
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                self.logger.error("Cannot accept a connection", error=str(exc))
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            except BaseException:
+                self.connection_slots.release_on_behalf_of(slot)
+                raise
+            handlers.start_soon(self._run_connection, stream, slot)
+
+    async def _run_connection(self, stream: trio.SocketStream, slot: object) -> None:
+        try:
+            await self.handle_connection(stream)
+        finally:
+            self.connection_slots.release_on_behalf_of(slot)
+
     async def handle_connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        client = H11Stream(stream, conn)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
+        client = ClientStream(stream, conn)
         client_ip, client_port = _peer(stream)
         with trio.CancelScope() as scope:
             if not self._connections:
@@ -113,38 +189,70 @@ class HttpServer:
                 await client.aclose()
 
     async def _serve(
-        self, client: H11Stream, client_ip: str, client_port: int, scope: trio.CancelScope
+        self, client: ClientStream, client_ip: str, client_port: int, scope: trio.CancelScope
     ) -> None:
-        timeout = self.header_timeout
+        idle_timeout: float | None = None  # the first head's deadline runs from the accept
         while not self.closing:
-            # The deadline covers waiting for the request head only, never the exchange:
+            # The deadlines cover waiting for the request head only, never the exchange:
             # a slow response or a WebSocket may rightly last far longer.
-            event: h11.Event | type[h11.PAUSED] | None = None
-            with trio.move_on_after(timeout):
-                try:
-                    event = await client.next_event()
-                except h11.RemoteProtocolError as exc:
-                    await self._send_error(client, exc.error_status_hint)
-                    self.logger.info("Bad request", client_addr=client_ip, error=str(exc))
-                    return
-                except STREAM_ERRORS:
-                    return
-            if not isinstance(event, h11.Request):
+            verdict = await client.receive_head(
+                idle_timeout=idle_timeout,
+                header_timeout=self.header_timeout,
+                max_bytes=self.max_header_bytes,
+                max_headers=self.max_headers,
+            )
+            if verdict is None:
                 return  # closed, idle too long, or a head that trickled in too slowly
+            if isinstance(verdict, framing.Reject):
+                await self._reject(client, verdict, client_ip)
+                return
+            try:
+                event = client.conn.next_event()  # the whole head is buffered: no waiting
+            except h11.RemoteProtocolError as exc:
+                reject = framing.Reject(exc.error_status_hint, str(exc))
+                await self._reject(client, reject, client_ip)
+                return
+            if not isinstance(event, h11.Request):
+                return
             self._connections[scope] = True
             try:
                 keep_open = await self._handle(client, event, client_ip, client_port)
             finally:
                 self._connections[scope] = False
+            if client.body_rejection is not None:
+                # Its 400 is sent; where a next request would begin is unknowable (RFC 9112 §11.2).
+                await client.close_after_error()
+                return
             if not keep_open or client.conn.our_state is not h11.DONE:
                 return
-            if not await _discard_request_body(client):
+            if not await _discard_request_body(client) or not client.body_in_step:
                 return  # too much unread body (an early answer) to reuse the connection
             client.conn.start_next_cycle()
-            timeout = self.keepalive_timeout
+            idle_timeout = self.keepalive_timeout
+
+    async def _reject(self, client: ClientStream, reject: framing.Reject, client_ip: str) -> None:
+        """Answer a request head kproxy will not serve, then close: after broken framing no
+        later byte on the connection can be trusted to start a request (RFC 9112 §6.1, §11.2).
+        Like Go's server, this happens before routing, so there is no access log line."""
+        self.logger.info(
+            "Bad request", client_addr=client_ip, status=reject.status, error=reject.reason
+        )
+        body = error_page(reject.status)
+        headers = [
+            (b"content-type", CONTENT_TYPE),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        try:
+            await client.send(h11.Response(status_code=reject.status, headers=headers))
+            await client.send(h11.Data(data=body))
+            await client.send(h11.EndOfMessage())
+        except (h11.LocalProtocolError, *STREAM_ERRORS):
+            return
+        await client.close_after_error()
 
     async def _handle(
-        self, client: H11Stream, request: h11.Request, client_ip: str, client_port: int
+        self, client: ClientStream, request: h11.Request, client_ip: str, client_port: int
     ) -> bool:
         """Serve one request; returns whether the connection may carry another."""
         raw_target = bytes(request.target)
@@ -179,6 +287,7 @@ class HttpServer:
                 "query": query.decode("latin-1"),
             },
             started=trio.current_time(),
+            peer_ip=client_ip,
         )
         keep_open = True
         try:
@@ -189,7 +298,7 @@ class HttpServer:
 
     async def _route(
         self,
-        client: H11Stream,
+        client: ClientStream,
         request: h11.Request,
         raw_target: bytes,
         path: str,
@@ -201,6 +310,31 @@ class HttpServer:
             return await self._fail(client, log, NoMatchingService(), ResponseRecord())
         service, route = routed
         log.fields["service"] = service.name
+        log.pages = service.pages
+        if (rejection := client.body_rejection) is not None:  # bad in the head's packet
+            return await self._fail(client, log, BadRequestBody(rejection.reason), ResponseRecord())
+        service_options = service.options.service
+        if service_options.client_ip_header:
+            _use_client_ip_header(log, request.headers, service_options.client_ip_header)
+        location = canonical_host_redirect(
+            header_value(request.headers, b"host"),
+            raw_target,
+            canonical_host=service_options.canonical_host,
+            scheme=self.scheme,
+        )
+        if location is not None:
+            log.status = await self._send_redirect(client, request, location, log)
+            # Read a small unread body first, as Go's server does before closing, so the close
+            # does not reset the connection under a client still sending it.
+            await _discard_request_body(client)
+            return False
+        if (
+            service_options.scope_cookie_paths
+            and service_options.strip_path_prefix
+            and route.path_prefix != "/"
+        ):  # kamal-proxy scopes only what it strips (router.go sets MatchedPrefix only then)
+            host_header = _text(header_value(request.headers, b"host"))
+            log.cookie_scope = CookieScope(route.path_prefix, host_header)
         target_options = service.options.target
         _log_headers(log.fields, "req_", request.headers, target_options.log_request_headers)
         log.response_header_names = target_options.log_response_headers
@@ -214,11 +348,37 @@ class HttpServer:
                 log.status = await self._send_simple(client, 200, b"OK\n", log=log)
                 return True
             await service.admit()
+            if target_options.buffer_requests and has_request_body(request.headers):
+                return await self._proxy_buffered(client, request, upstream_target, service, log)
             target = service.choose_target()
         except UpstreamError as exc:
             return await self._fail(client, log, exc, ResponseRecord())
         log.fields["target"] = target.name
         return await self._proxy(client, request, upstream_target, service, target, log)
+
+    async def _proxy_buffered(
+        self,
+        client: H11Stream,
+        request: h11.Request,
+        upstream_target: bytes,
+        service: Service,
+        log: RequestLog,
+    ) -> bool:
+        """--buffer-requests: the whole body first, before a target is chosen, so a slow upload
+        occupies no target (nor its drain); the file, if it spilled, goes when this returns."""
+        options = service.options.target
+        policy = BufferPolicy(options.buffer_memory, options.max_request_body)
+        with SpooledBody(policy, self.buffer_dir) as body:
+            try:
+                await receive_request_body(client, request, body)
+                await service.admit()  # it may have been paused or stopped meanwhile
+                target = service.choose_target()
+            except (UpstreamError, ClientGone, BadRequestBody) as exc:
+                return await self._fail(client, log, exc, ResponseRecord())
+            log.fields["target"] = target.name
+            return await self._proxy(
+                client, request, upstream_target, service, target, log, body=body
+            )
 
     async def _proxy(
         self,
@@ -228,20 +388,26 @@ class HttpServer:
         service: Service,
         target: Target,
         log: RequestLog,
+        *,
+        body: SpooledBody | None = None,
     ) -> bool:
         headers = build_upstream_request_headers(
             request.headers,
-            client_ip=log.fields["client_addr"],
+            client_ip=log.peer_ip,
             scheme=self.scheme,
             forward_headers=target.options.forward_headers,
             target=target.name,
             now=time.time(),
             make_request_id=lambda: str(log.fields["request_id"]),
             upgrade=upgrade_type(request.headers) is not None,
+            forwarded_for=log.forwarded_for,
         )
         upstream_headers = headers.headers
-        if header_value(request.headers, b"transfer-encoding") is not None:
-            upstream_headers.append((b"transfer-encoding", b"chunked"))  # h11 re-frames it
+        if body is not None:
+            upstream_headers = buffered_request_headers(upstream_headers, body.size)
+        else:  # the framing kproxy checked, spelled one way only (h11 re-chunks the body)
+            upstream_headers = [h for h in upstream_headers if h[0] != b"content-length"]
+            upstream_headers += framing.framing_headers(request.headers)
         if header_value(upstream_headers, b"host") is None:
             upstream_headers.insert(0, (b"host", target.name.encode()))
         upstream_request = h11.Request(
@@ -251,7 +417,16 @@ class HttpServer:
         try:
             with target.track() as scope:
                 with scope:
-                    await forward(client, upstream_request, target, scope, record)
+                    await forward(
+                        client,
+                        upstream_request,
+                        target,
+                        scope,
+                        record,
+                        body=body,
+                        buffer_dir=self.buffer_dir,
+                        cookie_scope=log.cookie_scope,
+                    )
                 if scope.cancelled_caught and not record.upgraded:
                     raise UpstreamTimeout(f"request to draining target {target.name} cut off")
         except (UpstreamError, ClientGone, BadRequestBody, ResponseAborted) as exc:
@@ -281,11 +456,36 @@ class HttpServer:
             return False
         return True
 
+    async def _send_redirect(
+        self, client: H11Stream, request: h11.Request, location: bytes, log: RequestLog
+    ) -> int:
+        """A --canonical-host 301 as Go's http.Redirect writes it, with ``Connection: close``
+        as kamal-proxy's handleRedirectsIfNeeded (internal/server/service.go) sends it.
+        Returns the status sent, or 0 when nothing could be sent."""
+        href = html.escape(location.decode("ascii"), quote=True).encode("ascii")
+        body = b'<a href="' + href + b'">Moved Permanently</a>.\n\n'
+        headers = [(b"location", location), (b"connection", b"close")]
+        if request.method in (b"GET", b"HEAD"):
+            headers.append((b"content-type", b"text/html; charset=utf-8"))
+        if request.method != b"GET":
+            body = b""  # Go writes the link for GET only
+        headers.append((b"content-length", b"%d" % len(body)))
+        try:
+            await client.send(h11.Response(status_code=301, headers=headers))
+            if body:
+                await client.send(h11.Data(data=body))
+            await client.send(h11.EndOfMessage())
+        except (h11.LocalProtocolError, *STREAM_ERRORS):
+            return 0
+        log.response_headers, log.response_bytes = headers, len(body)
+        return 301
+
     async def _send_error(
         self, client: H11Stream, status: int, message: str = "", log: RequestLog | None = None
     ) -> int:
+        pages = log.pages if log is not None else BUILTIN_PAGES
         return await self._send_simple(
-            client, status, error_page(status, message), CONTENT_TYPE, log=log
+            client, status, error_page(status, message, pages), CONTENT_TYPE, log=log
         )
 
     async def _send_simple(
@@ -301,17 +501,23 @@ class HttpServer:
         sent, or 0 when nothing could be sent."""
         if client.conn.our_state is not h11.SEND_RESPONSE:
             return 0
+        head = log is not None and log.fields.get("method") == "HEAD"
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-        if self.closing:
+        # A client still holding its body for a 100 never sends it after a final answer, so the
+        # connection cannot carry another request: say so (RFC 9110 §10.1.1), as Go does.
+        # Nor can one whose chunked body broke the framing rules (it is closed after this).
+        broken = isinstance(client, ClientStream) and client.body_rejection is not None
+        if self.closing or client.conn.they_are_waiting_for_100_continue or broken:
             headers.append((b"connection", b"close"))
         try:
             await client.send(h11.Response(status_code=status, headers=headers))
-            await client.send(h11.Data(data=body))
+            if not head:  # a HEAD answer has the GET answer's headers and no body (RFC 9110)
+                await client.send(h11.Data(data=body))
             await client.send(h11.EndOfMessage())
         except (h11.LocalProtocolError, *STREAM_ERRORS):
             return 0
         if log is not None:
-            log.response_headers, log.response_bytes = headers, len(body)
+            log.response_headers, log.response_bytes = headers, 0 if head else len(body)
         return status
 
     async def shutdown(self, grace: float) -> None:
@@ -371,6 +577,16 @@ def _text(value: bytes | None) -> str:
 
 def _length(value: bytes | None) -> int:
     return int(value) if value is not None and value.isdigit() else 0
+
+
+def _use_client_ip_header(log: RequestLog, headers: Any, name: str) -> None:
+    """--client-ip-header: its addresses, if they all parse, become the client for the log and
+    the start of X-Forwarded-For; otherwise the peer alone, and the incoming X-Forwarded-For is
+    not trusted either (kamal-proxy: internal/server/client_ip_middleware.go)."""
+    log.forwarded_for = client_ips_from_header(headers, name) or ()
+    client = log.forwarded_for[0] if log.forwarded_for else log.peer_ip
+    log.fields["client_addr"] = client
+    log.fields["remote_addr"] = ", ".join(log.forwarded_for) or client
 
 
 def _log_headers(fields: dict[str, Any], prefix: str, headers: Any, names: tuple[str, ...]) -> None:

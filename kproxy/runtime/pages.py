@@ -1,35 +1,107 @@
-"""Built-in error pages, read once from package data (kproxy/pages/*.html) and rendered."""
+"""Error pages, the I/O half: the built-in pages (package data) and ``--error-pages`` directories.
+
+A service's directory is read whole at deploy and kept in memory with the service, so a
+request never touches the disk; files are read synchronously (a handful of small local files,
+capped at ``MAX_PAGE_SIZE`` each).
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from importlib import resources
 from typing import Final
 
-from kproxy.core.pages import fallback_template, render_page
+from kproxy.core import templates
+from kproxy.core.pages import (
+    MAX_PAGE_SIZE,
+    ErrorPages,
+    fallback_template,
+    page_status,
+    parse_pages,
+    render_page,
+)
+from kproxy.core.templates import Template
 
 # The statuses kproxy ships a page for; each must exist as kproxy/pages/<status>.html.
 BUILTIN_STATUSES: Final = frozenset({404, 413, 502, 503, 504})
+BUILTIN_PAGES: Final = ErrorPages()
 
 
 @functools.cache
-def _templates() -> Mapping[int, str]:
-    """Read every built-in page on first use; a handful of small files, kept for the process."""
+def _builtin_templates() -> Mapping[int, Template]:
+    """Read and parse every built-in page on first use; kept for the process."""
     pages = resources.files("kproxy") / "pages"
-    return {s: (pages / f"{s}.html").read_text(encoding="utf-8") for s in BUILTIN_STATUSES}
+    return {
+        s: templates.parse((pages / f"{s}.html").read_text(encoding="utf-8"))
+        for s in BUILTIN_STATUSES
+    }
 
 
-def error_page(status: int, message: str = "") -> bytes:
+@functools.cache
+def _fallback(status: int) -> Template:
+    return templates.parse(fallback_template(status))
+
+
+def error_page(status: int, message: str = "", pages: ErrorPages = BUILTIN_PAGES) -> bytes:
     """The HTML body for an error response.
 
     Args:
-      status: the response status; statuses without a built-in page get a minimal one.
-      message: text to show (``stop --message``); HTML-escaped, and only pages with a message
-        block (503, and the fallback) display it.
+      status: the response status.
+      message: text to show (``stop --message``); HTML-escaped, and shown only by pages that
+        use ``{{ .Message }}`` (the built-in 503 and the minimal page of other statuses).
+      pages: the service's ``--error-pages``; a status without a file there gets the built-in
+        page, and a status without a built-in file a minimal one.
 
     Returns:
       UTF-8 bytes, to be sent with ``kproxy.core.pages.CONTENT_TYPE``.
     """
-    template = _templates().get(status) or fallback_template(status)
-    return render_page(template, message).encode("utf-8")
+    template = pages.template(status) or _builtin_templates().get(status) or _fallback(status)
+    return render_page(template, message)
+
+
+def read_error_pages(directory: str) -> ErrorPages:
+    """Read and parse the ``<status>.html`` files of an ``--error-pages`` directory.
+
+    Args:
+      directory: the directory; "" means the built-in pages (nothing is read).
+
+    Raises:
+      ValueError: the directory or a page cannot be read, or a page does not parse; the
+        message names the directory, the file and the problem.
+    """
+    if not directory:
+        return BUILTIN_PAGES
+    prefix = f"--error-pages {directory}"
+    try:
+        with os.scandir(directory) as entries:
+            pages = {e.name: e.is_file() for e in entries if page_status(e.name) is not None}
+    except OSError as exc:
+        raise ValueError(f"{prefix}: cannot read the directory: {_reason(exc)}") from None
+    files: dict[str, str] = {}
+    for name, is_file in sorted(pages.items()):
+        if not is_file:  # a FIFO would block the whole proxy in open()
+            raise ValueError(f"{prefix}: {name} is not a regular file")
+        try:
+            with open(os.path.join(directory, name), "rb") as file:
+                data = file.read(MAX_PAGE_SIZE + 1)
+        except OSError as exc:
+            raise ValueError(f"{prefix}: cannot read {name}: {_reason(exc)}") from None
+        if len(data) > MAX_PAGE_SIZE:
+            raise ValueError(f"{prefix}: {name} is larger than {MAX_PAGE_SIZE} bytes")
+        try:
+            files[name] = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            byte = data[exc.start]
+            raise ValueError(
+                f"{prefix}: {name} is not UTF-8 text (byte {byte:#04x} at offset {exc.start})"
+            ) from None
+    try:
+        return parse_pages(directory, files)
+    except ValueError as exc:
+        raise ValueError(f"{prefix}: {exc}") from None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

@@ -28,7 +28,7 @@ from kproxy.runtime.control_server import (
     open_control_listener,
     unlink_socket,
 )
-from kproxy.runtime.http_server import HttpServer
+from kproxy.runtime.http_server import HttpServer, default_max_connections
 from kproxy.runtime.log import Logger
 from kproxy.runtime.router import Progress, Router, _no_progress
 from kproxy.runtime.state_store import StateStore
@@ -80,7 +80,13 @@ class Proxy:
             async with trio.open_nursery() as nursery:
                 router = self._router = Router(self.logger, store, nursery)
                 await router.restore(*saved)
-                http = self._http = HttpServer(router, self.logger, port=self.http_port)
+                slots = self.options.max_connections or default_max_connections()
+                http = self._http = HttpServer(
+                    router,
+                    self.logger,
+                    port=self.http_port,
+                    connection_slots=trio.CapacityLimiter(slots),
+                )
                 connections = await nursery.start(_hold_nursery)
                 nursery.start_soon(self._accept, http, listeners, connections)
                 if control is not None:
@@ -107,9 +113,7 @@ class Proxy:
     ) -> None:
         with trio.CancelScope() as scope:
             self._accepting.append(scope)
-            await trio.serve_listeners(
-                http.handle_connection, listeners, handler_nursery=connections
-            )
+            await http.serve_listeners(listeners, connections)  # bounded: see HttpServer
         # shutdown() stopped us: close the ports so new clients are refused, not left queued.
         for listener in listeners:
             listener.socket.close()

@@ -17,11 +17,13 @@ from kproxy.core import snapshot
 from kproxy.core.durations import format_duration
 from kproxy.core.listing import ServiceInfo
 from kproxy.core.options import DeploymentOptions
+from kproxy.core.pages import ErrorPages
 from kproxy.core.service_map import Route, ServiceMap
 from kproxy.core.states import TargetHealth
 from kproxy.errors import CommandError, DeployError, DeployTimeout, ServiceNotFound, StateError
 from kproxy.runtime.health import run_health_checks
 from kproxy.runtime.log import Logger
+from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
 from kproxy.runtime.service import Service
 from kproxy.runtime.state_store import StateStore
 from kproxy.runtime.target import Target
@@ -63,7 +65,12 @@ class Router:
         drain belongs to the router's nursery and completes even if the caller goes away.
         """
         self._check_conflicts(name, options)  # fail fast, before any health check
+        pages = self._read_pages(options)  # likewise: a bad --error-pages changes nothing
         async with self._lock(name):
+            if pages.directory:
+                statuses = ", ".join(map(str, sorted(pages.templates)))
+                statuses = statuses or "no <status>.html files, the built-in pages stay"
+                await progress(f"{name}: error pages from {pages.directory}: {statuses}")
             targets = [Target(address, options.target) for address in options.addresses]
             self.logger.info("Deploying", service=name, targets=options.targets)
             try:
@@ -79,7 +86,7 @@ class Router:
                 for target in targets:
                     target.health_scope.cancel()
                 raise
-            old_targets = self._cut_over(name, options, targets)
+            old_targets = self._cut_over(name, options, targets, pages)
             # The deploy has happened. Start the drain and save before the first await that a
             # vanished control client can cancel (a progress write), or neither would happen:
             # the old targets would keep their health checks and the state file its old targets.
@@ -170,6 +177,7 @@ class Router:
             service = Service(
                 record.name, record.options, targets, record.state, record.message, record.max_pause
             )
+            service.pages = self._restore_pages(record.name, record.options)
             self.services[record.name] = service
             self.service_map = self.service_map.with_service(
                 record.name, record.options.service.hosts, record.options.service.path_prefixes
@@ -229,6 +237,28 @@ class Router:
                 f"{conflict.service!r}; remove it first or deploy with other --host/--path-prefix"
             )
 
+    @staticmethod
+    def _read_pages(options: DeploymentOptions) -> ErrorPages:
+        """Read and parse the deploy's --error-pages directory (before any health check)."""
+        try:
+            return read_error_pages(options.service.error_pages)
+        except ValueError as exc:
+            raise DeployError(str(exc)) from None
+
+    def _restore_pages(self, name: str, options: DeploymentOptions) -> ErrorPages:
+        """A restored service whose --error-pages can no longer be read (the directory went
+        away with an old release, say) keeps serving, with the built-in pages. Its options keep
+        the directory, so the state file does not forget it; the next deploy reads it again."""
+        try:
+            return read_error_pages(options.service.error_pages)
+        except ValueError as exc:
+            self.logger.error(
+                "State restore: error pages unavailable, using the built-in pages",
+                service=name,
+                error=str(exc),
+            )
+            return BUILTIN_PAGES
+
     async def _start_health_checks(self, name: str, targets: list[Target]) -> None:
         keep_checking = len(targets) > 1
         for target in targets:
@@ -272,14 +302,19 @@ class Router:
         )
 
     def _cut_over(
-        self, name: str, options: DeploymentOptions, targets: list[Target]
+        self,
+        name: str,
+        options: DeploymentOptions,
+        targets: list[Target],
+        pages: ErrorPages = BUILTIN_PAGES,
     ) -> list[Target]:
         service = self.services.get(name)
         if service is None:
-            self.services[name] = Service(name, options, targets)
+            service = self.services[name] = Service(name, options, targets)
             old: list[Target] = []
         else:
             old = service.replace_targets(options, targets)
+        service.pages = pages  # no await since the targets changed: requests see both or neither
         self.service_map = self.service_map.with_service(
             name, options.service.hosts, options.service.path_prefixes
         )

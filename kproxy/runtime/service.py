@@ -6,6 +6,7 @@ import attrs
 import trio
 
 from kproxy.core.options import DEFAULT_PAUSE_TIMEOUT, DeploymentOptions
+from kproxy.core.pages import ErrorPages
 from kproxy.core.states import ServiceState
 from kproxy.errors import NoHealthyTargets, PauseExpired, ServiceUnavailable
 from kproxy.runtime.target import Target
@@ -23,6 +24,8 @@ class Service:
     _running: trio.Event = attrs.field(factory=trio.Event)
     _next: int = 0
     removed: bool = False  # set by close(); routing no longer reaches the service
+    # --error-pages, read and parsed at deploy; replaced with the targets at the cutover.
+    pages: ErrorPages = attrs.field(factory=ErrorPages, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.state is ServiceState.RUNNING:

@@ -17,8 +17,19 @@ import attrs
 import h11
 import trio
 
+from kproxy.core.buffering import (
+    BodyTooLarge,
+    BufferAction,
+    BufferPolicy,
+    ResponseTooLarge,
+    buffered_response_headers,
+    declared_length,
+    response_streams,
+)
+from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import header_value, strip_response_hop_by_hop
 from kproxy.errors import UpstreamTimeout, UpstreamUnreachable
+from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.h11_stream import READ_SIZE, H11Stream
 from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
 from kproxy.runtime.target import Target
@@ -48,9 +59,13 @@ class RequestBodyPump:
     """Moves the client's request body to the target; remembers enough to allow one retry."""
 
     client: H11Stream
+    body: SpooledBody | None = None  # --buffer-requests: the whole body, already read
     sent_data: bool = False  # body bytes went to a target: the request can't be replayed
     finished: bool = False  # the client's EndOfMessage was read
     error: Exception | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.finished = self.body is not None
 
     async def run(
         self, upstream: UpstreamConnection, cancel: trio.CancelScope, *, watch: bool
@@ -80,6 +95,9 @@ class RequestBodyPump:
         self.client.conn.receive_data(data)
 
     async def _pump(self, upstream: UpstreamConnection) -> None:
+        if self.body is not None:  # a buffered body can be replayed: sent_data stays False
+            for chunk in self.body.chunks():
+                await _send_upstream(upstream, h11.Data(data=chunk))
         while not self.finished:
             try:
                 event = await self.client.next_event()
@@ -95,6 +113,34 @@ class RequestBodyPump:
             else:  # ConnectionClosed or PAUSED mid-body: the client went away
                 raise ClientGone()
         await _send_upstream(upstream, h11.EndOfMessage())  # trailers are dropped
+
+
+async def receive_request_body(client: H11Stream, request: h11.Request, body: SpooledBody) -> None:
+    """--buffer-requests: read the whole request body into ``body`` before any target is
+    contacted, answering ``Expect: 100-continue`` here (a body declared too large gets its 413
+    at once, without the client sending it, RFC 9110 §10.1.1).
+
+    Raises BodyTooLarge, BadRequestBody or ClientGone.
+    """
+    limit = body.policy.max_body
+    if body.policy.declare(declared_length(request.headers)) is BufferAction.REJECT:
+        raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
+    if client.conn.they_are_waiting_for_100_continue:
+        await _send_client(client, h11.InformationalResponse(status_code=100, headers=[]))
+    while True:
+        try:
+            event = await client.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BadRequestBody(str(exc)) from exc
+        except STREAM_ERRORS as exc:
+            raise ClientGone() from exc
+        if isinstance(event, h11.Data):
+            if body.write(event.data) is BufferAction.REJECT:
+                raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
+        elif isinstance(event, h11.EndOfMessage):
+            return  # trailers are dropped, as when streaming
+        else:  # ConnectionClosed mid-body: the client went away
+            raise ClientGone()
 
 
 async def _send_upstream(upstream: UpstreamConnection, event: h11.Event) -> None:
@@ -121,13 +167,20 @@ async def forward(
     target: Target,
     scope: trio.CancelScope,
     record: ResponseRecord,
+    *,
+    body: SpooledBody | None = None,
+    buffer_dir: str | None = None,
+    cookie_scope: CookieScope | None = None,
 ) -> None:
     """Relay ``request`` (headers already rewritten) to ``target`` and its answer back.
 
     Raises UpstreamError while nothing was sent to the client, ClientGone, BadRequestBody or
     ResponseAborted otherwise. ``scope`` is the request's drain scope (marked when upgraded).
+    ``body`` is the request body when it was buffered (see receive_request_body);
+    ``buffer_dir`` is where a buffered response spills (None: the system temp dir).
+    ``cookie_scope`` rewrites the response's Set-Cookie paths (--scope-cookie-paths).
     """
-    pump = RequestBodyPump(client)
+    pump = RequestBodyPump(client, body)
     try:
         upstream = await target.pool.acquire()
     except OSError as exc:
@@ -135,7 +188,9 @@ async def forward(
             f"cannot connect to {target.name}: {describe_connect_error(exc)}"
         ) from exc
     try:
-        await _exchange(client, upstream, request, pump, target, scope, record)
+        await _exchange(
+            client, upstream, request, pump, target, scope, record, buffer_dir, cookie_scope
+        )
     except _StaleConnection:
         await upstream.aclose()
         try:
@@ -144,7 +199,9 @@ async def forward(
             raise UpstreamUnreachable(
                 f"cannot connect to {target.name}: {describe_connect_error(exc)}"
             ) from exc
-        await _exchange(client, upstream, request, pump, target, scope, record)
+        await _exchange(
+            client, upstream, request, pump, target, scope, record, buffer_dir, cookie_scope
+        )
 
 
 async def _exchange(
@@ -155,6 +212,8 @@ async def _exchange(
     target: Target,
     scope: trio.CancelScope,
     record: ResponseRecord,
+    buffer_dir: str | None,
+    cookie_scope: CookieScope | None,
 ) -> None:
     release = completed = False
     try:
@@ -170,7 +229,16 @@ async def _exchange(
                 nursery.start_soon(
                     functools.partial(pump.run, watch=watch), upstream, nursery.cancel_scope
                 )
-                release = await _relay_response(client, upstream, target, scope, record)
+                release = await _relay_response(
+                    client,
+                    upstream,
+                    target,
+                    scope,
+                    record,
+                    request.method,
+                    buffer_dir,
+                    cookie_scope,
+                )
                 completed = True
             except Exception as exc:  # raised after the nursery, so it is not wrapped in a group
                 error = exc
@@ -201,6 +269,9 @@ async def _relay_response(
     target: Target,
     scope: trio.CancelScope,
     record: ResponseRecord,
+    method: bytes,
+    buffer_dir: str | None,
+    cookie_scope: CookieScope | None,
 ) -> bool:
     """Relay the response; returns whether the upstream connection may be reused."""
     with trio.move_on_after(target.options.target_timeout) as timer:
@@ -212,6 +283,16 @@ async def _relay_response(
     if isinstance(head, h11.InformationalResponse):  # 101 Switching Protocols
         await _splice(client, upstream, head, target, scope, record)
         return False
+    if cookie_scope is not None:  # as kamal-proxy's targetResponseWriter.WriteHeader does
+        head = h11.Response(
+            status_code=head.status_code,
+            headers=cookie_scope.apply(list(head.headers)),
+            reason=head.reason,
+            http_version=head.http_version,
+        )
+    if target.options.buffer_responses and not response_streams(head.headers):
+        await _relay_buffered(client, upstream, head, target, record, method, buffer_dir)
+        return True
     await _send_client(
         client,
         h11.Response(
@@ -234,6 +315,52 @@ async def _relay_response(
             return True
         else:
             raise ResponseAborted(f"{target.name} closed the connection mid-response")
+
+
+async def _relay_buffered(
+    client: H11Stream,
+    upstream: UpstreamConnection,
+    head: h11.Response,
+    target: Target,
+    record: ResponseRecord,
+    method: bytes,
+    buffer_dir: str | None,
+) -> None:
+    """--buffer-responses: take the whole body from the target, then send it on. Until the end
+    nothing reached the client, so a target that breaks off gets a clean 502 (and one whose
+    body passes --max-response-body a 500) instead of a cut connection."""
+    options = target.options
+    policy = BufferPolicy(options.buffer_memory, options.max_response_body)
+    with SpooledBody(policy, buffer_dir) as body:
+        while True:
+            try:
+                event = await upstream.next_event()
+            except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
+                raise UpstreamUnreachable(f"{target.name} broke off the response: {exc}") from exc
+            if isinstance(event, h11.Data):
+                if body.write(event.data) is BufferAction.REJECT:
+                    raise ResponseTooLarge(
+                        f"{target.name} sent a response larger than --max-response-body"
+                        f" ({options.max_response_body} bytes)"
+                    )
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise UpstreamUnreachable(f"{target.name} closed the connection mid-response")
+        headers = buffered_response_headers(
+            strip_response_hop_by_hop(list(head.headers)),
+            body.size,
+            status=head.status_code,
+            head_request=method == b"HEAD",
+        )
+        await _send_client(
+            client, h11.Response(status_code=head.status_code, headers=headers, reason=head.reason)
+        )
+        record.head_sent = True
+        for chunk in body.chunks():
+            await _send_client(client, h11.Data(data=chunk))
+            record.body_bytes += len(chunk)
+        await _send_client(client, h11.EndOfMessage())
 
 
 async def _read_head(

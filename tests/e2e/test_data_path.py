@@ -881,3 +881,19 @@ async def test_head_deadlines_never_cut_an_exchange_short(
     data = await raw_exchange(proxy.http_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", timeout=5)
     assert data.startswith(b"HTTP/1.1 200 ")
     assert trio.current_time() - started < 2  # closed by the keep-alive deadline, not ours
+
+
+async def test_head_gets_error_pages_without_a_body(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A HEAD answered by the proxy itself (404 here) has headers only; the connection stays."""
+    proxy, logs = await start_proxy(nursery, tmp_path)
+    data = await raw_exchange(
+        proxy.http_port,
+        b"HEAD /x HTTP/1.1\r\nHost: nobody.test\r\n\r\nGET /y HTTP/1.1\r\nHost: nobody.test\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    responses = parse_responses(data, ["HEAD", "GET"])
+    assert [r.status for r in responses] == [404, 404]
+    assert responses[0].body == b""
+    assert responses[1].body.lower().startswith(b"<!doctype html>")
+    lines = await logged(logs, 2)
+    assert [(line["method"], line["status"]) for line in lines] == [("HEAD", 404), ("GET", 404)]

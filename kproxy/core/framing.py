@@ -1,0 +1,336 @@
+"""Request framing: where a request ends, decided strictly before h11 reads it.
+
+A proxy and its target must agree on where each request ends, or a request hidden in another's
+body reaches the target unseen (request smuggling, RFC 9112 §11.2). The runtime therefore
+checks each request head (:func:`check_head`) and each chunked body (:class:`ChunkedBody`)
+against the rules here *before* h11 parses the same bytes, answers a violation itself and
+closes the connection, and sends what passes to the target re-framed canonically
+(:func:`framing_headers`), so the target never sees the client's spelling of the framing.
+
+The rules are stricter than h11 0.16 (which refuses most malformed input on its own) exactly
+where h11 is lenient:
+
+- Content-Length together with Transfer-Encoding (h11 lets chunked win) and Transfer-Encoding
+  in an HTTP/1.0 request: 400, and RFC 9112 §6.1 requires closing the connection after both;
+- a Content-Length of 2^63 or more (h11 takes any number; Go's net/http refuses these);
+- obsolete line folding (h11 unfolds it, so `` chunked`` on a line of its own would join the
+  header above): 400, as RFC 9112 §5.2 allows;
+- control characters other than HTAB in a field value (h11 refuses only NUL and whitespace
+  controls; Go's httpguts refuses every CTL, DEL included);
+- an HTTP major version other than 1 (h11 parses ``HTTP/2.0`` as a version): 505;
+- a field named like a framing field but for case and ``_`` (``Transfer_Encoding``):
+  servers that map names to CGI-style variables (Rack, hence Puma before 6.4.3) read it as
+  the real one while kproxy does not;
+- chunk sizes of 2^63 or more (h11 reads up to 20 hex digits), chunk extensions outside the
+  RFC 9112 §7.1.1 grammar (h11 takes any byte after ``;``, bare CR and NUL included), chunk
+  lines over :data:`MAX_CHUNK_LINE`, more framing than data (Go's "too much non-data"), and a
+  bare LF in chunk framing or trailers (h11 waits for a CRLF that may never come).
+
+Transfer codings other than ``chunked`` are answered 501 (RFC 9112 §6.1's SHOULD, and what
+Go and h11 answer); every other violation is 400, or 431 for too many header fields.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from typing import Final, TypeAlias
+
+import attrs
+
+Header: TypeAlias = tuple[bytes, bytes]
+
+MAX_CONTENT_LENGTH: Final = (1 << 63) - 1  # bytes; Go's parseContentLength refuses more
+MAX_CHUNK_SIZE: Final = (1 << 63) - 1  # bytes; Go's parseHexUint stops at 16 hex digits
+MAX_CHUNK_LINE: Final = 4096  # bytes of chunk-size line, as Go's chunked reader (maxLineLength)
+MAX_TRAILER_BYTES: Final = 64 * 1024  # bytes of trailer section; trailers are dropped anyway
+# Go's chunked reader allows 16 bytes of framing per chunk plus twice the chunk's data, and
+# fails once the framing beyond that passes 16 KiB (net/http/internal/chunked.go).
+CHUNK_OVERHEAD_ALLOWANCE: Final = 16  # bytes per chunk
+MAX_EXCESS_FRAMING: Final = 16 * 1024  # bytes
+
+# RFC 9110 §5.6.2 token; §5.5 field-content (VCHAR / obs-text, with SP / HTAB inside).
+_TOKEN: Final = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN_RE: Final = re.compile(_TOKEN)
+_FIELD_VALUE: Final = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+# RFC 9112 §3: method SP request-target SP HTTP-version; h11's request-target is VCHARs only.
+_REQUEST_LINE: Final = re.compile(_TOKEN + rb" ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+_QUOTED_STRING: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# RFC 9112 §7.1.1: chunk-size [ chunk-ext ] CRLF, with
+# chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ). h11 wants the first
+# ";" right after the size, and both h11 and Go allow whitespace before the CRLF.
+_CHUNK_LINE: Final = re.compile(
+    rb"([0-9A-Fa-f]{1,16})"
+    rb"(?:;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb"))?"
+    rb"[ \t]*)*"
+)
+_BLANK_LINE: Final = re.compile(rb"\n\r?\n")  # where h11 ends a head (h11/_receivebuffer.py)
+_OWS: Final = b" \t"
+_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
+
+
+@attrs.frozen
+class Accept:
+    """The request head is sound; how its body is framed."""
+
+    content_length: int | None = None  # None: no Content-Length field
+    chunked: bool = False
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+@attrs.frozen
+class Reject:
+    """Answer ``status`` and close the connection; nothing reaches a target."""
+
+    status: int
+    reason: str
+
+
+Verdict: TypeAlias = Accept | Reject
+
+
+def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int | None:
+    """The offset just past the blank line that ends a request head, found as h11 finds it.
+
+    Args:
+      buffer: bytes received since the previous request ended.
+      start: where a previous search of the same buffer stopped (its length then), so a head
+        that trickles in is not searched from the beginning each time.
+
+    Returns:
+      The head's length, or None while the head is incomplete. A buffer that starts with an
+      empty line is a (malformed) head of that one line, as in h11.
+    """
+    if buffer[:1] == b"\n":
+        return 1
+    if buffer[:2] == b"\r\n":
+        return 2
+    match = _BLANK_LINE.search(buffer, max(0, start - 2))
+    return match.end() if match is not None else None
+
+
+def _split_lines(head: bytes) -> list[bytes]:
+    """Lines without their LF or CRLF (the final empty line dropped), as h11 splits a head."""
+    lines = head.split(b"\n")
+    if lines[-1] != b"":
+        lines.append(b"")  # tolerate a head passed without its final line end
+    del lines[-1]
+    if lines and lines[-1] in (b"", b"\r"):
+        del lines[-1]
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def _check_field_line(line: bytes) -> Reject | Header:
+    """One ``name: value`` line of a head or trailer section, with the value stripped."""
+    if line[:1] in (b" ", b"\t"):
+        return Reject(400, "obsolete line folding")
+    if b"\r" in line:
+        return Reject(400, "bare CR in a header line")
+    name, colon, value = line.partition(b":")
+    if not colon:
+        return Reject(400, f"header line without a colon: {line[:40]!r}")
+    if not _TOKEN_RE.fullmatch(name):
+        return Reject(400, f"invalid header name {name[:40]!r}")
+    value = value.strip(_OWS)
+    if not _FIELD_VALUE.fullmatch(value):
+        return Reject(400, f"invalid byte in the value of header {name.decode('ascii')}")
+    return name.lower(), value
+
+
+def check_head(head: bytes, *, max_headers: int) -> Verdict:
+    """Decide whether a request head may be served, and how its body is framed.
+
+    Args:
+      head: the request line and header lines, up to and including the blank line (the bytes
+        :func:`find_head_end` delimits).
+      max_headers: the most header fields allowed (431 beyond).
+
+    Returns:
+      Accept with the body's framing, or Reject with the status to answer.
+    """
+    lines = _split_lines(head)
+    if not lines or not lines[0]:
+        return Reject(400, "no request line")
+    request_line, *field_lines = lines
+    if b"\r" in request_line:
+        return Reject(400, "bare CR in the request line")
+    match = _REQUEST_LINE.fullmatch(request_line)
+    if match is None:
+        return Reject(400, f"malformed request line {request_line[:80]!r}")
+    version = (int(match[2]), int(match[3]))
+    if version[0] != 1:
+        return Reject(505, f"HTTP/{version[0]}.{version[1]} is not supported")
+    if len(field_lines) > max_headers:
+        return Reject(431, f"more than {max_headers} header fields")
+    headers: list[Header] = []
+    for line in field_lines:
+        field = _check_field_line(line)
+        if isinstance(field, Reject):
+            return field
+        if b"_" in field[0] and field[0].replace(b"_", b"-") in _FRAMING_FIELDS:
+            return Reject(400, f"header {field[0].decode('ascii')} looks like a framing field")
+        headers.append(field)
+    return _body_framing(headers, version)
+
+
+def _body_framing(headers: list[Header], version: tuple[int, int]) -> Verdict:
+    """RFC 9112 §6.1-6.3 for a request: chunked, a Content-Length, or no body."""
+    transfer_encodings = [v for n, v in headers if n == b"transfer-encoding"]
+    content_lengths = [v for n, v in headers if n == b"content-length"]
+    if transfer_encodings:
+        if version == (1, 0):
+            return Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if content_lengths:
+            return Reject(400, "both Content-Length and Transfer-Encoding")
+        codings = _list_elements(transfer_encodings)
+        if not all(_TOKEN_RE.fullmatch(c) for c in codings):
+            return Reject(400, "malformed Transfer-Encoding")
+        if [c.lower() for c in codings] != [b"chunked"]:
+            return Reject(501, "unsupported Transfer-Encoding (only chunked is)")
+        return Accept(chunked=True)
+    if content_lengths:
+        values = _list_elements(content_lengths)
+        if not all(v.isdigit() for v in values):  # bytes.isdigit: ASCII digits only
+            return Reject(400, "malformed Content-Length")
+        if len(set(values)) != 1:
+            return Reject(400, "conflicting Content-Length values")
+        digits = values[0].lstrip(b"0") or b"0"
+        if len(digits) > 19 or int(digits) > MAX_CONTENT_LENGTH:  # checked before int(): cheap
+            return Reject(400, "Content-Length too large")
+        return Accept(content_length=int(digits))
+    return Accept()
+
+
+def _list_elements(values: Iterable[bytes]) -> list[bytes]:
+    """The elements of a comma-separated list field given in one or more lines."""
+    return [element.strip(_OWS) for value in values for element in value.split(b",")]
+
+
+def framing_headers(headers: Iterable[Header]) -> list[Header]:
+    """The framing fields to send a request on with, in canonical form.
+
+    Args:
+      headers: the request's fields as h11 parsed them, after :func:`check_head` accepted it.
+
+    Returns:
+      ``[(b"transfer-encoding", b"chunked")]``, ``[(b"content-length", b"<decimal>")]`` (no
+      leading zeros, one value) or ``[]``; the caller drops the client's own framing fields.
+    """
+    length: bytes | None = None
+    for name, value in headers:
+        if name.lower() == b"transfer-encoding":
+            return [(b"transfer-encoding", b"chunked")]
+        if name.lower() == b"content-length":
+            length = str(int(value.partition(b",")[0].strip(_OWS))).encode()
+    return [] if length is None else [(b"content-length", length)]
+
+
+class _ChunkState(enum.Enum):
+    SIZE_LINE = enum.auto()  # reading "<hex>[;ext]\r\n"
+    DATA = enum.auto()  # skipping chunk data
+    DATA_END = enum.auto()  # expecting the CRLF after the data
+    TRAILERS = enum.auto()  # reading trailer lines up to an empty one
+    DONE = enum.auto()
+
+
+@attrs.define
+class ChunkedBody:
+    """Checks a chunked request body as its bytes arrive, before h11 reads them.
+
+    Feed every byte after the head, in order, until ``done``; bytes after the body (a pipelined
+    request) are left alone. A rejection is final: later calls return it again.
+    """
+
+    max_line: int = MAX_CHUNK_LINE
+    max_trailer_bytes: int = MAX_TRAILER_BYTES
+    consumed: int = 0  # body bytes seen so far; the body's length once done
+    rejected: Reject | None = None
+    _state: _ChunkState = _ChunkState.SIZE_LINE
+    _line: bytearray = attrs.field(factory=bytearray)
+    _remaining: int = 0  # data bytes left in this chunk, or CRLF bytes left after it
+    _excess: int = 0  # framing bytes the data has not paid for
+    _trailer_bytes: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self._state is _ChunkState.DONE
+
+    def feed(self, data: bytes | bytearray) -> Reject | None:
+        """Check the next bytes; returns a Reject once the body is malformed, else None."""
+        if self.rejected is None and not self.done:
+            self.rejected = self._feed(data)
+        return self.rejected
+
+    def _feed(self, data: bytes | bytearray) -> Reject | None:
+        i, n = 0, len(data)
+        while i < n and self._state is not _ChunkState.DONE:
+            if self._state is _ChunkState.DATA:
+                take = min(self._remaining, n - i)
+                i += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state, self._remaining = _ChunkState.DATA_END, 2
+            elif self._state is _ChunkState.DATA_END:
+                if data[i] != b"\r\n"[2 - self._remaining]:
+                    return Reject(400, "chunk data not followed by CRLF")
+                i += 1
+                self._remaining -= 1
+                if not self._remaining:
+                    self._state = _ChunkState.SIZE_LINE
+            else:
+                end = data.find(b"\n", i)
+                stop = n if end < 0 else end + 1
+                self._line += data[i:stop]
+                i = stop
+                reject = self._check_partial_line() if end < 0 else self._end_line()
+                if reject is not None:
+                    return reject
+        self.consumed += i
+        return None
+
+    def _check_partial_line(self) -> Reject | None:
+        if self._state is _ChunkState.TRAILERS:
+            if self._trailer_bytes + len(self._line) > self.max_trailer_bytes:
+                return Reject(400, "trailer section too large")
+        elif len(self._line) > self.max_line + 2:
+            return Reject(400, "chunk size line too long")
+        return None
+
+    def _end_line(self) -> Reject | None:
+        line = bytes(self._line)
+        self._line.clear()
+        if not line.endswith(b"\r\n"):
+            return Reject(400, "bare LF in chunked framing")
+        content = line[:-2]
+        if self._state is _ChunkState.TRAILERS:
+            return self._trailer_line(content)
+        if len(content) > self.max_line:
+            return Reject(400, "chunk size line too long")
+        match = _CHUNK_LINE.fullmatch(content.rstrip(_OWS))
+        if match is None:
+            return Reject(400, f"invalid chunk size line {content[:40]!r}")
+        size = int(match[1], 16)
+        if size > MAX_CHUNK_SIZE:
+            return Reject(400, "chunk size too large")
+        self._excess = max(0, self._excess + len(line) - CHUNK_OVERHEAD_ALLOWANCE - 2 * size)
+        if self._excess > MAX_EXCESS_FRAMING:
+            return Reject(400, "chunked body has too much framing for its data")
+        if size == 0:
+            self._state = _ChunkState.TRAILERS
+        else:
+            self._state, self._remaining = _ChunkState.DATA, size
+        return None
+
+    def _trailer_line(self, content: bytes) -> Reject | None:
+        if not content:
+            self._state = _ChunkState.DONE
+            return None
+        self._trailer_bytes += len(content) + 2
+        if self._trailer_bytes > self.max_trailer_bytes:
+            return Reject(400, "trailer section too large")
+        field = _check_field_line(content)
+        return field if isinstance(field, Reject) else None

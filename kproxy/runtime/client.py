@@ -1,0 +1,142 @@
+"""The client's side of a connection: h11, with kproxy's framing rules in front of it.
+
+h11 parses what a client sends only after ``kproxy.core.framing`` has judged the same bytes:
+each request head as a whole (``receive_head``), each chunked body as it arrives
+(``next_event``). So a request h11 would read one way and a target another never gets past
+this module. Deadlines: an idle keep-alive connection waits ``idle_timeout`` for the first
+byte of its next request; from then (from the accept, for the first request) the whole head
+must arrive within ``header_timeout``, however quickly each byte comes, as Go's server applies
+IdleTimeout and then ReadHeaderTimeout.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+import h11
+import trio
+
+from kproxy.core import framing
+from kproxy.runtime.h11_stream import READ_SIZE, H11Stream
+
+STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+LINGER_TIMEOUT: Final = 1.0  # seconds to drain a client after an error answer, before closing
+MAX_LINGER_BYTES: Final = 256 * 1024  # bytes read (and dropped) while lingering
+
+
+@attrs.define(eq=False)
+class ClientStream(H11Stream):
+    """The h11 server connection to one client, its bytes checked before h11 sees them."""
+
+    body_check: framing.ChunkedBody | None = None  # the current request's, when chunked
+
+    @property
+    def body_rejection(self) -> framing.Reject | None:
+        """Why the current chunked body broke kproxy's rules (it is answered 400), if it did."""
+        return self.body_check.rejected if self.body_check is not None else None
+
+    @property
+    def body_in_step(self) -> bool:
+        """kproxy's check of the body ended where h11's parse did (always, unless a bug)."""
+        return self.body_check is None or self.body_check.done
+
+    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
+        while True:
+            self._raise_if_rejected()
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]  # NEED_DATA was ruled out
+            data = await self.stream.receive_some(READ_SIZE)
+            if self.body_check is not None:
+                self.body_check.feed(data)  # before h11 parses a byte of it
+                self._raise_if_rejected()
+            self.conn.receive_data(data)
+
+    def _raise_if_rejected(self) -> None:
+        if self.body_check is not None and self.body_check.rejected is not None:
+            reject = self.body_check.rejected
+            raise h11.RemoteProtocolError(reject.reason, error_status_hint=reject.status)
+
+    async def receive_head(
+        self,
+        *,
+        idle_timeout: float | None,
+        header_timeout: float,
+        max_bytes: int,
+        max_headers: int,
+    ) -> framing.Verdict | None:
+        """Buffer the next request head whole (in h11 too) and judge it.
+
+        Args:
+          idle_timeout: how long to wait for the head's first byte (None: the first request,
+            whose head deadline runs from the accept).
+          header_timeout: how long the whole head may take once it has begun.
+          max_bytes: the longest request line plus headers (431 beyond).
+          max_headers: the most header fields (431 beyond).
+
+        Returns:
+          The verdict on the head (once accepted, h11's ``next_event`` returns the Request
+          without waiting), or None when the connection should just close: the client closed
+          it, stayed idle too long, or its head missed the deadline.
+        """
+        self.body_check = None
+        pending, closed = self.conn.trailing_data  # a pipelined head may already be here
+        buffer = bytearray(pending)
+        if closed and not buffer:
+            return None
+        if not buffer and idle_timeout is not None:
+            with trio.move_on_after(idle_timeout):
+                await self._receive_into(buffer)
+            if not buffer:
+                return None
+        end: int | None = None
+        searched = 0
+        with trio.move_on_after(header_timeout):
+            while (end := framing.find_head_end(buffer, searched)) is None:
+                if len(buffer) > max_bytes:
+                    return framing.Reject(431, f"request head larger than {max_bytes} bytes")
+                searched = len(buffer)
+                if not await self._receive_into(buffer):
+                    return None
+        if end is None:
+            return None  # the head trickled in too slowly
+        if end > max_bytes:
+            return framing.Reject(431, f"request head larger than {max_bytes} bytes")
+        verdict = framing.check_head(bytes(buffer[:end]), max_headers=max_headers)
+        if isinstance(verdict, framing.Accept) and verdict.chunked:
+            # Body bytes that came with the head are checked now; if they are bad already,
+            # ``body_rejected`` says so and the request is answered 400 before any target
+            # hears of it (as a body error, logged like one, unlike a bad head).
+            self.body_check = framing.ChunkedBody()
+            self.body_check.feed(buffer[end:])
+        return verdict
+
+    async def _receive_into(self, buffer: bytearray) -> bool:
+        """One read, fed to h11 and kept in ``buffer``; False at EOF or a broken connection."""
+        try:
+            data = await self.stream.receive_some(READ_SIZE)
+        except STREAM_ERRORS:
+            return False
+        self.conn.receive_data(data)
+        buffer += data
+        return bool(data)
+
+    async def close_after_error(self) -> None:
+        """Half-close, then read what the client is still sending for a moment before closing.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy the
+        error response before the client reads it (Go's server lingers the same way:
+        closeWriteAndWait). Bounded in time and bytes.
+        """
+        with trio.move_on_after(LINGER_TIMEOUT):
+            try:
+                await self.stream.send_eof()
+                drained = 0
+                while drained < MAX_LINGER_BYTES:
+                    data = await self.stream.receive_some(READ_SIZE)
+                    if not data:
+                        break
+                    drained += len(data)
+            except STREAM_ERRORS:
+                pass
