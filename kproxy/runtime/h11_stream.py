@@ -17,13 +17,16 @@ class H11Stream:
 
     stream: trio.SocketStream
     conn: h11.Connection
+    received: int = 0  # bytes read so far: tells "closed silently" from "sent garbage"
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]  # NEED_DATA was ruled out
-            self.conn.receive_data(await self.stream.receive_some(READ_SIZE))
+            data = await self.stream.receive_some(READ_SIZE)
+            self.received += len(data)
+            self.conn.receive_data(data)
 
     async def send(self, event: h11.Event) -> None:
         data = self.conn.send(event)

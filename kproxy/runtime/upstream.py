@@ -54,6 +54,19 @@ class _StaleConnection(Exception):
     """A reused connection failed before anything of the request could matter: retry once."""
 
 
+class _ConnectionLost(UpstreamUnreachable):
+    """The target's connection closed or reset before any byte of a response (not: garbage)."""
+
+    def __init__(self, message: str, *, request_sent: bool) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+
+# Methods a client may repeat without changing the outcome (RFC 9110 §9.2.2); like Go's
+# transport, only these are sent again after the target may already have received them.
+_REPLAYABLE_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+
+
 @attrs.define(eq=False)
 class RequestBodyPump:
     """Moves the client's request body to the target; remembers enough to allow one retry."""
@@ -223,7 +236,9 @@ async def _exchange(
                 try:
                     await upstream.send(request)
                 except STREAM_ERRORS as exc:
-                    raise UpstreamUnreachable(f"cannot send to {target.name}: {exc}") from exc
+                    raise _ConnectionLost(
+                        f"cannot send to {target.name}: {exc}", request_sent=False
+                    ) from exc
                 # An upgrade's client bytes belong to the splice: nothing else may read them.
                 watch = header_value(request.headers, b"upgrade") is None
                 nursery.start_soon(
@@ -246,11 +261,11 @@ async def _exchange(
         if not completed and isinstance(pump.error, ClientGone | BadRequestBody):
             error = pump.error  # the client's side failed: that is the story to tell
         if (
-            isinstance(error, UpstreamUnreachable)
+            isinstance(error, _ConnectionLost)
             and upstream.reused
-            and not pump.sent_data
-            and not record.head_sent
             and record.status == 0
+            and (not pump.sent_data or pump.body is not None)  # a buffered body can be resent
+            and (not error.request_sent or request.method in _REPLAYABLE_METHODS)
         ):
             raise _StaleConnection() from error
         if error is not None:
@@ -366,13 +381,23 @@ async def _relay_buffered(
 async def _read_head(
     client: H11Stream, upstream: UpstreamConnection, target: Target
 ) -> h11.Response | h11.InformationalResponse:
+    received = upstream.received
     while True:
         event: h11.Event | type[h11.PAUSED] | None = None
         with trio.move_on_after(_continue_wait(client)):
             try:
                 event = await upstream.next_event()
-            except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
+            except h11.RemoteProtocolError as exc:
+                if upstream.received == received:  # h11's word for a close with no response
+                    raise _ConnectionLost(
+                        f"{target.name} closed the connection without a response",
+                        request_sent=True,
+                    ) from exc
                 raise UpstreamUnreachable(f"{target.name} sent no valid response: {exc}") from exc
+            except STREAM_ERRORS as exc:
+                raise _ConnectionLost(
+                    f"connection to {target.name} lost: {exc}", request_sent=True
+                ) from exc
         if event is None:
             # The client holds its body for a 100 the target has not sent. Go's transport sends
             # the body anyway after ExpectContinueTimeout, so ask the client for it. Sent from
@@ -396,7 +421,9 @@ async def _read_head(
                     ),
                 )
             continue
-        raise UpstreamUnreachable(f"{target.name} closed the connection without a response")
+        raise _ConnectionLost(
+            f"{target.name} closed the connection without a response", request_sent=True
+        )
 
 
 def _continue_wait(client: H11Stream) -> float:

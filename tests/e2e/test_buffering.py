@@ -610,11 +610,12 @@ async def test_target_breaking_its_framing_never_looks_complete(
 
 
 @guard(10)
-async def test_buffered_body_is_replayed_on_a_stale_pooled_connection(
+async def test_a_post_the_target_received_is_not_sent_again(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    """A kept-alive target connection that closes as the next request arrives: a streamed body
-    is gone by then (502), but a buffered one, spilled to its file, is sent again in full."""
+    """A kept-alive target connection that reads the next request and closes unanswered: the
+    target may have acted on a POST, so, as Go's transport does, it is not sent again (502),
+    even though the buffered body could be; its spill file is removed all the same."""
     served = 0
 
     async def serve(stream: trio.SocketStream) -> None:
@@ -642,7 +643,8 @@ async def test_buffered_body_is_replayed_on_a_stale_pooled_connection(
     body = b"r" * 300_000
     assert (await request(proxy.http_port, "/a", method="POST", body=b"one")).body == b"served 1: 3"
     reply = await request(proxy.http_port, "/b", method="POST", body=body)
-    assert (reply.status, reply.body) == (200, b"served 2: 300000")
+    assert reply.status == 502
+    assert served == 1
     await wait_until(lambda: spooled_files(tmp_path) == [])  # closed just after the reply
 
 

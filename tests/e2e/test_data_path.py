@@ -897,3 +897,30 @@ async def test_head_gets_error_pages_without_a_body(nursery: trio.Nursery, tmp_p
     assert responses[1].body.lower().startswith(b"<!doctype html>")
     lines = await logged(logs, 2)
     assert [(line["method"], line["status"]) for line in lines] == [("HEAD", 404), ("GET", 404)]
+
+
+async def test_garbage_on_a_reused_connection_is_not_retried(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Only a silent close counts as a stale connection: a target that received the request and
+    answered garbage may have acted on it, so the client gets 502 and nothing is sent twice."""
+    paths: list[bytes] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        conn = H11Stream(stream, h11.Connection(h11.SERVER))
+        while isinstance(event := await conn.next_event(), h11.Request):
+            await read_body(conn)
+            paths.append(event.target)
+            if event.target == b"/garbage":
+                await stream.send_all(b"NOT HTTP\r\n\r\n")
+                return
+            await send_reply(conn, 200, b"ok")
+            conn.conn.start_next_cycle()
+
+    server = await start_raw_server(nursery, serve)
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    await deploy(proxy, server.address)
+    with trio.fail_after(10):
+        assert (await request(proxy.http_port, "/first")).status == 200
+        assert (await request(proxy.http_port, "/garbage")).status == 502
+    assert paths.count(b"/garbage") == 1
