@@ -75,3 +75,22 @@ class PauseExpired(UpstreamError):
     """A request was held by a paused service for longer than ``--max-pause``."""
 
     status_hint = 504
+
+
+class NoMatchingService(UpstreamError):
+    """No service serves the request's host and path."""
+
+    status_hint = 404
+
+
+class BodyTooLarge(UpstreamError):
+    """A buffered request body larger than ``--max-request-body``."""
+
+    status_hint = 413
+
+
+class ResponseTooLarge(UpstreamError):
+    """A buffered response body larger than ``--max-response-body``: kamal-proxy answers 500
+    (internal/server/response_buffer_middleware.go) rather than send a truncated body."""
+
+    status_hint = 500

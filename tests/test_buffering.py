@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 
 from kproxy.core.buffering import (
-    BodyTooLarge,
     BufferAction,
     BufferPolicy,
-    ResponseTooLarge,
     buffered_request_headers,
     buffered_response_headers,
     declared_length,
@@ -23,6 +21,7 @@ from kproxy.core.buffering import (
     response_streams,
 )
 from kproxy.core.headers import HeaderList
+from kproxy.errors import BodyTooLarge, ResponseTooLarge
 from kproxy.runtime.buffer import SpooledBody
 
 C, S, R = BufferAction.CONTINUE, BufferAction.SPILL, BufferAction.REJECT

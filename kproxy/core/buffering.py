@@ -20,20 +20,6 @@ from collections.abc import Sequence
 import attrs
 
 from kproxy.core.headers import Header, HeaderList, header_value
-from kproxy.errors import UpstreamError
-
-
-class BodyTooLarge(UpstreamError):
-    """A buffered request body larger than ``--max-request-body``."""
-
-    status_hint = 413
-
-
-class ResponseTooLarge(UpstreamError):
-    """A buffered response body larger than ``--max-response-body``: kamal-proxy answers 500
-    (internal/server/response_buffer_middleware.go) rather than send a truncated body."""
-
-    status_hint = 500
 
 
 class BufferAction(enum.Enum):

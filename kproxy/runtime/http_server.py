@@ -33,7 +33,7 @@ from kproxy.core.headers import (
 )
 from kproxy.core.pages import CONTENT_TYPE, ErrorPages
 from kproxy.core.service_map import request_host, strip_path_prefix
-from kproxy.errors import UpstreamError, UpstreamTimeout
+from kproxy.errors import NoMatchingService, UpstreamError, UpstreamTimeout
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.client import ClientStream
 from kproxy.runtime.h11_stream import H11Stream
@@ -66,12 +66,6 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENO
 MAX_DISCARD: Final = 256 * 1024  # bytes of unread request body read to keep a connection
 DISCARD_TIMEOUT: Final = 5.0  # seconds allowed for reading them
 STATUS_CLIENT_CLOSED: Final = 499  # nginx's convention, as kamal-proxy logs it
-
-
-class NoMatchingService(UpstreamError):
-    """No service serves the request's host and path."""
-
-    status_hint = 404
 
 
 @attrs.define

@@ -18,17 +18,15 @@ import h11
 import trio
 
 from kproxy.core.buffering import (
-    BodyTooLarge,
     BufferAction,
     BufferPolicy,
-    ResponseTooLarge,
     buffered_response_headers,
     declared_length,
     response_streams,
 )
 from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import header_value, strip_response_hop_by_hop
-from kproxy.errors import UpstreamTimeout, UpstreamUnreachable
+from kproxy.errors import BodyTooLarge, ResponseTooLarge, UpstreamTimeout, UpstreamUnreachable
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.h11_stream import READ_SIZE, H11Stream
 from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
