@@ -143,7 +143,8 @@ async def test_kamal_proxy_alias_with_kamals_argv(nursery: trio.Nursery, tmp_pat
         # The words Kamal 2 passes (after its shell has removed the quotes).
         deploy = await cli(
             "deploy", "app-web", f"--target={app.address}", "--deploy-timeout=30s",
-            "--drain-timeout=30s", "--log-request-header=Cache-Control",
+            "--drain-timeout=30s", "--buffer-requests", "--buffer-responses",
+            "--log-request-header=Cache-Control",
             "--log-request-header=Last-Modified", "--log-request-header=User-Agent",
             program=program, **env,
         )  # fmt: skip
