@@ -151,11 +151,23 @@ class Proxy:
     ) -> None:
         """Deploy ``options.targets`` for ``service``; returns once cut over and drained.
 
-        Raises DeployError (e.g. DeployTimeout) and leaves the previous targets serving.
+        Args:
+            service: the service's name (created on its first deploy).
+            options: the same value ``deploy`` flags build (see ``kproxy.parse_command``).
+            progress: awaited with each progress line (what is being waited for, and why).
+
+        Raises:
+            DeployError: the deploy failed (DeployTimeout: not healthy in time, or a route
+                conflict); the previous targets keep serving and nothing is saved.
         """
         await self.router.deploy(service, options, progress)
 
     async def remove(self, service: str, progress: Progress = _no_progress) -> None:
+        """Stop routing to ``service`` and checking its targets; returns once they drained.
+
+        Raises:
+            ServiceNotFound: no such service.
+        """
         await self.router.remove(service, progress)
 
     async def pause(
@@ -165,6 +177,8 @@ class Proxy:
         max_pause: float = DEFAULT_PAUSE_TIMEOUT,
         progress: Progress = _no_progress,
     ) -> None:
+        """Hold new requests (each for at most ``max_pause`` seconds, then 504) until
+        ``resume``; returns once in-flight requests finished or ``drain_timeout`` passed."""
         await self.router.pause(service, drain_timeout, max_pause, progress)
 
     async def stop(
@@ -174,12 +188,16 @@ class Proxy:
         message: str = "",
         progress: Progress = _no_progress,
     ) -> None:
+        """Answer 503 (with ``message`` on the page) until ``resume``; returns once in-flight
+        requests finished or ``drain_timeout`` passed."""
         await self.router.stop(service, drain_timeout, message, progress)
 
     async def resume(self, service: str) -> None:
+        """Serve again after ``pause`` or ``stop``; held requests go on at once."""
         await self.router.resume(service)
 
     def services(self) -> list[ServiceInfo]:
+        """What ``list`` shows: every service with its hosts, paths, targets and state."""
         return self.router.service_infos()
 
     async def execute(self, command: cmd.Command, progress: Progress = _no_progress) -> str:
