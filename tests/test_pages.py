@@ -13,7 +13,7 @@ from kproxy.core import templates
 from kproxy.core.pages import (
     MAX_PAGE_SIZE,
     ErrorPages,
-    fallback_template,
+    builtin_page_source,
     page_status,
     parse_pages,
     render_page,
@@ -56,27 +56,25 @@ def test_503_without_message_has_no_message_box() -> None:
     assert 'class="message"' not in error_page(503).decode("utf-8")
 
 
-@pytest.mark.parametrize("status", [502, 504, 404])
-def test_pages_without_message_ignore_it(status: int) -> None:
-    assert error_page(status, "secret maintenance note") == error_page(status)
-
-
 @pytest.mark.parametrize(
     ("status", "title"),
-    [(500, "500 Internal Server Error"), (400, "400 Bad Request"), (499, "499 Error")],
+    [(500, "Internal Server Error"), (400, "Bad Request"), (499, "Error")],
 )
-def test_unknown_status_falls_back(status: int, title: str) -> None:
+def test_other_statuses_get_the_layout_with_their_reason_phrase(status: int, title: str) -> None:
     page = error_page(status).decode("utf-8")
-    assert f"<title>{title}</title>" in page
+    assert f"<title>{status} {title}</title>" in page
     assert f"<h1>{title}</h1>" in page
-    assert "<p>" not in page
-    assert "<p>down &amp; out</p>" in error_page(status, "down & out").decode("utf-8")
+    assert 'class="message"' not in page
+    shown = error_page(status, "down & out").decode("utf-8")
+    assert '<p class="message">down &amp; out</p>' in shown
 
 
-def test_fallback_template_parses_and_escapes_its_title() -> None:
-    template = fallback_template(418)
-    assert "<title>418 I&#x27;m a Teapot</title>" in template
-    assert templates.parse(template).uses_message
+def test_builtin_page_source_fills_every_token_and_escapes() -> None:
+    layout = "__STATUS__|__TITLE__|__TEXT__|__ACCENT__|{{ .Message }}"
+    source = builtin_page_source(layout, 418)
+    assert source.startswith("418|I&#x27;m a Teapot|The request could not be completed.|#")
+    assert "__" not in source
+    assert templates.parse(source).uses_message
 
 
 def test_pages_are_utf8_bytes() -> None:

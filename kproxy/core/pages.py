@@ -73,18 +73,36 @@ def render_page(template: Template, message: str) -> bytes:
     return templates.render(template, message).encode("utf-8")
 
 
-def fallback_template(status: int) -> str:
-    """A minimal page for statuses without a built-in file, so every error has an HTML body."""
+# The built-in pages share one layout (kproxy/pages/layout.html); each status has its words
+# and accent colour here. Other statuses get their reason phrase and a general sentence.
+_AMBER: Final = "#d97706"
+_RED: Final = "#dc2626"
+BUILTIN_WORDS: Final[Mapping[int, tuple[str, str, str]]] = {
+    404: ("Not found", "No service is deployed for this host and path. Check the address, or "
+          "deploy an application to serve it.", "#2563eb"),
+    413: ("Request too large", "The request body is larger than this service accepts. Try "
+          "again with a smaller upload.", _AMBER),
+    502: ("Bad gateway", "The application could not be reached. It may be starting up or may "
+          "have stopped; please try again in a moment.", _RED),
+    503: ("Service unavailable", "This service is temporarily unavailable, possibly for "
+          "maintenance. Please try again shortly.", _AMBER),
+    504: ("Gateway timeout", "The application took too long to respond. Please try again in "
+          "a moment.", _RED),
+}  # fmt: skip
+
+
+def builtin_page_source(layout: str, status: int) -> str:
+    """The template text of the built-in page for ``status``, from the shared layout."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
-    title = html.escape(f"{status} {phrase}")
+    title, text, accent = BUILTIN_WORDS.get(
+        status, (phrase, "The request could not be completed.", _RED)
+    )
     return (
-        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{title}</title>\n</head>\n"
-        '<body style="font-family: system-ui, sans-serif; text-align: center; margin-top: 20vh">\n'
-        f"<h1>{title}</h1>\n"
-        "{{ if .Message }}<p>{{ .Message }}</p>{{ end }}\n"
-        "</body>\n</html>\n"
+        layout.replace("__STATUS__", str(status))
+        .replace("__TITLE__", html.escape(title))
+        .replace("__TEXT__", html.escape(text))
+        .replace("__ACCENT__", accent)
     )

@@ -9,39 +9,35 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
 from importlib import resources
 from typing import Final
 
 from kproxy.core import templates
 from kproxy.core.pages import (
+    BUILTIN_WORDS,
     MAX_PAGE_SIZE,
     ErrorPages,
-    fallback_template,
+    builtin_page_source,
     page_status,
     parse_pages,
     render_page,
 )
 from kproxy.core.templates import Template
 
-# The statuses kproxy ships a page for; each must exist as kproxy/pages/<status>.html.
-BUILTIN_STATUSES: Final = frozenset({404, 413, 502, 503, 504})
+# The statuses kproxy has its own words for; every other status gets a generic page.
+BUILTIN_STATUSES: Final = frozenset(BUILTIN_WORDS)
 BUILTIN_PAGES: Final = ErrorPages()
 
 
 @functools.cache
-def _builtin_templates() -> Mapping[int, Template]:
-    """Read and parse every built-in page on first use; kept for the process."""
-    pages = resources.files("kproxy") / "pages"
-    return {
-        s: templates.parse((pages / f"{s}.html").read_text(encoding="utf-8"))
-        for s in BUILTIN_STATUSES
-    }
+def _layout() -> str:
+    return (resources.files("kproxy") / "pages" / "layout.html").read_text(encoding="utf-8")
 
 
 @functools.cache
-def _fallback(status: int) -> Template:
-    return templates.parse(fallback_template(status))
+def _builtin(status: int) -> Template:
+    """Built once per status on first use (the layout is read once), kept for the process."""
+    return templates.parse(builtin_page_source(_layout(), status))
 
 
 def error_page(status: int, message: str = "", pages: ErrorPages = BUILTIN_PAGES) -> bytes:
@@ -49,15 +45,15 @@ def error_page(status: int, message: str = "", pages: ErrorPages = BUILTIN_PAGES
 
     Args:
       status: the response status.
-      message: text to show (``stop --message``); HTML-escaped, and shown only by pages that
-        use ``{{ .Message }}`` (the built-in 503 and the minimal page of other statuses).
+      message: text to show (``stop --message``); HTML-escaped, and shown by pages that use
+        ``{{ .Message }}`` (every built-in page does, when there is a message).
       pages: the service's ``--error-pages``; a status without a file there gets the built-in
-        page, and a status without a built-in file a minimal one.
+        page (kproxy's words for 404, 413, 502, 503 and 504; the reason phrase otherwise).
 
     Returns:
       UTF-8 bytes, to be sent with ``kproxy.core.pages.CONTENT_TYPE``.
     """
-    template = pages.template(status) or _builtin_templates().get(status) or _fallback(status)
+    template = pages.template(status) or _builtin(status)
     return render_page(template, message)
 
 
