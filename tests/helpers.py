@@ -572,3 +572,37 @@ async def start_proxy_process(
 async def _set_when(event: trio.Event, nursery: trio.Nursery) -> None:
     await event.wait()
     nursery.cancel_scope.cancel()
+
+
+TargetHandler = Callable[[H11Stream, h11.Request], Awaitable[None]]
+
+
+def h11_target(
+    handle: TargetHandler, heads: list[h11.Request] | None = None
+) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """A target: ``/up`` answers 200; other requests are appended to ``heads`` the moment their
+    head arrives (before the body is read), then go to ``handle``."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        conn = H11Stream(stream, h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20))
+        while isinstance(event := await conn.next_event(), h11.Request):
+            if event.target == b"/up":
+                await read_body(conn)
+                await send_reply(conn, 200, b"up")
+            else:
+                if heads is not None:
+                    heads.append(event)
+                await handle(conn, event)
+            if conn.conn.our_state is not h11.DONE or conn.conn.their_state is not h11.DONE:
+                return
+            conn.conn.start_next_cycle()
+
+    return serve
+
+
+async def read_body(conn: H11Stream) -> bytes:
+    body = b""
+    while not isinstance(event := await conn.next_event(), h11.EndOfMessage):
+        assert isinstance(event, h11.Data), event
+        body += event.data
+    return body

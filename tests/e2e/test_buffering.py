@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,13 @@ from kproxy import DeploymentOptions, Proxy, TargetOptions
 from kproxy.runtime.h11_stream import H11Stream
 from tests.helpers import (
     LogCapture,
+    TargetHandler,
     control,
     guard,
+    h11_target,
     open_client,
     parse_responses,
+    read_body,
     read_reply,
     receive_all,
     receive_until,
@@ -37,39 +39,7 @@ from tests.helpers import (
     wait_until,
 )
 
-TargetHandler = Callable[[H11Stream, h11.Request], Awaitable[None]]
 MiB = 1024 * 1024
-
-
-def h11_target(
-    handle: TargetHandler, heads: list[h11.Request] | None = None
-) -> Callable[[trio.SocketStream], Awaitable[None]]:
-    """A target: ``/up`` answers 200; other requests are appended to ``heads`` the moment their
-    head arrives (before the body is read), then go to ``handle``."""
-
-    async def serve(stream: trio.SocketStream) -> None:
-        conn = H11Stream(stream, h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20))
-        while isinstance(event := await conn.next_event(), h11.Request):
-            if event.target == b"/up":
-                await read_body(conn)
-                await send_reply(conn, 200, b"up")
-            else:
-                if heads is not None:
-                    heads.append(event)
-                await handle(conn, event)
-            if conn.conn.our_state is not h11.DONE or conn.conn.their_state is not h11.DONE:
-                return
-            conn.conn.start_next_cycle()
-
-    return serve
-
-
-async def read_body(conn: H11Stream) -> bytes:
-    body = b""
-    while not isinstance(event := await conn.next_event(), h11.EndOfMessage):
-        assert isinstance(event, h11.Data), event
-        body += event.data
-    return body
 
 
 async def count_body(conn: H11Stream) -> int:
@@ -350,7 +320,7 @@ async def test_500_for_an_oversize_response(nursery: trio.Nursery, tmp_path: Pat
     )
     reply = await request(proxy.http_port, "/big")
     assert reply.status == 500
-    assert b"z" not in reply.body
+    assert b"zzzz" not in reply.body  # none of the target's body
     assert (await logged(logs))[-1]["status"] == 500
     [error] = logs.records("Proxy error")
     assert error["status"] == 500

@@ -12,7 +12,6 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,14 @@ from tests.helpers import (
     LogCapture,
     Received,
     Reply,
+    TargetHandler,
     Upstream,
     exchange,
+    h11_target,
     open_client,
     parse_responses,
     raw_exchange,
+    read_body,
     read_reply,
     receive_all,
     receive_until,
@@ -44,35 +46,6 @@ from tests.helpers import (
     unused_port,
     wait_until,
 )
-
-TargetHandler = Callable[[H11Stream, h11.Request], Awaitable[None]]
-
-
-def h11_target(handle: TargetHandler) -> Callable[[trio.SocketStream], Awaitable[None]]:
-    """A RawServer handler speaking h11: ``/up`` answers 200, other requests go to ``handle``,
-    which reads the body itself (so it sees it arrive) and answers."""
-
-    async def serve(stream: trio.SocketStream) -> None:
-        conn = H11Stream(stream, h11.Connection(h11.SERVER))
-        while isinstance(event := await conn.next_event(), h11.Request):
-            if event.target == b"/up":
-                await read_body(conn)
-                await send_reply(conn, 200, b"up")
-            else:
-                await handle(conn, event)
-            if conn.conn.our_state is not h11.DONE or conn.conn.their_state is not h11.DONE:
-                return
-            conn.conn.start_next_cycle()
-
-    return serve
-
-
-async def read_body(conn: H11Stream) -> bytes:
-    body = b""
-    while not isinstance(event := await conn.next_event(), h11.EndOfMessage):
-        assert isinstance(event, h11.Data), event
-        body += event.data
-    return body
 
 
 async def deploy(proxy: Proxy, address: str, *, force: bool = False, **target: Any) -> None:

@@ -1,0 +1,179 @@
+"""The benchmark's command line: install, start the upstream, run the parts, report, save."""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from benchmarks import compare, cutover, install, memory, report, servers
+
+PARTS: Final = ("compare", "cutover", "memory")
+RESULTS: Final = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/run.py",
+        description="kproxy beside nginx, HAProxy and Caddy on this machine, in one run; then"
+        " kproxy's memory with idle connections and its latency during deploys. Installs wrk,"
+        " nginx, haproxy and caddy with apt-get if missing (as root; no service is left"
+        " running or enabled).",
+    )
+    parser.add_argument(
+        "parts",
+        nargs="*",
+        metavar="PART",
+        help=f"what to run: any of {', '.join(PARTS)} (default: all), or 'install' alone",
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up before each")
+    parser.add_argument("--repeats", type=int, default=2, help="times the whole set is repeated")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument(
+        "--idle-connections", type=int, default=10_000, help="for the memory measurement"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 2 s measurements, 1 repeat, 1,000 idle connections",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to save results")
+    parser.add_argument("--no-save", action="store_true", help="print only")
+    parser.add_argument("--no-install", action="store_true", help="never run apt-get")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    args = parser.parse_args(argv)
+    unknown = [part for part in args.parts if part not in (*PARTS, "install")]
+    if unknown:
+        parser.error(f"unknown part {unknown[0]!r} (choose from {', '.join(PARTS)}, install)")
+    args.install_only = "install" in args.parts
+    if args.repeats < 1 or args.duration < 1 or args.idle_connections < 1:
+        parser.error("--repeats, --duration and --idle-connections must be at least 1")
+    if args.quick:
+        args.duration, args.repeats, args.idle_connections = 2.0, 1, 1_000
+    args.parts = args.parts or list(PARTS)
+    return args
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Lift the soft RLIMIT_NOFILE as far as allowed; every server we start inherits it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return max(soft, target)
+
+
+def check_kproxy() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import kproxy.cli"],
+        env=servers.kproxy_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        sys.exit(
+            "benchmarks: kproxy cannot be imported here; run `pip install -e .` first\n"
+            + done.stderr
+        )
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not sys.platform.startswith("linux"):
+        sys.exit("benchmarks: Linux only (/proc is read for CPU time and memory)")
+    if args.no_install:
+        missing = install.missing_binaries()
+        if missing:
+            sys.exit(f"benchmarks: missing {', '.join(missing)} (run without --no-install)")
+    else:
+        install.ensure_installed()
+    if args.install_only:
+        say("wrk, nginx, haproxy and caddy are installed; their system services are off")
+        return
+    check_kproxy()
+    fd_limit = raise_fd_limit(1_048_576)
+    command = " ".join(["python benchmarks/run.py", *(argv or sys.argv[1:])])
+    results: dict[str, Any] = {
+        "machine": report.machine_facts(),
+        "settings": {
+            "command": command,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "wrk_threads": args.wrk_threads,
+            "idle_connections": args.idle_connections,
+            "fd_limit": fd_limit,
+            "parts": args.parts,
+        },
+    }
+    rows: list[compare.Row] = []
+    directory = Path(tempfile.mkdtemp(prefix="kproxy-bench-"))
+    started = time.monotonic()
+    upstream = None
+    try:
+        ports = [servers.free_port(), servers.free_port()]
+        upstream = servers.start_upstream(directory, ports)
+        if "compare" in args.parts:
+            say(f"comparison: {len(compare.CASES)} cases x {len(compare.SERVERS)} servers x")
+            say(f"  {args.repeats} repeats, {args.warmup:g} s warm-up + {args.duration:g} s each")
+            samples = compare.run(
+                directory,
+                upstream=upstream,
+                seconds=args.duration,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                threads=args.wrk_threads,
+                progress=say,
+            )
+            rows = compare.summarise(samples)
+            results["samples"] = [s.as_dict() for s in samples]
+            results["summary"] = [attrs.asdict(row) for row in rows]
+            results["foreign_cpu_max"] = max(s.foreign_cpu for s in samples)
+        if "cutover" in args.parts:
+            say("kproxy during deploys (steady vs deploying back and forth):")
+            results["cutover"] = cutover.run(
+                directory,
+                ports=(ports[0], ports[1]),
+                upstream_pid=upstream.pid,
+                seconds=args.duration * 2,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                threads=args.wrk_threads,
+                progress=say,
+            )
+        if "memory" in args.parts:
+            say(f"kproxy with {args.idle_connections:,} idle keep-alive connections:")
+            results["memory"] = memory.run(
+                directory, upstream=upstream, connections=args.idle_connections, progress=say
+            )
+    finally:
+        if upstream is not None:
+            upstream.stop()
+        install.quiet_system_services()
+        if args.keep:
+            say(f"configs and logs kept in {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["targets"] = report.targets(rows, results.get("memory"), results.get("cutover"))
+    text = report.markdown(results, rows)
+    say("")
+    say(text)
+    if not args.no_save:
+        md_path, json_path = report.save(args.results, results, text)
+        say(f"saved {md_path} and {json_path}")
+    say(f"took {results['seconds']:.0f} s")
