@@ -48,6 +48,7 @@ class ClientStream(H11Stream):
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]  # NEED_DATA was ruled out
             data = await self.stream.receive_some(READ_SIZE)
+            self.eof = not data
             if self.body_check is not None:
                 self.body_check.feed(data)  # before h11 parses a byte of it
                 self._raise_if_rejected()

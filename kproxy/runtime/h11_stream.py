@@ -18,6 +18,7 @@ class H11Stream:
     stream: trio.SocketStream
     conn: h11.Connection
     received: int = 0  # bytes read so far: tells "closed silently" from "sent garbage"
+    eof: bool = False  # the peer has closed (or half-closed) its side
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
@@ -26,10 +27,17 @@ class H11Stream:
                 return event  # type: ignore[return-value]  # NEED_DATA was ruled out
             data = await self.stream.receive_some(READ_SIZE)
             self.received += len(data)
+            self.eof = not data
             self.conn.receive_data(data)
 
     async def send(self, event: h11.Event) -> None:
         data = self.conn.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    async def send_all(self, *events: h11.Event) -> None:
+        """Several events in one write: a small response is one send(2), not three."""
+        data = b"".join([self.conn.send(event) or b"" for event in events])
         if data:
             await self.stream.send_all(data)
 

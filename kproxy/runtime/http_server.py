@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import errno
 import html
+import itertools
+import os
 import resource
 import socket
 import time
-import uuid
 from typing import Any, Final
 
 import attrs
@@ -238,9 +239,11 @@ class HttpServer:
             (b"connection", b"close"),
         ]
         try:
-            await client.send(h11.Response(status_code=reject.status, headers=headers))
-            await client.send(h11.Data(data=body))
-            await client.send(h11.EndOfMessage())
+            await client.send_all(
+                h11.Response(status_code=reject.status, headers=headers),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            )
         except (h11.LocalProtocolError, *STREAM_ERRORS):
             return
         await client.close_after_error()
@@ -255,7 +258,7 @@ class HttpServer:
         host = request_host(header_value(request.headers, b"host"))
         # Every line gets a request id, 404s included (kamal-proxy's request-id middleware
         # runs before routing); an empty incoming value counts as absent, as in Go.
-        request_id = _text(header_value(request.headers, b"x-request-id")) or str(uuid.uuid4())
+        request_id = _text(header_value(request.headers, b"x-request-id")) or _new_request_id()
         chunked = header_value(request.headers, b"transfer-encoding") is not None
         log = RequestLog(
             fields={
@@ -465,10 +468,11 @@ class HttpServer:
             body = b""  # Go writes the link for GET only
         headers.append((b"content-length", b"%d" % len(body)))
         try:
-            await client.send(h11.Response(status_code=301, headers=headers))
-            if body:
-                await client.send(h11.Data(data=body))
-            await client.send(h11.EndOfMessage())
+            await client.send_all(
+                h11.Response(status_code=301, headers=headers),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            )
         except (h11.LocalProtocolError, *STREAM_ERRORS):
             return 0
         log.response_headers, log.response_bytes = headers, len(body)
@@ -504,10 +508,12 @@ class HttpServer:
         if self.closing or client.conn.they_are_waiting_for_100_continue or broken:
             headers.append((b"connection", b"close"))
         try:
-            await client.send(h11.Response(status_code=status, headers=headers))
-            if not head:  # a HEAD answer has the GET answer's headers and no body (RFC 9110)
-                await client.send(h11.Data(data=body))
-            await client.send(h11.EndOfMessage())
+            # A HEAD answer has the GET answer's headers and no body (RFC 9110 §9.3.2).
+            await client.send_all(
+                h11.Response(status_code=status, headers=headers),
+                h11.Data(data=b"" if head else body),
+                h11.EndOfMessage(),
+            )
         except (h11.LocalProtocolError, *STREAM_ERRORS):
             return 0
         if log is not None:
@@ -559,6 +565,23 @@ def _status_for(exc: Exception, record: ResponseRecord) -> int:
     if isinstance(exc, UpstreamError):
         return exc.status_hint  # 404, 502, 503, 504
     return 502
+
+
+# Request ids in UUID version 4 form: a random per-process prefix and a counter, since
+# uuid.uuid4() reads 16 bytes from the kernel for every request. They stay unique per
+# process; the random prefix keeps processes (and restarts) apart.
+def _request_id_prefix() -> str:
+    digits = os.urandom(9).hex()
+    variant = "89ab"[os.urandom(1)[0] & 3]  # RFC 9562 variant bits 10xx
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[12:15]}-{variant}{digits[15:]}"
+
+
+_ID_PREFIX: Final = _request_id_prefix()
+_id_counter = itertools.count(int.from_bytes(os.urandom(5)))
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}-{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 def _message(exc: Exception) -> str:

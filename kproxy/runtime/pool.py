@@ -13,7 +13,8 @@ import trio
 from kproxy.core.options import Address
 from kproxy.runtime.h11_stream import H11Stream
 
-MAX_IDLE_CONNECTIONS: Final = 64  # per target; more idle sockets only cost file descriptors
+MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side uses, so a
+# burst of concurrent requests reuses connections instead of reconnecting each time
 
 
 @attrs.define(eq=False)

@@ -113,7 +113,7 @@ class RequestBodyPump:
             try:
                 event = await self.client.next_event()
             except h11.RemoteProtocolError as exc:
-                raise BadRequestBody(str(exc)) from exc
+                raise _body_error(self.client, exc) from exc
             except STREAM_ERRORS as exc:
                 raise ClientGone() from exc
             if isinstance(event, h11.Data):
@@ -142,7 +142,7 @@ async def receive_request_body(client: H11Stream, request: h11.Request, body: Sp
         try:
             event = await client.next_event()
         except h11.RemoteProtocolError as exc:
-            raise BadRequestBody(str(exc)) from exc
+            raise _body_error(client, exc) from exc
         except STREAM_ERRORS as exc:
             raise ClientGone() from exc
         if isinstance(event, h11.Data):
@@ -152,6 +152,12 @@ async def receive_request_body(client: H11Stream, request: h11.Request, body: Sp
             return  # trailers are dropped, as when streaming
         else:  # ConnectionClosed mid-body: the client went away
             raise ClientGone()
+
+
+def _body_error(client: H11Stream, exc: h11.RemoteProtocolError) -> Exception:
+    """A body cut short by the client closing is a client gone (499, as Go's server logs a
+    request whose connection closed), not a malformed body (400)."""
+    return ClientGone() if client.eof else BadRequestBody(str(exc))
 
 
 async def _send_upstream(upstream: UpstreamConnection, event: h11.Event) -> None:
@@ -306,28 +312,55 @@ async def _relay_response(
     if target.options.buffer_responses and not response_streams(head.headers):
         await _relay_buffered(client, upstream, head, target, record, method, buffer_dir)
         return True
-    await _send_client(
-        client,
-        h11.Response(
-            status_code=head.status_code,
-            headers=strip_response_hop_by_hop(list(head.headers)),
-            reason=head.reason,
-        ),
-    )
+    # Bytes for the client are gathered while the target's bytes already read hold more
+    # events, and sent when more must be read: the head, the body and its end usually go
+    # out in one send(2). h11 still parses the target's framing and re-frames it for the
+    # client, so a target that breaks its framing is caught (ResponseAborted).
+    pending = [
+        _encode(
+            client,
+            h11.Response(
+                status_code=head.status_code,
+                headers=strip_response_hop_by_hop(list(head.headers)),
+                reason=head.reason,
+            ),
+        )
+    ]
     record.head_sent = True
     while True:
         try:
-            event = await upstream.next_event()
+            event = upstream.conn.next_event()
+            if event is h11.NEED_DATA:
+                await _send_bytes(client, pending)
+                event = await upstream.next_event()
         except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
+            await _send_bytes(client, pending)  # what came before the break is the client's
             raise ResponseAborted(f"{target.name} broke off the response: {exc}") from exc
         if isinstance(event, h11.Data):
-            await _send_client(client, event)
+            pending.append(_encode(client, event))
             record.body_bytes += len(event.data)
         elif isinstance(event, h11.EndOfMessage):
-            await _send_client(client, h11.EndOfMessage())
+            pending.append(_encode(client, h11.EndOfMessage()))
+            await _send_bytes(client, pending)
             return True
         else:
+            await _send_bytes(client, pending)
             raise ResponseAborted(f"{target.name} closed the connection mid-response")
+
+
+def _encode(client: H11Stream, event: h11.Event) -> bytes:
+    return client.conn.send(event) or b""
+
+
+async def _send_bytes(client: H11Stream, pending: list[bytes]) -> None:
+    """Send what ``_encode`` gathered, in one write, and empty ``pending``."""
+    data = b"".join(pending)
+    pending.clear()
+    if data:
+        try:
+            await client.stream.send_all(data)
+        except STREAM_ERRORS as exc:
+            raise ClientGone() from exc
 
 
 async def _relay_buffered(
