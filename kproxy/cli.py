@@ -1,6 +1,7 @@
 """The ``kproxy`` (and ``kamal-proxy``) command: a thin client of the control socket.
 
-``run`` starts the proxy in this process. Every other command is parsed here (so a typo fails
+``run`` starts the proxy: in this process with ``--workers 1``, else as the supervisor of
+worker processes (runtime/supervisor.py). Every other command is parsed here (so a typo fails
 fast, even with no proxy running), sent as one line to the socket, and its answer printed as it
 streams: progress lines to stdout, then exit 0 on ``OK`` or 1 on ``ERR`` (message on stderr).
 """
@@ -14,6 +15,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 
+import attrs
 import trio
 
 from kproxy.core import commands as cmd
@@ -21,6 +23,7 @@ from kproxy.core.reference import help_text
 from kproxy.errors import KProxyError, UsageError
 from kproxy.runtime.log import Logger
 from kproxy.runtime.proxy import Proxy
+from kproxy.runtime.supervisor import Supervisor
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -71,10 +74,14 @@ def _take_socket_flag(argv: list[str], env: dict[str, str]) -> tuple[str, list[s
 
 def _run_proxy(command: cmd.Run) -> int:
     logger = Logger(debug_enabled=command.options.debug)
+    options = command.options
+    if options.workers == 0:  # one per core this process may run on (a cpuset limits them)
+        options = attrs.evolve(options, workers=len(os.sched_getaffinity(0)) or 1)
 
     async def serve() -> str | None:
         """Run until SIGTERM/SIGINT; return why the proxy could not start, if it could not."""
-        proxy = Proxy(command.options, logger)
+        # One process, or a supervisor and its workers (runtime/supervisor.py).
+        proxy = Proxy(options, logger) if options.workers == 1 else Supervisor(options, logger)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 # Caught here, unwrapped: past this nursery it would be an ExceptionGroup.

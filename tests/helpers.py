@@ -493,7 +493,8 @@ def rss_bytes() -> int:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """os.environ without kproxy's and kamal-proxy's settings, plus ``extra``."""
-    ours = ("KPROXY_", "KAMAL_PROXY_", "HTTP_PORT", "HTTPS_PORT", "BIND", "DEBUG", "STATE_DIR")
+    ours = ("KPROXY_", "KAMAL_PROXY_", "HTTP_PORT", "HTTPS_PORT", "BIND", "DEBUG", "STATE_DIR",
+            "WORKERS", "MAX_CONNECTIONS")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     return {**env, **extra}
 

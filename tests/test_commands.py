@@ -717,13 +717,14 @@ def test_run_defaults() -> None:
         http_port=80,
         https_port=443,
         debug=False,
+        workers=0,  # one per core: the CLI counts them
     )
 
 
 def test_run_flags() -> None:
     options = run(
         "--bind=127.0.0.1", "--http-port=8080", "--https-port", "8443", "--debug",
-        "--state-dir=/var/lib/kproxy", "--socket=/run/kproxy.sock",
+        "--state-dir=/var/lib/kproxy", "--socket=/run/kproxy.sock", "--workers=3",
     )  # fmt: skip
     assert options == opt.RunOptions(
         socket_path="/run/kproxy.sock",
@@ -732,6 +733,7 @@ def test_run_flags() -> None:
         http_port=8080,
         https_port=8443,
         debug=True,
+        workers=3,
     )
 
 

@@ -107,6 +107,7 @@ COMMANDS: Final = {
             Flag("metrics-port", N, 0, "Port for Prometheus metrics (0 = off)", supported=False, env=True),
             Flag("debug", B, False, "Include debugging logs", env=True),
             Flag("max-connections", N, 0, "Most simultaneous client connections; more wait (0 = 10000, fewer if ulimit -n is low)", env=True),
+            Flag("workers", N, 0, "Processes serving HTTP on the shared ports (0 = one per core; 1 = this process alone)", env=True),
             Flag("state-dir", S, "", "Directory for the state file (env KPROXY_STATE_DIR; default ~/.config/kproxy)", env=True),
         )),
         CommandSpec("deploy", "Deploy targets for a service; returns when traffic is cut over and the old targets drained", ("service",), _DEPLOY_FLAGS),
@@ -540,6 +541,7 @@ def _build_run(p: Parsed, env: Mapping[str, str]) -> Run:
             https_port=p.integer("https-port"),
             debug=p.flag("debug"),
             max_connections=p.integer("max-connections"),
+            workers=p.integer("workers"),
         )
     )
 

@@ -332,3 +332,6 @@ class RunOptions:
     # Simultaneous client connections, beyond which new ones wait in the listen backlog.
     # 0 = automatic: 10 000, or fewer if the open-file limit cannot hold two descriptors each.
     max_connections: int = attrs.field(default=0, validator=_not_negative_size("max-connections"))
+    # Processes serving HTTP (``run --workers``): 1 is this process alone (embedding always is);
+    # N > 1 is a supervisor and N workers; 0 = one per core (the CLI decides).
+    workers: int = attrs.field(default=1, validator=_not_negative_size("workers"))

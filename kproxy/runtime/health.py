@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import h11
 import trio
@@ -71,12 +73,14 @@ async def run_health_checks(
     logger: Logger,
     *,
     keep_checking: bool,
+    on_change: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Check now, then every interval, until cancelled via ``target.health_scope``.
 
     A single-target service stops once healthy: taking its only target out of rotation would
-    not help anyone (kamal-proxy does the same). ``target.last_check`` keeps the latest reason.
+    not help anyone (kamal-proxy does the same). ``target.last_check`` keeps the latest reason;
+    ``on_change`` is called after each change of health (the supervisor tells its workers).
     """
     with target.health_scope:
         task_status.started()
@@ -85,6 +89,8 @@ async def run_health_checks(
             target.last_check = result.reason
             state = TargetHealth.HEALTHY if result.healthy else TargetHealth.UNHEALTHY
             if target.set_health(state):
+                if on_change is not None:
+                    on_change()
                 logger.info(
                     "Target health updated",
                     service=service,

@@ -7,7 +7,7 @@ background work (health checks, drains). Cancelling it stops everything.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import ClassVar, Final
 
 import attrs
 import trio
@@ -59,6 +59,7 @@ class Proxy:
     _router: Router | None = None
     _http: HttpServer | None = None
     _accepting: list[trio.CancelScope] = attrs.field(factory=list)  # one per accept loop
+    started_message: ClassVar[str] = "Server started"
 
     async def serve(
         self, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED
@@ -73,13 +74,12 @@ class Proxy:
             # it takes any port.
             if self.options.socket_path:
                 control = await open_control_listener(self.options.socket_path)
-            listeners = await trio.open_tcp_listeners(
-                self.options.http_port, host=self.options.bind or None
-            )
+            listeners = await self._open_listeners()
             self.http_port = listeners[0].socket.getsockname()[1]
             async with trio.open_nursery() as nursery:
                 router = self._router = Router(self.logger, store, nursery)
                 await router.restore(*saved)
+                await self._prepare(router, nursery)
                 slots = self.options.max_connections or default_max_connections()
                 http = self._http = HttpServer(
                     router,
@@ -92,7 +92,7 @@ class Proxy:
                 if control is not None:
                     nursery.start_soon(self._accept_control, control, connections)
                 self.logger.info(
-                    "Server started",
+                    self.started_message,
                     http_port=self.http_port,
                     socket=self.options.socket_path,
                     state_dir=self.options.state_dir,
@@ -107,6 +107,12 @@ class Proxy:
                 listener.socket.close()
             if control is not None:
                 unlink_socket(self.options.socket_path)
+
+    async def _open_listeners(self) -> list[trio.SocketListener]:
+        return await trio.open_tcp_listeners(self.options.http_port, host=self.options.bind or None)
+
+    async def _prepare(self, router: Router, nursery: trio.Nursery) -> None:
+        """Set up the router before the first request is accepted (a worker's first state)."""
 
     async def _accept(
         self, http: HttpServer, listeners: list[trio.SocketListener], connections: trio.Nursery

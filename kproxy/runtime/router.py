@@ -8,7 +8,7 @@ they always see either the old or the new routing, never a mix.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -37,6 +37,22 @@ async def _no_progress(_line: str) -> None:
     pass
 
 
+class Replicas(Protocol):
+    """Worker processes serving with copies of the router's state (``run --workers N``)."""
+
+    def publish(self) -> None:
+        """The state changed (a cutover, a pause, a health change): send it to every worker."""
+
+    async def sync(self) -> None:
+        """Wait until every live worker applied the latest published state."""
+
+    async def drain(self, targets: list[Target], timeout: float) -> int:
+        """Drain retired ``targets`` in every worker; returns the requests cancelled in all."""
+
+    async def wait_idle(self, service: str, timeout: float) -> bool:
+        """Wait for the service's in-flight requests in every worker; True if all finished."""
+
+
 @attrs.define(eq=False)
 class Router:
     logger: Logger
@@ -45,6 +61,8 @@ class Router:
     services: dict[str, Service] = attrs.field(factory=dict)
     service_map: ServiceMap = attrs.field(factory=ServiceMap.empty)
     _locks: dict[str, trio.Lock] = attrs.field(factory=dict)
+    # Set in the supervisor of ``run --workers N``: the workers serve; this router decides.
+    replicas: Replicas | None = attrs.field(default=None, kw_only=True)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -87,12 +105,14 @@ class Router:
                     target.health_scope.cancel()
                 raise
             old_targets = self._cut_over(name, options, targets, pages)
+            self._publish()
             # The deploy has happened. Start the drain and save before the first await that a
             # vanished control client can cancel (a progress write), or neither would happen:
             # the old targets would keep their health checks and the state file its old targets.
             drained = self._start_drain(name, old_targets, options.drain_timeout)
             self.logger.info("Deployed", service=name, targets=options.targets)
             save_error = await self._save_quietly()
+            await self._sync()  # with workers, the cutover is done once every one has cut over
             await progress(f"{name}: traffic now goes to {', '.join(options.targets)}")
             await self._wait_drained(name, old_targets, drained, options.drain_timeout, progress)
             if save_error is not None:
@@ -104,6 +124,7 @@ class Router:
             del self.services[name]
             self.service_map = self.service_map.without_service(name)
             service.close()
+            self._publish()
             self.logger.info("Removed", service=name)
             timeout = service.options.drain_timeout
             drained = self._start_drain(name, service.targets, timeout)  # before any await
@@ -117,8 +138,10 @@ class Router:
     ) -> None:
         service = self._get(name)
         service.pause(max_pause)
+        self._publish()
         self.logger.info("Paused", service=name)
         await self._save()
+        await self._sync()
         await self._wait_in_flight(service, drain_timeout, progress)
 
     async def stop(
@@ -126,14 +149,18 @@ class Router:
     ) -> None:
         service = self._get(name)
         service.stop(message)
+        self._publish()
         self.logger.info("Stopped", service=name, message=message)
         await self._save()
+        await self._sync()
         await self._wait_in_flight(service, drain_timeout, progress)
 
     async def resume(self, name: str) -> None:
         self._get(name).resume()
+        self._publish()
         self.logger.info("Resumed", service=name)
         await self._save()
+        await self._sync()
 
     def service_infos(self) -> list[ServiceInfo]:
         return [
@@ -216,6 +243,14 @@ class Router:
 
     # --- helpers ----------------------------------------------------------------------------
 
+    def _publish(self) -> None:
+        if self.replicas is not None:
+            self.replicas.publish()
+
+    async def _sync(self) -> None:
+        if self.replicas is not None:
+            await self.replicas.sync()
+
     def _lock(self, name: str) -> trio.Lock:
         return self._locks.setdefault(name, trio.Lock())
 
@@ -264,7 +299,7 @@ class Router:
         for target in targets:
             await self.nursery.start(
                 lambda t=target, **kw: run_health_checks(
-                    t, name, self.logger, keep_checking=keep_checking, **kw
+                    t, name, self.logger, keep_checking=keep_checking, on_change=self._publish, **kw
                 )
             )
 
@@ -330,6 +365,8 @@ class Router:
 
         async def drain_one(target: Target) -> None:
             cancelled = await target.drain(timeout)
+            if self.replicas is not None:  # the requests are in the workers
+                cancelled += await self.replicas.drain([target], timeout)
             self.logger.info(
                 "Target drained", service=name, target=target.name, cancelled_requests=cancelled
             )
@@ -367,7 +404,10 @@ class Router:
         await progress(
             f"{service.name}: waiting for in-flight requests (timeout {format_duration(timeout)})"
         )
-        if not await service.wait_idle(timeout):
+        idle = await service.wait_idle(timeout)
+        if self.replicas is not None:
+            idle = await self.replicas.wait_idle(service.name, timeout) and idle
+        if not idle:
             await progress(f"{service.name}: some requests are still running after the timeout")
 
     async def _save(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,6 +12,9 @@ import trio
 from kproxy.core.options import Address, TargetOptions
 from kproxy.core.states import TargetHealth
 from kproxy.runtime.pool import ConnectionPool
+
+# Target identities, unique in the process: worker replicas (--workers) name targets by them.
+_serials = itertools.count(1)
 
 
 @attrs.define(eq=False)
@@ -27,6 +31,7 @@ class Target:
     _inflight: set[trio.CancelScope] = attrs.field(factory=set)
     _upgraded: set[trio.CancelScope] = attrs.field(factory=set)
     _idle: trio.Event = attrs.field(factory=trio.Event)
+    serial: int = attrs.field(factory=lambda: next(_serials), kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         self.pool = ConnectionPool(self.address)

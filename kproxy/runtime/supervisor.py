@@ -1,0 +1,416 @@
+"""``kproxy run --workers N``: one supervisor process, N worker processes serving HTTP.
+
+The supervisor owns what must be single: the control socket, the state file, the health checks
+and the router that decides (runtime/router.py, unchanged). It serves no HTTP. Each worker
+(runtime/worker.py) listens on the same port with SO_REUSEPORT and routes with a replica of the
+router's state, sent whole after every change (core/worker_protocol.py). The router waits, through
+the ``Replicas`` hooks implemented here, until every worker has applied a cutover, and sums the
+drains the workers report, so a command's answer means the same as with one process.
+
+A worker that exits is started again with the current state. SIGTERM asks every worker to
+finish its requests within the grace period; a second signal cuts them off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Final
+
+import attrs
+import trio
+
+from kproxy._version import __version__
+from kproxy.core import snapshot
+from kproxy.core import worker_protocol as wp
+from kproxy.errors import KProxyError
+from kproxy.runtime.control_server import open_control_listener, unlink_socket
+from kproxy.runtime.listen import reserve_port
+from kproxy.runtime.log import Logger
+from kproxy.runtime.proxy import SHUTDOWN_GRACE, Proxy, _hold_nursery
+from kproxy.runtime.router import Router
+from kproxy.runtime.state_store import StateStore
+from kproxy.runtime.target import Target
+
+WORKER_START_TIMEOUT: Final = 30.0  # seconds from spawning a worker to its "ready"
+SYNC_TIMEOUT: Final = 10.0  # seconds a worker may take to apply a state before it is not waited for
+REPLY_MARGIN: Final = 5.0  # seconds past a drain's or pause's own timeout to wait for a worker
+EXIT_TIMEOUT: Final = 2.0  # seconds a worker gets to exit once told to, before SIGKILL
+RESTART_DELAY: Final = (0.1, 1.0)  # seconds: first restart, and the cap when crash-looping
+STABLE_AFTER: Final = 10.0  # seconds a worker must run for a crash loop to count as over
+RECEIVE_SIZE: Final = 65536  # bytes per read from a worker's channel
+
+
+@attrs.define(eq=False)
+class WorkerLink:
+    """The supervisor's side of one worker process."""
+
+    index: int
+    process: trio.Process
+    stream: trio.SocketStream
+    outbox: trio.MemorySendChannel[bytes]
+    inbox: trio.MemoryReceiveChannel[bytes]
+    pid: int = 0
+    acked: int = -1  # the latest state version the worker applied
+    alive: bool = True
+    ready: trio.Event = attrs.field(factory=trio.Event)  # also set when it dies first
+    changed: trio.Event = attrs.field(factory=trio.Event)  # replaced on each ack or death
+    replies: dict[int, wp.Message | None] = attrs.field(factory=dict)
+    answered: dict[int, trio.Event] = attrs.field(factory=dict)
+
+    def send_nowait(self, message: wp.Message | bytes) -> None:
+        if not self.alive:
+            return
+        data = message if isinstance(message, bytes) else wp.encode(message)
+        # A worker going away at this very moment gets nothing: its replacement gets the state.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self.outbox.send_nowait(data)
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def died(self) -> None:
+        self.alive = False
+        self.ready.set()
+        for event in self.answered.values():
+            event.set()
+        self.wake()
+
+
+@attrs.define(eq=False)
+class Workers:
+    """The router's ``Replicas``: every live worker gets each state and each drain."""
+
+    router: Router | None = None
+    logger: Logger | None = None
+    links: dict[int, WorkerLink] = attrs.field(factory=dict)  # by worker number
+    version: int = 0
+    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+
+    def state_message(self) -> bytes:
+        assert self.router is not None
+        views = [
+            wp.ServiceView(
+                snapshot.ServiceRecord(s.name, s.options, s.state, s.message, s.max_pause),
+                tuple(wp.TargetView(t.serial, t.name, t.health) for t in s.targets),
+            )
+            for s in self.router.services.values()
+        ]
+        return wp.encode(wp.state_message(self.version, views))
+
+    def publish(self) -> None:
+        self.version += 1
+        data = self.state_message()
+        for link in self.links.values():
+            link.send_nowait(data)
+
+    async def sync(self) -> None:
+        links = list(self.links.values())
+        with trio.move_on_after(SYNC_TIMEOUT):
+            for link in links:
+                while link.alive and link.acked < self.version:
+                    await link.changed.wait()
+        behind = [link.index for link in links if link.alive and link.acked < self.version]
+        if behind and self.logger is not None:  # a stuck worker must not hold every command
+            self.logger.error(
+                "Workers did not apply the new state in time",
+                workers=behind,
+                timeout_seconds=SYNC_TIMEOUT,
+            )
+
+    async def ask_all(self, message: wp.Message, timeout: float) -> list[wp.Message]:
+        """Send ``message`` to every live worker; their answers (a worker that dies or takes
+        longer than ``timeout`` gives none)."""
+        answers: list[wp.Message] = []
+
+        async def ask(link: WorkerLink) -> None:
+            request_id = next(self._ids)
+            answered = link.answered[request_id] = trio.Event()
+            link.send_nowait({**message, "id": request_id})
+            try:
+                with trio.move_on_after(timeout):
+                    await answered.wait()
+            finally:
+                del link.answered[request_id]
+                answer = link.replies.pop(request_id, None)
+            if answer is not None:
+                answers.append(answer)
+
+        async with trio.open_nursery() as nursery:
+            for link in self.links.values():
+                if link.alive:
+                    nursery.start_soon(ask, link)
+        return answers
+
+    async def drain(self, targets: list[Target], timeout: float) -> int:
+        message = {"type": "drain", "targets": [t.serial for t in targets], "timeout": timeout}
+        answers = await self.ask_all(message, timeout + REPLY_MARGIN)
+        return sum(int(a["cancelled"]) for a in answers)
+
+    async def wait_idle(self, service: str, timeout: float) -> bool:
+        message = {"type": "idle", "service": service, "timeout": timeout}
+        answers = await self.ask_all(message, timeout + REPLY_MARGIN)
+        return all(a["idle"] for a in answers)
+
+
+@attrs.define(eq=False)
+class Supervisor(Proxy):
+    """``Proxy`` for ``run --workers N`` (N > 1): same commands, HTTP served by N processes."""
+
+    workers: Workers = attrs.field(factory=Workers)
+    _stopping: bool = False
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled; ``task_status.started(self)`` once every worker serves."""
+        store = StateStore(Path(self.options.state_dir)) if self.options.state_dir else None
+        saved = Router.load_state(store) if store is not None else ([], [])
+        reserved: list[socket.socket] = []
+        control = None
+        try:
+            if self.options.socket_path:  # first, as in Proxy.serve
+                control = await open_control_listener(self.options.socket_path)
+            reserved = await reserve_port(self.options.bind, self.options.http_port)
+            self.http_port = reserved[0].getsockname()[1]
+            async with trio.open_nursery() as nursery:
+                router = self._router = Router(self.logger, store, nursery, replicas=self.workers)
+                self.workers.router, self.workers.logger = router, self.logger
+                await router.restore(*saved)
+                await self._start_workers(nursery)
+                if control is not None:
+                    connections = await nursery.start(_hold_nursery)
+                    nursery.start_soon(self._accept_control, control, connections)
+                self.logger.info(
+                    self.started_message,
+                    http_port=self.http_port,
+                    socket=self.options.socket_path,
+                    state_dir=self.options.state_dir,
+                    version=__version__,
+                    workers=self.options.workers,
+                )
+                task_status.started(self)
+        finally:
+            if self._router is not None:
+                self._router.close_nowait()
+            for sock in reserved:
+                sock.close()
+            if control is not None:
+                control.socket.close()
+                unlink_socket(self.options.socket_path)
+
+    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop taking commands; each worker stops accepting and gives its in-flight requests
+        up to ``grace`` seconds. Cancelling this cuts them off at once."""
+        self._stopping = True
+        for scope in self._accepting:
+            scope.cancel()
+        self.logger.info("Shutting down", grace_seconds=grace, workers=len(self.workers.links))
+        links = list(self.workers.links.values())
+        for link in links:
+            link.send_nowait({"type": "shutdown", "grace": grace})
+        try:
+            with trio.move_on_after(grace + EXIT_TIMEOUT):
+                for link in links:
+                    while link.alive:
+                        await link.changed.wait()
+        finally:
+            for link in links:
+                link.send_nowait({"type": "abort"})
+
+    # --- workers ----------------------------------------------------------------------------
+
+    async def _start_workers(self, nursery: trio.Nursery) -> None:
+        failures: list[KProxyError] = []
+
+        async def start(index: int) -> None:
+            try:
+                await nursery.start(self._keep_worker, index)
+            except KProxyError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as starting:
+            for index in range(1, self.options.workers + 1):
+                starting.start_soon(start, index)
+        if failures:
+            raise failures[0]
+
+    async def _keep_worker(
+        self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run worker ``index``, and run it again whenever it exits, until shutdown."""
+        delay = RESTART_DELAY[0]
+        first = True
+        while True:
+            began = trio.current_time()
+            try:
+                link = await self._spawn(index)
+            except OSError as exc:
+                if first:
+                    raise KProxyError(f"cannot start worker {index}: {exc}") from exc
+                self.logger.error("Cannot start a worker", worker=index, error=str(exc))
+                await trio.sleep(RESTART_DELAY[1])
+                continue
+            assert link.process.stdout is not None
+            output = OutputRelay(link.process.stdout)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._talk, link, nursery.cancel_scope)
+                    nursery.start_soon(output.run)
+                    if first:
+                        with trio.move_on_after(WORKER_START_TIMEOUT):
+                            await link.ready.wait()
+                        if not link.pid:
+                            nursery.cancel_scope.cancel()
+                        else:
+                            first = False
+                            task_status.started()
+            finally:
+                link.died()
+                if self.workers.links.get(index) is link:
+                    del self.workers.links[index]
+                link.stream.socket.close()  # the worker sees EOF and exits at once
+                status = await _reap(link.process)
+                with trio.move_on_after(EXIT_TIMEOUT, shield=True):
+                    await output.run()  # the worker's last lines, up to its exit
+                    await output.stream.aclose()
+            if first:
+                raise KProxyError(f"worker {index} did not start (exit status {status})")
+            if self._stopping:
+                self.logger.info("Worker exited", worker=index, pid=link.pid, status=status)
+                return
+            delay = RESTART_DELAY[0] if trio.current_time() - began > STABLE_AFTER else delay
+            self.logger.error(
+                "Worker exited; restarting it",
+                worker=index,
+                pid=link.pid,
+                status=status,
+                restart_in_seconds=delay,
+            )
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESTART_DELAY[1])
+
+    async def _spawn(self, index: int) -> WorkerLink:
+        ours, theirs = socket.socketpair()
+        config = attrs.asdict(
+            attrs.evolve(
+                self.options, socket_path="", state_dir="", http_port=self.http_port, workers=1
+            )
+        )
+        try:
+            argv = [sys.executable, "-m", "kproxy.runtime.worker", str(theirs.fileno())]
+            process = await trio.lowlevel.open_process(
+                [*argv, str(index), json.dumps(config)],
+                pass_fds=(theirs.fileno(),),
+                stdout=subprocess.PIPE,  # relayed whole lines: see OutputRelay
+                start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        send, receive = trio.open_memory_channel[bytes](float("inf"))
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        link = WorkerLink(index, process, stream, send, receive)
+        link.send_nowait(self.workers.state_message())  # its first state: the current one
+        self.workers.links[index] = link
+        return link
+
+    async def _talk(self, link: WorkerLink, done: trio.CancelScope) -> None:
+        """Carry the link's messages both ways until the worker goes away."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write, link)
+            await self._read(link)
+            nursery.cancel_scope.cancel()
+        done.cancel()
+
+    @staticmethod
+    async def _write(link: WorkerLink) -> None:
+        with link.inbox:
+            async for data in link.inbox:
+                try:
+                    await link.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+    async def _read(self, link: WorkerLink) -> None:
+        reader = wp.MessageReader()
+        while True:
+            try:
+                message = reader.next_message()
+            except wp.ChannelError as exc:  # a bug: drop this worker; a new one starts
+                self.logger.error("Worker channel broken", worker=link.index, error=str(exc))
+                return
+            if message is None:
+                if reader.closed:
+                    return
+                try:
+                    data = await link.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                reader.receive_data(data)
+                continue
+            kind = message["type"]
+            if kind == "ack":
+                link.acked = max(link.acked, int(message["version"]))
+                link.wake()
+            elif kind == "ready":
+                link.pid = int(message["pid"])
+                self.logger.info("Worker ready", worker=link.index, pid=link.pid)
+                link.ready.set()
+            elif int(message.get("id", 0)) in link.answered:
+                link.replies[int(message["id"])] = message
+                link.answered[int(message["id"])].set()
+
+
+@attrs.define(eq=False)
+class OutputRelay:
+    """Copy a worker's stdout to ours in whole lines.
+
+    Workers write their log lines in batches, and a write to a pipe longer than PIPE_BUF
+    (4 KiB) may interleave with another process's: with one shared stdout, two workers' batches
+    could cut each other's JSON lines. Here only this process writes stdout.
+    """
+
+    stream: trio.abc.ReceiveStream
+    _pending: bytes = b""
+    _done: bool = False
+
+    async def run(self) -> None:
+        """Relay until the worker's stdout ends; cancel and call again to go on."""
+        while not self._done:
+            chunk = await self.stream.receive_some(RECEIVE_SIZE)
+            if not chunk:
+                self._done = True
+                _write_stdout(self._pending)
+                return
+            data = self._pending + chunk
+            cut = data.rfind(b"\n") + 1
+            self._pending = data[cut:]
+            _write_stdout(data[:cut])
+
+
+def _write_stdout(data: bytes) -> None:
+    if not data:
+        return
+    # Our own Logger flushes after each write, so nothing of ours is held in sys.stdout.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+async def _reap(process: trio.Process) -> int | None:
+    """Wait for a worker told to exit (or gone); SIGKILL it if it takes too long."""
+    with trio.move_on_after(EXIT_TIMEOUT, shield=True):
+        return await process.wait()
+    process.kill()
+    with trio.move_on_after(EXIT_TIMEOUT, shield=True):
+        return await process.wait()
+    return process.returncode

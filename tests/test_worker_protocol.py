@@ -1,0 +1,78 @@
+"""The supervisor ⇄ worker channel: framing and the replicated state, with no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from kproxy.core import snapshot
+from kproxy.core import worker_protocol as wp
+from kproxy.core.options import DeploymentOptions, ServiceOptions
+from kproxy.core.states import ServiceState, TargetHealth
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b'{"type":"ack","version":3}\n'],
+        [b'{"type":"ack",', b'"version":3}', b"\n"],
+        [b'{"type":"ack","version":3}\n{"type":"ready","pid":7}\n'],
+    ],
+)
+def test_messages_are_lines_however_the_bytes_arrive(chunks: list[bytes]) -> None:
+    reader = wp.MessageReader()
+    received = []
+    for chunk in chunks:
+        reader.receive_data(chunk)
+        while (message := reader.next_message()) is not None:
+            received.append(message)
+    assert received[0] == {"type": "ack", "version": 3}
+    assert reader.next_message() is None
+    assert not reader.closed
+
+
+def test_eof_is_reported_once_the_buffer_is_empty() -> None:
+    reader = wp.MessageReader()
+    reader.receive_data(wp.encode({"type": "abort"}) + b"")
+    reader.receive_data(b"")
+    assert reader.next_message() == {"type": "abort"}
+    assert reader.next_message() is None
+    assert reader.closed
+
+
+@pytest.mark.parametrize("line", [b"not json\n", b"[1, 2]\n", b'{"kind": "ack"}\n'])
+def test_what_is_not_a_message_raises(line: bytes) -> None:
+    reader = wp.MessageReader()
+    reader.receive_data(line)
+    with pytest.raises(wp.ChannelError):
+        reader.next_message()
+
+
+def test_an_endless_line_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wp, "MAX_MESSAGE", 10)
+    reader = wp.MessageReader()
+    reader.receive_data(b"x" * 11)
+    with pytest.raises(wp.ChannelError, match="longer than 10 bytes"):
+        reader.next_message()
+
+
+def test_state_round_trips_with_target_identities_and_health() -> None:
+    options = DeploymentOptions(
+        targets=("127.0.0.1:3000", "127.0.0.1:3001"), service=ServiceOptions(hosts=("a.test",))
+    )
+    view = wp.ServiceView(
+        snapshot.ServiceRecord("web", options, ServiceState.STOPPED, "Back soon", 5.0),
+        (
+            wp.TargetView(11, "127.0.0.1:3000", TargetHealth.HEALTHY),
+            wp.TargetView(12, "127.0.0.1:3001", TargetHealth.ADDING),
+        ),
+    )
+    reader = wp.MessageReader()
+    reader.receive_data(wp.encode(wp.state_message(42, [view])))
+    message = reader.next_message()
+    assert message is not None
+    assert wp.read_state(message) == (42, [view])
+
+
+def test_a_state_without_services_raises() -> None:
+    with pytest.raises(wp.ChannelError):
+        wp.read_state({"type": "state", "version": 1})
