@@ -311,10 +311,11 @@ class HttpServer:
         if (rejection := client.body_rejection) is not None:  # bad in the head's packet
             return await self._fail(client, log, BadRequestBody(rejection.reason), ResponseRecord())
         service_options = service.options.service
+        host_header = header_value(request.headers, b"host")
         if service_options.client_ip_header:
             _use_client_ip_header(log, request.headers, service_options.client_ip_header)
         location = canonical_host_redirect(
-            header_value(request.headers, b"host"),
+            host_header,
             raw_target,
             canonical_host=service_options.canonical_host,
             scheme=self.scheme,
@@ -330,13 +331,12 @@ class HttpServer:
             and service_options.strip_path_prefix
             and route.path_prefix != "/"
         ):  # kamal-proxy scopes only what it strips (router.go sets MatchedPrefix only then)
-            host_header = _text(header_value(request.headers, b"host"))
-            log.cookie_scope = CookieScope(route.path_prefix, host_header)
+            log.cookie_scope = CookieScope(route.path_prefix, _text(host_header))
         target_options = service.options.target
         _log_headers(log.fields, "req_", request.headers, target_options.log_request_headers)
         log.response_header_names = target_options.log_response_headers
         upstream_target = raw_target
-        if service.options.service.strip_path_prefix:
+        if service_options.strip_path_prefix:
             upstream_target = strip_path_prefix(raw_target, route.path_prefix)
         upstream_path = upstream_target.partition(b"?")[0].decode("latin-1")
         try:

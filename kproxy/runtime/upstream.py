@@ -198,27 +198,20 @@ async def forward(
     ``cookie_scope`` rewrites the response's Set-Cookie paths (--scope-cookie-paths).
     """
     pump = RequestBodyPump(client, body)
-    try:
-        upstream = await target.pool.acquire()
-    except OSError as exc:
-        raise UpstreamUnreachable(
-            f"cannot connect to {target.name}: {describe_connect_error(exc)}"
-        ) from exc
-    try:
-        await _exchange(
-            client, upstream, request, pump, target, scope, record, buffer_dir, cookie_scope
-        )
-    except _StaleConnection:
-        await upstream.aclose()
+    for fresh in (False, True):  # a pooled connection first; one retry if it proved stale
         try:
-            upstream = await target.pool.connect()
+            upstream = await (target.pool.connect() if fresh else target.pool.acquire())
         except OSError as exc:
             raise UpstreamUnreachable(
                 f"cannot connect to {target.name}: {describe_connect_error(exc)}"
             ) from exc
-        await _exchange(
-            client, upstream, request, pump, target, scope, record, buffer_dir, cookie_scope
-        )
+        try:
+            await _exchange(
+                client, upstream, request, pump, target, scope, record, buffer_dir, cookie_scope
+            )
+            return
+        except _StaleConnection:  # only a reused connection can be: at most once
+            await upstream.aclose()
 
 
 async def _exchange(
