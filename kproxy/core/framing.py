@@ -52,7 +52,7 @@ MAX_EXCESS_FRAMING: Final = 16 * 1024  # bytes
 
 # RFC 9110 §5.6.2 token; §5.5 field-content (VCHAR / obs-text, with SP / HTAB inside).
 _TOKEN: Final = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_TOKEN_RE: Final = re.compile(_TOKEN)
+TOKEN_RE: Final = re.compile(_TOKEN)
 _FIELD_VALUE: Final = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
 # RFC 9112 §3: method SP request-target SP HTTP-version; h11's request-target is VCHARs only.
 _REQUEST_LINE: Final = re.compile(_TOKEN + rb" ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
@@ -60,7 +60,7 @@ _QUOTED_STRING: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\
 # RFC 9112 §7.1.1: chunk-size [ chunk-ext ] CRLF, with
 # chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ). h11 wants the first
 # ";" right after the size, and both h11 and Go allow whitespace before the CRLF.
-_CHUNK_LINE: Final = re.compile(
+CHUNK_LINE: Final = re.compile(
     rb"([0-9A-Fa-f]{1,16})"
     rb"(?:;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb"))?"
     rb"[ \t]*)*"
@@ -124,7 +124,7 @@ def _split_lines(head: bytes) -> list[bytes]:
     return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
 
-def _check_field_line(line: bytes) -> Reject | Header:
+def check_field_line(line: bytes) -> Reject | Header:
     """One ``name: value`` line of a head or trailer section, with the value stripped."""
     if line[:1] in (b" ", b"\t"):
         return Reject(400, "obsolete line folding")
@@ -133,7 +133,7 @@ def _check_field_line(line: bytes) -> Reject | Header:
     name, colon, value = line.partition(b":")
     if not colon:
         return Reject(400, f"header line without a colon: {line[:40]!r}")
-    if not _TOKEN_RE.fullmatch(name):
+    if not TOKEN_RE.fullmatch(name):
         return Reject(400, f"invalid header name {name[:40]!r}")
     value = value.strip(_OWS)
     if not _FIELD_VALUE.fullmatch(value):
@@ -168,7 +168,7 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
         return Reject(431, f"more than {max_headers} header fields")
     headers: list[Header] = []
     for line in field_lines:
-        field = _check_field_line(line)
+        field = check_field_line(line)
         if isinstance(field, Reject):
             return field
         if b"_" in field[0] and field[0].replace(b"_", b"-") in _FRAMING_FIELDS:
@@ -186,14 +186,14 @@ def _body_framing(headers: list[Header], version: tuple[int, int]) -> Verdict:
             return Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
         if content_lengths:
             return Reject(400, "both Content-Length and Transfer-Encoding")
-        codings = _list_elements(transfer_encodings)
-        if not all(_TOKEN_RE.fullmatch(c) for c in codings):
+        codings = list_elements(transfer_encodings)
+        if not all(TOKEN_RE.fullmatch(c) for c in codings):
             return Reject(400, "malformed Transfer-Encoding")
         if [c.lower() for c in codings] != [b"chunked"]:
             return Reject(501, "unsupported Transfer-Encoding (only chunked is)")
         return Accept(chunked=True)
     if content_lengths:
-        values = _list_elements(content_lengths)
+        values = list_elements(content_lengths)
         if not all(v.isdigit() for v in values):  # bytes.isdigit: ASCII digits only
             return Reject(400, "malformed Content-Length")
         if len(set(values)) != 1:
@@ -205,7 +205,7 @@ def _body_framing(headers: list[Header], version: tuple[int, int]) -> Verdict:
     return Accept()
 
 
-def _list_elements(values: Iterable[bytes]) -> list[bytes]:
+def list_elements(values: Iterable[bytes]) -> list[bytes]:
     """The elements of a comma-separated list field given in one or more lines."""
     return [element.strip(_OWS) for value in values for element in value.split(b",")]
 
@@ -310,7 +310,7 @@ class ChunkedBody:
             return self._trailer_line(content)
         if len(content) > self.max_line:
             return Reject(400, "chunk size line too long")
-        match = _CHUNK_LINE.fullmatch(content.rstrip(_OWS))
+        match = CHUNK_LINE.fullmatch(content.rstrip(_OWS))
         if match is None:
             return Reject(400, f"invalid chunk size line {content[:40]!r}")
         size = int(match[1], 16)
@@ -332,5 +332,5 @@ class ChunkedBody:
         self._trailer_bytes += len(content) + 2
         if self._trailer_bytes > self.max_trailer_bytes:
             return Reject(400, "trailer section too large")
-        field = _check_field_line(content)
+        field = check_field_line(content)
         return field if isinstance(field, Reject) else None

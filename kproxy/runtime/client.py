@@ -18,18 +18,61 @@ import h11
 import trio
 
 from kproxy.core import framing
-from kproxy.runtime.h11_stream import READ_SIZE, H11Stream
+from kproxy.core.responses import ResponseWriter
+from kproxy.runtime.h11_stream import READ_SIZE
 
 STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 LINGER_TIMEOUT: Final = 1.0  # seconds to drain a client after an error answer, before closing
 MAX_LINGER_BYTES: Final = 256 * 1024  # bytes read (and dropped) while lingering
+# h11's states for a client whose request is not (or no longer) whole; every other one means
+# it was read to its end (DONE, MUST_CLOSE, and MIGHT_SWITCH_PROTOCOL for an upgrade request).
+_REQUEST_UNREAD: Final = frozenset({h11.IDLE, h11.SEND_BODY, h11.ERROR, h11.CLOSED})
 
 
 @attrs.define(eq=False)
-class ClientStream(H11Stream):
-    """The h11 server connection to one client, its bytes checked before h11 sees them."""
+class ClientStream:
+    """One client connection: h11 reads its requests, kproxy's framing rules in front of it;
+    ``response`` writes the answer to the current one (see ``kproxy.core.responses``)."""
 
+    stream: trio.SocketStream
+    max_head_bytes: int
+    conn: h11.Connection = attrs.field(init=False)
+    response: ResponseWriter = attrs.field(factory=ResponseWriter)
+    eof: bool = False  # the client has closed (or half-closed) its side
     body_check: framing.ChunkedBody | None = None  # the current request's, when chunked
+
+    def __attrs_post_init__(self) -> None:
+        self.conn = self._new_connection()
+
+    def _new_connection(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
+
+    def next_cycle(self) -> None:
+        """Ready for the next request: h11 starts afresh with the bytes already received
+        (a pipelined request), since the responses it would track are not written by it."""
+        pending, closed = self.conn.trailing_data
+        self.conn = self._new_connection()
+        if pending:
+            self.conn.receive_data(bytes(pending))
+        if closed:
+            self.conn.receive_data(b"")
+
+    @property
+    def request_complete(self) -> bool:
+        """The current request was read to its end."""
+        return self.conn.their_state not in _REQUEST_UNREAD
+
+    @property
+    def waiting_for_100(self) -> bool:
+        """The client holds its body until told to go on (``Expect: 100-continue``)."""
+        return self.conn.they_are_waiting_for_100_continue and not self.response.answered
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            await self.stream.send_all(data)
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
 
     @property
     def body_rejection(self) -> framing.Reject | None:
@@ -86,14 +129,15 @@ class ClientStream(H11Stream):
         buffer = bytearray(pending)
         if closed and not buffer:
             return None
-        if not buffer and idle_timeout is not None:
-            with trio.move_on_after(idle_timeout):
-                await self._receive_into(buffer)
-            if not buffer:
-                return None
+        idle_wait = idle_timeout if idle_timeout is not None and not buffer else None
         end: int | None = None
         searched = 0
-        with trio.move_on_after(header_timeout):
+        # One deadline, moved once the first byte is in: a cancel scope per request, not two.
+        with trio.move_on_after(header_timeout if idle_wait is None else idle_wait) as timer:
+            if idle_wait is not None:
+                if not await self._receive_into(buffer):
+                    return None
+                timer.deadline = trio.current_time() + header_timeout
             while (end := framing.find_head_end(buffer, searched)) is None:
                 if len(buffer) > max_bytes:
                     return framing.Reject(431, f"request head larger than {max_bytes} bytes")

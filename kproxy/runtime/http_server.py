@@ -33,11 +33,12 @@ from kproxy.core.headers import (
     upgrade_type,
 )
 from kproxy.core.pages import CONTENT_TYPE, ErrorPages
+from kproxy.core.responses import ResponseWriter
 from kproxy.core.service_map import request_host, strip_path_prefix
+from kproxy.core.upstream_http import UpstreamRequest
 from kproxy.errors import NoMatchingService, UpstreamError, UpstreamTimeout
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.client import ClientStream
-from kproxy.runtime.h11_stream import H11Stream
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, error_page
 from kproxy.runtime.router import Router
@@ -67,6 +68,17 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENO
 MAX_DISCARD: Final = 256 * 1024  # bytes of unread request body read to keep a connection
 DISCARD_TIMEOUT: Final = 5.0  # seconds allowed for reading them
 STATUS_CLIENT_CLOSED: Final = 499  # nginx's convention, as kamal-proxy logs it
+
+
+@attrs.frozen
+class ClientRequest:
+    """A request head as h11 parsed it, its fields in a plain list: they are searched a dozen
+    times per request, and h11's Headers, a Sequence, costs a method call per field read."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    http_version: bytes
 
 
 @attrs.define
@@ -168,8 +180,7 @@ class HttpServer:
             self.connection_slots.release_on_behalf_of(slot)
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
-        client = ClientStream(stream, conn)
+        client = ClientStream(stream, self.max_header_bytes)
         client_ip, client_port = _peer(stream)
         with trio.CancelScope() as scope:
             if not self._connections:
@@ -209,20 +220,26 @@ class HttpServer:
                 return
             if not isinstance(event, h11.Request):
                 return
+            request = ClientRequest(
+                event.method, bytes(event.target), list(event.headers), event.http_version
+            )
+            client.response = ResponseWriter.for_request(
+                request.method, request.http_version, request.headers
+            )
             self._connections[scope] = True
             try:
-                keep_open = await self._handle(client, event, client_ip, client_port)
+                keep_open = await self._handle(client, request, client_ip, client_port)
             finally:
                 self._connections[scope] = False
             if client.body_rejection is not None:
                 # Its 400 is sent; where a next request would begin is unknowable (RFC 9112 §11.2).
                 await client.close_after_error()
                 return
-            if not keep_open or client.conn.our_state is not h11.DONE:
+            if not keep_open or not (client.response.done and client.response.keep_alive):
                 return
             if not await _discard_request_body(client) or not client.body_in_step:
                 return  # too much unread body (an early answer) to reuse the connection
-            client.conn.start_next_cycle()
+            client.next_cycle()
             idle_timeout = self.keepalive_timeout
 
     async def _reject(self, client: ClientStream, reject: framing.Reject, client_ip: str) -> None:
@@ -239,20 +256,16 @@ class HttpServer:
             (b"connection", b"close"),
         ]
         try:
-            await client.send_all(
-                h11.Response(status_code=reject.status, headers=headers),
-                h11.Data(data=body),
-                h11.EndOfMessage(),
-            )
-        except (h11.LocalProtocolError, *STREAM_ERRORS):
+            await client.write(ResponseWriter().whole(reject.status, headers, body))
+        except STREAM_ERRORS:
             return
         await client.close_after_error()
 
     async def _handle(
-        self, client: ClientStream, request: h11.Request, client_ip: str, client_port: int
+        self, client: ClientStream, request: ClientRequest, client_ip: str, client_port: int
     ) -> bool:
         """Serve one request; returns whether the connection may carry another."""
-        raw_target = bytes(request.target)
+        raw_target = request.target
         path_bytes, _, query = raw_target.partition(b"?")
         path = path_bytes.decode("latin-1")
         host = request_host(header_value(request.headers, b"host"))
@@ -296,7 +309,7 @@ class HttpServer:
     async def _route(
         self,
         client: ClientStream,
-        request: h11.Request,
+        request: ClientRequest,
         raw_target: bytes,
         path: str,
         host: str,
@@ -355,8 +368,8 @@ class HttpServer:
 
     async def _proxy_buffered(
         self,
-        client: H11Stream,
-        request: h11.Request,
+        client: ClientStream,
+        request: ClientRequest,
         upstream_target: bytes,
         service: Service,
         log: RequestLog,
@@ -367,7 +380,7 @@ class HttpServer:
         policy = BufferPolicy(options.buffer_memory, options.max_request_body)
         with SpooledBody(policy, self.buffer_dir) as body:
             try:
-                await receive_request_body(client, request, body)
+                await receive_request_body(client, request.headers, body)
                 await service.admit()  # it may have been paused or stopped meanwhile
                 target = service.choose_target()
             except (UpstreamError, ClientGone, BadRequestBody) as exc:
@@ -379,8 +392,8 @@ class HttpServer:
 
     async def _proxy(
         self,
-        client: H11Stream,
-        request: h11.Request,
+        client: ClientStream,
+        request: ClientRequest,
         upstream_target: bytes,
         service: Service,
         target: Target,
@@ -407,9 +420,7 @@ class HttpServer:
             upstream_headers += framing.framing_headers(request.headers)
         if header_value(upstream_headers, b"host") is None:
             upstream_headers.insert(0, (b"host", target.name.encode()))
-        upstream_request = h11.Request(
-            method=request.method, target=upstream_target, headers=upstream_headers
-        )
+        upstream_request = UpstreamRequest(request.method, upstream_target, upstream_headers)
         record = ResponseRecord()
         try:
             with target.track() as scope:
@@ -442,7 +453,7 @@ class HttpServer:
         return not record.upgraded
 
     async def _fail(
-        self, client: H11Stream, log: RequestLog, exc: Exception, record: ResponseRecord
+        self, client: ClientStream, log: RequestLog, exc: Exception, record: ResponseRecord
     ) -> bool:
         """Answer (or, past the response head, just log) a failure; returns keep-open."""
         log.status = _status_for(exc, record)
@@ -454,7 +465,7 @@ class HttpServer:
         return True
 
     async def _send_redirect(
-        self, client: H11Stream, request: h11.Request, location: bytes, log: RequestLog
+        self, client: ClientStream, request: ClientRequest, location: bytes, log: RequestLog
     ) -> int:
         """A --canonical-host 301 as Go's http.Redirect writes it, with ``Connection: close``
         as kamal-proxy's handleRedirectsIfNeeded (internal/server/service.go) sends it.
@@ -468,18 +479,14 @@ class HttpServer:
             body = b""  # Go writes the link for GET only
         headers.append((b"content-length", b"%d" % len(body)))
         try:
-            await client.send_all(
-                h11.Response(status_code=301, headers=headers),
-                h11.Data(data=body),
-                h11.EndOfMessage(),
-            )
-        except (h11.LocalProtocolError, *STREAM_ERRORS):
+            await client.write(client.response.whole(301, headers, body))
+        except STREAM_ERRORS:
             return 0
         log.response_headers, log.response_bytes = headers, len(body)
         return 301
 
     async def _send_error(
-        self, client: H11Stream, status: int, message: str = "", log: RequestLog | None = None
+        self, client: ClientStream, status: int, message: str = "", log: RequestLog | None = None
     ) -> int:
         pages = log.pages if log is not None else BUILTIN_PAGES
         return await self._send_simple(
@@ -488,7 +495,7 @@ class HttpServer:
 
     async def _send_simple(
         self,
-        client: H11Stream,
+        client: ClientStream,
         status: int,
         body: bytes,
         content_type: bytes = b"text/plain",
@@ -497,27 +504,22 @@ class HttpServer:
     ) -> int:
         """Send a complete small response if the client can still take one; returns the status
         sent, or 0 when nothing could be sent."""
-        if client.conn.our_state is not h11.SEND_RESPONSE:
+        if client.response.started:
             return 0
-        head = log is not None and log.fields.get("method") == "HEAD"
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         # A client still holding its body for a 100 never sends it after a final answer, so the
         # connection cannot carry another request: say so (RFC 9110 §10.1.1), as Go does.
         # Nor can one whose chunked body broke the framing rules (it is closed after this).
-        broken = isinstance(client, ClientStream) and client.body_rejection is not None
-        if self.closing or client.conn.they_are_waiting_for_100_continue or broken:
+        if self.closing or client.waiting_for_100 or client.body_rejection is not None:
             headers.append((b"connection", b"close"))
         try:
             # A HEAD answer has the GET answer's headers and no body (RFC 9110 §9.3.2).
-            await client.send_all(
-                h11.Response(status_code=status, headers=headers),
-                h11.Data(data=b"" if head else body),
-                h11.EndOfMessage(),
-            )
-        except (h11.LocalProtocolError, *STREAM_ERRORS):
+            await client.write(client.response.whole(status, headers, body))
+        except STREAM_ERRORS:
             return 0
         if log is not None:
-            log.response_headers, log.response_bytes = headers, 0 if head else len(body)
+            sent = 0 if client.response.head_request else len(body)
+            log.response_headers, log.response_bytes = headers, sent
         return status
 
     async def shutdown(self, grace: float) -> None:
@@ -533,10 +535,12 @@ class HttpServer:
             scope.cancel()
 
 
-async def _discard_request_body(client: H11Stream) -> bool:
+async def _discard_request_body(client: ClientStream) -> bool:
     """Read what is left of a request body that was answered without it (a 404, a 502, a target
     that replied early), so the connection can carry the next request. Like Go's server
     (maxPostHandlerReadBytes), give up past a limit; returns whether the request is complete."""
+    if client.request_complete:
+        return True  # the common case: the whole request was read
     if client.conn.they_are_waiting_for_100_continue:
         return False  # the client sends nothing until asked to: don't ask now
     discarded = 0
@@ -550,7 +554,7 @@ async def _discard_request_body(client: H11Stream) -> bool:
                 discarded += len(event.data)
             elif not isinstance(event, h11.EndOfMessage):
                 return False
-    return client.conn.their_state is h11.DONE
+    return client.request_complete
 
 
 def _status_for(exc: Exception, record: ResponseRecord) -> int:

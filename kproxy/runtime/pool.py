@@ -7,19 +7,46 @@ import select
 from typing import Final
 
 import attrs
-import h11
 import trio
 
 from kproxy.core.options import Address
-from kproxy.runtime.h11_stream import H11Stream
+from kproxy.core.upstream_http import NEED_DATA, Event, ResponseReader
+from kproxy.runtime.h11_stream import READ_SIZE
 
 MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side uses, so a
 # burst of concurrent requests reuses connections instead of reconnecting each time
+# A connection idle for less than this is taken without asking the kernel whether the target
+# closed it meanwhile: targets close idle connections after seconds, not milliseconds, and a
+# busy proxy would otherwise pay a select(2) per request. One that did close is still caught:
+# the exchange sees a silent close and retries when that is safe (upstream.py).
+STALE_CHECK_AFTER: Final = 1.0  # seconds
 
 
 @attrs.define(eq=False)
-class UpstreamConnection(H11Stream):
+class UpstreamConnection:
+    """One connection to a target; ``reader`` parses the response to the current request."""
+
+    stream: trio.SocketStream
+    reader: ResponseReader = attrs.field(factory=ResponseReader)
     reused: bool = False
+    idle_since: float = 0.0
+
+    def start(self, *, head_request: bool) -> ResponseReader:
+        """A fresh reader for the next exchange."""
+        self.reader = ResponseReader(head_request=head_request)
+        return self.reader
+
+    async def receive(self) -> None:
+        """One read, fed to the reader (b"" at EOF)."""
+        self.reader.feed(await self.stream.receive_some(READ_SIZE))
+
+    async def next_event(self) -> Event:
+        while (event := self.reader.next_event()) is NEED_DATA:
+            await self.receive()
+        return event
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
 
 
 def describe_connect_error(exc: OSError) -> str:
@@ -54,9 +81,10 @@ class ConnectionPool:
 
     async def acquire(self) -> UpstreamConnection:
         """A pooled connection that still looks alive, else a new one (OSError if refused)."""
+        now = trio.current_time()
         while self._idle:
             connection = self._idle.pop()
-            if not _is_stale(connection):
+            if now - connection.idle_since < STALE_CHECK_AFTER or not _is_stale(connection):
                 connection.reused = True
                 return connection
             await connection.aclose()
@@ -64,18 +92,13 @@ class ConnectionPool:
 
     async def connect(self) -> UpstreamConnection:
         stream = await trio.open_tcp_stream(self.address.host, self.address.port)
-        return UpstreamConnection(stream, h11.Connection(h11.CLIENT))
+        return UpstreamConnection(stream)
 
     async def release(self, connection: UpstreamConnection) -> None:
-        """Back to the pool if the last exchange ended cleanly on both sides, else closed."""
-        conn = connection.conn
-        if (
-            not self._closed
-            and len(self._idle) < self.max_idle
-            and conn.our_state is h11.DONE
-            and conn.their_state is h11.DONE
-        ):
-            conn.start_next_cycle()
+        """Back to the pool (the caller knows the last exchange ended cleanly), or closed when
+        the pool is full or closing."""
+        if not self._closed and len(self._idle) < self.max_idle:
+            connection.idle_since = trio.current_time()
             self._idle.append(connection)
         else:
             await connection.aclose()

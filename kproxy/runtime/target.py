@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import attrs
 import trio
@@ -58,20 +56,20 @@ class Target:
         self.health_changed = trio.Event()
         return True
 
-    @contextmanager
-    def track(self) -> Iterator[trio.CancelScope]:
+    def track(self) -> _Tracked:
         """Count a request as in flight; the drain cancels the scope it yields if it overstays."""
-        scope = trio.CancelScope()
+        return _Tracked(self)
+
+    def _begin(self, scope: trio.CancelScope) -> None:
         if not self._inflight:
             self._idle = trio.Event()
         self._inflight.add(scope)
-        try:
-            yield scope
-        finally:
-            self._inflight.discard(scope)
-            self._upgraded.discard(scope)
-            if not self._inflight:
-                self._idle.set()
+
+    def _end(self, scope: trio.CancelScope) -> None:
+        self._inflight.discard(scope)
+        self._upgraded.discard(scope)
+        if not self._inflight:
+            self._idle.set()
 
     def mark_upgraded(self, scope: trio.CancelScope) -> None:
         """A WebSocket (or other upgrade) now lives in this scope: the drain closes it at once."""
@@ -104,3 +102,18 @@ class Target:
         finally:
             self.pool.close_nowait()
         return cancelled
+
+
+@attrs.define(eq=False)
+class _Tracked:
+    """``Target.track()``: a class, not a generator, since it wraps every request."""
+
+    target: Target
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    def __enter__(self) -> trio.CancelScope:
+        self.target._begin(self.scope)
+        return self.scope
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.target._end(self.scope)

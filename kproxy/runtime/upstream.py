@@ -1,8 +1,10 @@
-"""One request relayed to one target over a pooled h11 client connection.
+"""One request relayed to one target over a pooled connection.
 
-The request body streams to the target while the response is awaited (so ``Expect:
-100-continue`` and early answers work); the response streams back as it arrives. Once the body
-is in, the client connection is watched, so a client that leaves ends the exchange (499).
+The request head is written as is and the response parsed once (``core.upstream_http``); h11
+stays on the client's side only. The request body streams to the target while the response is
+awaited (so ``Expect: 100-continue`` and early answers work); the response streams back as it
+arrives. Once the body is in, the client connection is watched, so a client that leaves ends
+the exchange (499); for a request without a body, only once the target keeps it waiting.
 Errors before the response head reached the client become UpstreamError (an error page);
 errors after it abort the client connection, because a truncated body must never look complete.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Final
 
 import attrs
@@ -22,18 +25,33 @@ from kproxy.core.buffering import (
     BufferPolicy,
     buffered_response_headers,
     declared_length,
+    has_request_body,
     response_streams,
 )
 from kproxy.core.cookies import CookieScope
-from kproxy.core.headers import header_value, strip_response_hop_by_hop
+from kproxy.core.headers import strip_response_hop_by_hop
+from kproxy.core.upstream_http import (
+    LAST_CHUNK,
+    NEED_DATA,
+    BadResponse,
+    Event,
+    Framing,
+    Header,
+    ResponseHead,
+    UpstreamRequest,
+    encode_chunk,
+)
 from kproxy.errors import BodyTooLarge, ResponseTooLarge, UpstreamTimeout, UpstreamUnreachable
 from kproxy.runtime.buffer import SpooledBody
-from kproxy.runtime.h11_stream import READ_SIZE, H11Stream
+from kproxy.runtime.client import ClientStream
+from kproxy.runtime.h11_stream import READ_SIZE
 from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
 from kproxy.runtime.target import Target
 
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 EXPECT_CONTINUE_TIMEOUT: Final = 1.0  # seconds; ExpectContinueTimeout of Go's DefaultTransport
+HANGUP_WATCH_DELAY: Final = 0.05  # seconds a bodiless request's answer may take before the
+# client is watched for a hang-up: far below anything a person notices, far above most answers
 
 
 class ClientGone(Exception):
@@ -69,7 +87,9 @@ _REPLAYABLE_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 class RequestBodyPump:
     """Moves the client's request body to the target; remembers enough to allow one retry."""
 
-    client: H11Stream
+    client: ClientStream
+    chunked: bool  # the request goes to the target chunked (else by its Content-Length)
+    has_body: bool  # its framing declares a body (chunked, or a length above 0)
     body: SpooledBody | None = None  # --buffer-requests: the whole body, already read
     sent_data: bool = False  # body bytes went to a target: the request can't be replayed
     finished: bool = False  # the client's EndOfMessage was read
@@ -78,18 +98,30 @@ class RequestBodyPump:
     def __attrs_post_init__(self) -> None:
         self.finished = self.body is not None
 
+    def end_without_body(self) -> bool:
+        """For a request that declared no body, take its end from h11 now (h11 needs no bytes
+        for it), so no task has to pump it; returns whether the request is complete."""
+        if self.body is not None or self.has_body:
+            return False  # bytes to send
+        if self.client.conn.their_state is not h11.SEND_BODY:
+            return self.finished
+        if self.client.conn.next_event() == h11.EndOfMessage():  # Data can't precede it here
+            self.finished = True
+        return self.finished
+
     async def run(
         self, upstream: UpstreamConnection, cancel: trio.CancelScope, *, watch: bool
     ) -> None:
         try:
             await self._pump(upstream)
-            if watch:
-                await self._watch_for_hangup()
         except Exception as exc:  # reported to the exchange, which decides the status
             self.error = exc
             cancel.cancel()
+            return
+        if watch:
+            await self.watch(cancel)
 
-    async def _watch_for_hangup(self) -> None:
+    async def watch(self, cancel: trio.CancelScope) -> None:
         """Notice a client that leaves while its response is awaited or streamed.
 
         Go's server keeps reading the connection in the background and cancels the request on
@@ -99,16 +131,18 @@ class RequestBodyPump:
         """
         try:
             data = await self.client.stream.receive_some(READ_SIZE)
-        except STREAM_ERRORS as exc:
-            raise ClientGone() from exc
-        if not data:
-            raise ClientGone()
-        self.client.conn.receive_data(data)
+        except STREAM_ERRORS:
+            data = b""
+        if data:
+            self.client.conn.receive_data(data)
+        else:
+            self.error = ClientGone()
+            cancel.cancel()
 
     async def _pump(self, upstream: UpstreamConnection) -> None:
         if self.body is not None:  # a buffered body can be replayed: sent_data stays False
             for chunk in self.body.chunks():
-                await _send_upstream(upstream, h11.Data(data=chunk))
+                await _send_upstream(upstream, chunk)
         while not self.finished:
             try:
                 event = await self.client.next_event()
@@ -118,15 +152,20 @@ class RequestBodyPump:
                 raise ClientGone() from exc
             if isinstance(event, h11.Data):
                 self.sent_data = True
-                await _send_upstream(upstream, event)
+                await _send_upstream(
+                    upstream, encode_chunk(event.data) if self.chunked else event.data
+                )
             elif isinstance(event, h11.EndOfMessage):
                 self.finished = True
             else:  # ConnectionClosed or PAUSED mid-body: the client went away
                 raise ClientGone()
-        await _send_upstream(upstream, h11.EndOfMessage())  # trailers are dropped
+        if self.chunked:
+            await _send_upstream(upstream, LAST_CHUNK)  # trailers are dropped
 
 
-async def receive_request_body(client: H11Stream, request: h11.Request, body: SpooledBody) -> None:
+async def receive_request_body(
+    client: ClientStream, headers: Sequence[Header], body: SpooledBody
+) -> None:
     """--buffer-requests: read the whole request body into ``body`` before any target is
     contacted, answering ``Expect: 100-continue`` here (a body declared too large gets its 413
     at once, without the client sending it, RFC 9110 §10.1.1).
@@ -134,10 +173,10 @@ async def receive_request_body(client: H11Stream, request: h11.Request, body: Sp
     Raises BodyTooLarge, BadRequestBody or ClientGone.
     """
     limit = body.policy.max_body
-    if body.policy.declare(declared_length(request.headers)) is BufferAction.REJECT:
+    if body.policy.declare(declared_length(headers)) is BufferAction.REJECT:
         raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
-    if client.conn.they_are_waiting_for_100_continue:
-        await _send_client(client, h11.InformationalResponse(status_code=100, headers=[]))
+    if client.waiting_for_100:
+        await _write_client(client, client.response.informational(100))
     while True:
         try:
             event = await client.next_event()
@@ -154,15 +193,15 @@ async def receive_request_body(client: H11Stream, request: h11.Request, body: Sp
             raise ClientGone()
 
 
-def _body_error(client: H11Stream, exc: h11.RemoteProtocolError) -> Exception:
+def _body_error(client: ClientStream, exc: h11.RemoteProtocolError) -> Exception:
     """A body cut short by the client closing is a client gone (499, as Go's server logs a
     request whose connection closed), not a malformed body (400)."""
     return ClientGone() if client.eof else BadRequestBody(str(exc))
 
 
-async def _send_upstream(upstream: UpstreamConnection, event: h11.Event) -> None:
+async def _send_upstream(upstream: UpstreamConnection, data: bytes) -> None:
     try:
-        await upstream.send(event)
+        await upstream.stream.send_all(data)
     except STREAM_ERRORS as exc:
         raise UpstreamUnreachable(f"connection to target broke while sending: {exc}") from exc
 
@@ -179,8 +218,8 @@ class ResponseRecord:
 
 
 async def forward(
-    client: H11Stream,
-    request: h11.Request,
+    client: ClientStream,
+    request: UpstreamRequest,
     target: Target,
     scope: trio.CancelScope,
     record: ResponseRecord,
@@ -197,7 +236,7 @@ async def forward(
     ``buffer_dir`` is where a buffered response spills (None: the system temp dir).
     ``cookie_scope`` rewrites the response's Set-Cookie paths (--scope-cookie-paths).
     """
-    pump = RequestBodyPump(client, body)
+    pump = RequestBodyPump(client, request.chunked, has_request_body(request.headers), body)
     for fresh in (False, True):  # a pooled connection first; one retry if it proved stale
         try:
             upstream = await (target.pool.connect() if fresh else target.pool.acquire())
@@ -205,148 +244,274 @@ async def forward(
             raise UpstreamUnreachable(
                 f"cannot connect to {target.name}: {describe_connect_error(exc)}"
             ) from exc
+        relay = _Relay(client, upstream, target, pump, record, buffer_dir, cookie_scope)
         try:
-            await _exchange(
-                client, upstream, request, pump, target, scope, record, buffer_dir, cookie_scope
-            )
+            await relay.run(request, scope)
             return
         except _StaleConnection:  # only a reused connection can be: at most once
             await upstream.aclose()
 
 
-async def _exchange(
-    client: H11Stream,
-    upstream: UpstreamConnection,
-    request: h11.Request,
-    pump: RequestBodyPump,
-    target: Target,
-    scope: trio.CancelScope,
-    record: ResponseRecord,
-    buffer_dir: str | None,
-    cookie_scope: CookieScope | None,
-) -> None:
-    release = completed = False
-    try:
-        error: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            try:
-                try:
-                    await upstream.send(request)
-                except STREAM_ERRORS as exc:
-                    raise _ConnectionLost(
-                        f"cannot send to {target.name}: {exc}", request_sent=False
-                    ) from exc
-                # An upgrade's client bytes belong to the splice: nothing else may read them.
-                watch = header_value(request.headers, b"upgrade") is None
-                nursery.start_soon(
-                    functools.partial(pump.run, watch=watch), upstream, nursery.cancel_scope
-                )
-                release = await _relay_response(
-                    client,
-                    upstream,
-                    target,
-                    scope,
-                    record,
-                    request.method,
-                    buffer_dir,
-                    cookie_scope,
-                )
-                completed = True
-            except Exception as exc:  # raised after the nursery, so it is not wrapped in a group
-                error = exc
-            nursery.cancel_scope.cancel()
-        if not completed and isinstance(pump.error, ClientGone | BadRequestBody):
-            error = pump.error  # the client's side failed: that is the story to tell
-        if (
-            isinstance(error, _ConnectionLost)
-            and upstream.reused
-            and record.status == 0
-            and (not pump.sent_data or pump.body is not None)  # a buffered body can be resent
-            and (not error.request_sent or request.method in _REPLAYABLE_METHODS)
-        ):
-            raise _StaleConnection() from error
-        if error is not None:
-            release = False
-            raise error
-    finally:
-        if release and pump.finished:
-            await target.pool.release(upstream)
-        else:
-            await upstream.aclose()
+@attrs.define(eq=False)
+class _Relay:
+    """One exchange on one target connection: the request out, the response back."""
 
+    client: ClientStream
+    upstream: UpstreamConnection
+    target: Target
+    pump: RequestBodyPump
+    record: ResponseRecord
+    buffer_dir: str | None
+    cookie_scope: CookieScope | None
+    # Set when the request had no body to pump and is no upgrade: the client is watched for a
+    # hang-up only once the target keeps it waiting (see receive), not on every request.
+    watch_later: bool = False
+    _nursery: trio.Nursery | None = None
 
-async def _relay_response(
-    client: H11Stream,
-    upstream: UpstreamConnection,
-    target: Target,
-    scope: trio.CancelScope,
-    record: ResponseRecord,
-    method: bytes,
-    buffer_dir: str | None,
-    cookie_scope: CookieScope | None,
-) -> bool:
-    """Relay the response; returns whether the upstream connection may be reused."""
-    with trio.move_on_after(target.options.target_timeout) as timer:
-        head = await _read_head(client, upstream, target)
-    if timer.cancelled_caught:
-        raise UpstreamTimeout(f"{target.name} sent no response within the target timeout")
-    record.status = head.status_code
-    record.headers = list(head.headers)
-    if isinstance(head, h11.InformationalResponse):  # 101 Switching Protocols
-        await _splice(client, upstream, head, target, scope, record)
-        return False
-    if cookie_scope is not None:  # as kamal-proxy's targetResponseWriter.WriteHeader does
-        head = h11.Response(
-            status_code=head.status_code,
-            headers=cookie_scope.apply(list(head.headers)),
-            reason=head.reason,
-            http_version=head.http_version,
-        )
-    if target.options.buffer_responses and not response_streams(head.headers):
-        await _relay_buffered(client, upstream, head, target, record, method, buffer_dir)
-        return True
-    # Bytes for the client are gathered while the target's bytes already read hold more
-    # events, and sent when more must be read: the head, the body and its end usually go
-    # out in one send(2). h11 still parses the target's framing and re-frames it for the
-    # client, so a target that breaks its framing is caught (ResponseAborted).
-    pending = [
-        _encode(
-            client,
-            h11.Response(
-                status_code=head.status_code,
-                headers=strip_response_hop_by_hop(list(head.headers)),
-                reason=head.reason,
-            ),
-        )
-    ]
-    record.head_sent = True
-    while True:
+    async def run(self, request: UpstreamRequest, scope: trio.CancelScope) -> None:
+        """The whole exchange; the connection goes back to the pool only if it ended cleanly."""
+        upstream, pump = self.upstream, self.pump
+        upstream.start(head_request=request.method == b"HEAD")
+        release = completed = False
         try:
-            event = upstream.conn.next_event()
-            if event is h11.NEED_DATA:
-                await _send_bytes(client, pending)
-                event = await upstream.next_event()
-        except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
-            await _send_bytes(client, pending)  # what came before the break is the client's
-            raise ResponseAborted(f"{target.name} broke off the response: {exc}") from exc
-        if isinstance(event, h11.Data):
-            pending.append(_encode(client, event))
-            record.body_bytes += len(event.data)
-        elif isinstance(event, h11.EndOfMessage):
-            pending.append(_encode(client, h11.EndOfMessage()))
-            await _send_bytes(client, pending)
+            error: Exception | None = None
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    try:
+                        await upstream.stream.send_all(request.head)
+                    except STREAM_ERRORS as exc:
+                        raise _ConnectionLost(
+                            f"cannot send to {self.target.name}: {exc}", request_sent=False
+                        ) from exc
+                    # An upgrade's client bytes belong to the splice: nothing else may read them.
+                    watch = not request.upgrade
+                    if pump.end_without_body():
+                        self.watch_later = watch
+                    else:
+                        nursery.start_soon(
+                            functools.partial(pump.run, watch=watch),
+                            upstream,
+                            nursery.cancel_scope,
+                        )
+                    release = await self._relay_response(scope)
+                    completed = True
+                except (
+                    Exception
+                ) as exc:  # raised after the nursery, so it is not wrapped in a group
+                    error = exc
+                nursery.cancel_scope.cancel()
+            if not completed and isinstance(pump.error, ClientGone | BadRequestBody):
+                error = pump.error  # the client's side failed: that is the story to tell
+            if (
+                isinstance(error, _ConnectionLost)
+                and upstream.reused
+                and self.record.status == 0
+                and (not pump.sent_data or pump.body is not None)  # a buffered body can be resent
+                and (not error.request_sent or request.method in _REPLAYABLE_METHODS)
+            ):
+                raise _StaleConnection() from error
+            if error is not None:
+                release = False
+                raise error
+        finally:
+            if release and pump.finished:
+                await self.target.pool.release(upstream)
+            else:
+                await upstream.aclose()
+
+    async def _receive(self, deadline: float) -> bool:
+        """One read from the target, given up at ``deadline`` (False).
+
+        With ``watch_later``, a read that takes longer than HANGUP_WATCH_DELAY starts the
+        watch on the client, so a client that leaves a slow target is still noticed at once,
+        while a quick answer (most of them) costs no task and no extra wait on the client.
+        """
+        if self.watch_later and self._nursery is not None:
+            with trio.move_on_at(min(deadline, trio.current_time() + HANGUP_WATCH_DELAY)):
+                await self.upstream.receive()
+                return True
+            if trio.current_time() >= deadline:
+                return False
+            self.watch_later = False
+            self._nursery.start_soon(self.pump.watch, self._nursery.cancel_scope)
+        if deadline == math.inf:
+            await self.upstream.receive()
             return True
-        else:
-            await _send_bytes(client, pending)
-            raise ResponseAborted(f"{target.name} closed the connection mid-response")
+        with trio.move_on_at(deadline):
+            await self.upstream.receive()
+            return True
+        return False
+
+    async def _next_event(self) -> Event:
+        """The reader's next event, reading as needed."""
+        reader = self.upstream.reader
+        while (event := reader.next_event()) is NEED_DATA:
+            await self._receive(math.inf)
+        return event
+
+    async def _next_event_by(self, deadline: float) -> Event | None:
+        """The reader's next event, reading as needed; None once ``deadline`` passed."""
+        reader = self.upstream.reader
+        while (event := reader.next_event()) is NEED_DATA:
+            if not await self._receive(deadline):
+                return None
+        return event
+
+    async def _read_head(self) -> ResponseHead:
+        """The final response head (or a 101); 1xx answers on the way go to the client."""
+        client, target = self.client, self.target
+        deadline = trio.current_time() + target.options.target_timeout
+        while True:
+            wait = deadline
+            if client.waiting_for_100:
+                wait = min(deadline, trio.current_time() + EXPECT_CONTINUE_TIMEOUT)
+            try:
+                event = await self._next_event_by(wait)
+            except BadResponse as exc:
+                raise UpstreamUnreachable(f"{target.name} sent no valid response: {exc}") from exc
+            except STREAM_ERRORS as exc:
+                raise _ConnectionLost(
+                    f"connection to {target.name} lost: {exc}", request_sent=True
+                ) from exc
+            if event is None:
+                if trio.current_time() >= deadline:
+                    raise UpstreamTimeout(
+                        f"{target.name} sent no response within the target timeout"
+                    )
+                # The client holds its body for a 100 the target has not sent. Go's transport
+                # sends the body anyway after ExpectContinueTimeout, so ask the client for it.
+                # Sent from this task because only one task may write to the client.
+                await _write_client(client, client.response.informational(100))
+                continue
+            if not isinstance(event, ResponseHead):  # CLOSED: EOF before any byte
+                raise _ConnectionLost(
+                    f"{target.name} closed the connection without a response", request_sent=True
+                )
+            if not event.informational or event.status == 101:
+                return event
+            if event.status == 100 and not client.waiting_for_100:
+                continue  # we already sent one, or the client is sending its body anyway
+            # 100 Continue and friends go to the client as they come (RFC 9110 §15.2).
+            if client.response.http_version >= b"1.1":
+                headers = strip_response_hop_by_hop(event.headers)
+                await _write_client(client, client.response.informational(event.status, headers))
+
+    async def _relay_response(self, scope: trio.CancelScope) -> bool:
+        """Relay the response; returns whether the target connection may be reused."""
+        client, target, record = self.client, self.target, self.record
+        head = await self._read_head()
+        record.status = head.status
+        record.headers = head.headers
+        if head.status == 101:
+            await self._splice(head, scope)
+            return False
+        headers = head.headers
+        if self.cookie_scope is not None:  # as kamal-proxy's targetResponseWriter.WriteHeader
+            headers = self.cookie_scope.apply(headers)
+        if target.options.buffer_responses and not response_streams(headers):
+            await self._relay_buffered(head, headers)
+            return head.keep_alive and not self.upstream.reader.trailing
+        client_headers = strip_response_hop_by_hop(headers)
+        if head.framing is Framing.CHUNKED:  # chunked wins; the length must not go on
+            client_headers = [h for h in client_headers if h[0] != b"content-length"]
+        # Bytes for the client are gathered while the target's bytes already read hold more
+        # of the body, and sent when more must be read: the head, the body and its end
+        # usually go out in one send(2). The target's framing is checked as it is read, so a
+        # target that breaks it is caught (ResponseAborted), never relayed as a whole response.
+        # Answered before the client sent the body it announced with Expect: 100-continue,
+        # the connection cannot be reused: the body may or may not follow (RFC 9110 §10.1.1).
+        response = client.response
+        pending = [
+            response.head(
+                head.status, client_headers, reason=head.reason, close=client.waiting_for_100
+            )
+        ]
+        record.head_sent = True
+        reader = self.upstream.reader
+        while True:
+            try:
+                event = reader.next_event()
+                if event is NEED_DATA:
+                    await _send_bytes(client, pending)
+                    event = await self._next_event()
+            except (BadResponse, *STREAM_ERRORS) as exc:
+                await _send_bytes(client, pending)  # what came before the break is the client's
+                raise ResponseAborted(f"{target.name} broke off the response: {exc}") from exc
+            if isinstance(event, bytes):
+                pending.append(response.data(event))
+                record.body_bytes += len(event)
+            else:  # END: a body ends nowhere else
+                pending.append(response.end())
+                await _send_bytes(client, pending)
+                return head.keep_alive and not reader.trailing
+
+    async def _relay_buffered(self, head: ResponseHead, headers: list[Header]) -> None:
+        """--buffer-responses: take the whole body from the target, then send it on. Until the
+        end nothing reached the client, so a target that breaks off gets a clean 502 (and one
+        whose body passes --max-response-body a 500) instead of a cut connection."""
+        client, target, record = self.client, self.target, self.record
+        options = target.options
+        policy = BufferPolicy(options.buffer_memory, options.max_response_body)
+        with SpooledBody(policy, self.buffer_dir) as body:
+            while True:
+                try:
+                    event = await self._next_event()
+                except (BadResponse, *STREAM_ERRORS) as exc:
+                    raise UpstreamUnreachable(
+                        f"{target.name} broke off the response: {exc}"
+                    ) from exc
+                if not isinstance(event, bytes):
+                    break  # END
+                if body.write(event) is BufferAction.REJECT:
+                    raise ResponseTooLarge(
+                        f"{target.name} sent a response larger than --max-response-body"
+                        f" ({options.max_response_body} bytes)"
+                    )
+            client_headers = buffered_response_headers(
+                strip_response_hop_by_hop(headers),
+                body.size,
+                status=head.status,
+                head_request=self.upstream.reader.head_request,
+            )
+            response = client.response
+            close = client.waiting_for_100
+            await _write_client(
+                client, response.head(head.status, client_headers, reason=head.reason, close=close)
+            )
+            record.head_sent = True
+            for chunk in body.chunks():
+                await _write_client(client, response.data(chunk))
+                record.body_bytes += len(chunk)
+            await _write_client(client, response.end())
+
+    async def _splice(self, head: ResponseHead, scope: trio.CancelScope) -> None:
+        """After 101, copy raw bytes both ways until either side closes."""
+        client, upstream = self.client, self.upstream
+        await _write_client(client, client.response.informational(101, head.headers))
+        self.record.head_sent = self.record.upgraded = True
+        self.target.mark_upgraded(scope)
+        client_rest, _ = client.conn.trailing_data
+        async with trio.open_nursery() as nursery:
+
+            async def copy(
+                source: trio.SocketStream, sink: trio.SocketStream, first: bytes
+            ) -> None:
+                try:
+                    if first:
+                        await sink.send_all(first)
+                    while data := await source.receive_some(64 * 1024):
+                        await sink.send_all(data)
+                except STREAM_ERRORS:
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(copy, client.stream, upstream.stream, bytes(client_rest))
+            nursery.start_soon(copy, upstream.stream, client.stream, upstream.reader.trailing)
 
 
-def _encode(client: H11Stream, event: h11.Event) -> bytes:
-    return client.conn.send(event) or b""
-
-
-async def _send_bytes(client: H11Stream, pending: list[bytes]) -> None:
-    """Send what ``_encode`` gathered, in one write, and empty ``pending``."""
+async def _send_bytes(client: ClientStream, pending: list[bytes]) -> None:
+    """Send the bytes gathered in ``pending`` in one write, and empty it."""
     data = b"".join(pending)
     pending.clear()
     if data:
@@ -356,138 +521,8 @@ async def _send_bytes(client: H11Stream, pending: list[bytes]) -> None:
             raise ClientGone() from exc
 
 
-async def _relay_buffered(
-    client: H11Stream,
-    upstream: UpstreamConnection,
-    head: h11.Response,
-    target: Target,
-    record: ResponseRecord,
-    method: bytes,
-    buffer_dir: str | None,
-) -> None:
-    """--buffer-responses: take the whole body from the target, then send it on. Until the end
-    nothing reached the client, so a target that breaks off gets a clean 502 (and one whose
-    body passes --max-response-body a 500) instead of a cut connection."""
-    options = target.options
-    policy = BufferPolicy(options.buffer_memory, options.max_response_body)
-    with SpooledBody(policy, buffer_dir) as body:
-        while True:
-            try:
-                event = await upstream.next_event()
-            except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
-                raise UpstreamUnreachable(f"{target.name} broke off the response: {exc}") from exc
-            if isinstance(event, h11.Data):
-                if body.write(event.data) is BufferAction.REJECT:
-                    raise ResponseTooLarge(
-                        f"{target.name} sent a response larger than --max-response-body"
-                        f" ({options.max_response_body} bytes)"
-                    )
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
-                raise UpstreamUnreachable(f"{target.name} closed the connection mid-response")
-        headers = buffered_response_headers(
-            strip_response_hop_by_hop(list(head.headers)),
-            body.size,
-            status=head.status_code,
-            head_request=method == b"HEAD",
-        )
-        await _send_client(
-            client, h11.Response(status_code=head.status_code, headers=headers, reason=head.reason)
-        )
-        record.head_sent = True
-        for chunk in body.chunks():
-            await _send_client(client, h11.Data(data=chunk))
-            record.body_bytes += len(chunk)
-        await _send_client(client, h11.EndOfMessage())
-
-
-async def _read_head(
-    client: H11Stream, upstream: UpstreamConnection, target: Target
-) -> h11.Response | h11.InformationalResponse:
-    received = upstream.received
-    while True:
-        event: h11.Event | type[h11.PAUSED] | None = None
-        with trio.move_on_after(_continue_wait(client)):
-            try:
-                event = await upstream.next_event()
-            except h11.RemoteProtocolError as exc:
-                if upstream.received == received:  # h11's word for a close with no response
-                    raise _ConnectionLost(
-                        f"{target.name} closed the connection without a response",
-                        request_sent=True,
-                    ) from exc
-                raise UpstreamUnreachable(f"{target.name} sent no valid response: {exc}") from exc
-            except STREAM_ERRORS as exc:
-                raise _ConnectionLost(
-                    f"connection to {target.name} lost: {exc}", request_sent=True
-                ) from exc
-        if event is None:
-            # The client holds its body for a 100 the target has not sent. Go's transport sends
-            # the body anyway after ExpectContinueTimeout, so ask the client for it. Sent from
-            # this task because only one task may write to the client.
-            await _send_client(client, h11.InformationalResponse(status_code=100, headers=[]))
-            continue
-        if isinstance(event, h11.Response):
-            return event
-        if isinstance(event, h11.InformationalResponse):
-            if event.status_code == 101:
-                return event
-            if event.status_code == 100 and not client.conn.they_are_waiting_for_100_continue:
-                continue  # we already sent one, or the client is sending its body anyway
-            # 100 Continue and friends go to the client as they come (RFC 9110 §15.2).
-            if client.conn.their_http_version != b"1.0":
-                await _send_client(
-                    client,
-                    h11.InformationalResponse(
-                        status_code=event.status_code,
-                        headers=strip_response_hop_by_hop(list(event.headers)),
-                    ),
-                )
-            continue
-        raise _ConnectionLost(
-            f"{target.name} closed the connection without a response", request_sent=True
-        )
-
-
-def _continue_wait(client: H11Stream) -> float:
-    return EXPECT_CONTINUE_TIMEOUT if client.conn.they_are_waiting_for_100_continue else math.inf
-
-
-async def _send_client(client: H11Stream, event: h11.Event) -> None:
+async def _write_client(client: ClientStream, data: bytes) -> None:
     try:
-        await client.send(event)
+        await client.write(data)
     except STREAM_ERRORS as exc:
         raise ClientGone() from exc
-
-
-async def _splice(
-    client: H11Stream,
-    upstream: UpstreamConnection,
-    head: h11.InformationalResponse,
-    target: Target,
-    scope: trio.CancelScope,
-    record: ResponseRecord,
-) -> None:
-    """After 101, copy raw bytes both ways until either side closes."""
-    await _send_client(
-        client, h11.InformationalResponse(status_code=101, headers=list(head.headers))
-    )
-    record.head_sent = record.upgraded = True
-    target.mark_upgraded(scope)
-    client_rest, _ = client.conn.trailing_data
-    upstream_rest, _ = upstream.conn.trailing_data
-    async with trio.open_nursery() as nursery:
-
-        async def copy(source: trio.SocketStream, sink: trio.SocketStream, first: bytes) -> None:
-            try:
-                if first:
-                    await sink.send_all(first)
-                while data := await source.receive_some(64 * 1024):
-                    await sink.send_all(data)
-            except STREAM_ERRORS:
-                pass
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(copy, client.stream, upstream.stream, bytes(client_rest))
-        nursery.start_soon(copy, upstream.stream, client.stream, bytes(upstream_rest))

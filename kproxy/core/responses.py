@@ -1,0 +1,136 @@
+"""Responses as kproxy writes them to a client: h11 reads what clients send, this writes back.
+
+Writing needs no parser and no state machine beyond one request's: the head, then the body in
+the framing the head announced. :class:`ResponseWriter` chooses that framing as RFC 9112 §6
+(and h11 before it) does: a Content-Length when the length is known, else chunked for an
+HTTP/1.1 client and "until close" for an HTTP/1.0 one; no body after HEAD, 1xx, 204 and 304.
+It also keeps the one fact the connection needs afterwards: whether it may carry another
+request (``keep_alive``).
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Iterable, Sequence
+from typing import Final, TypeAlias
+
+import attrs
+
+from kproxy.core.headers import connection_tokens
+from kproxy.core.upstream_http import LAST_CHUNK, Framing, encode_chunk
+
+Header: TypeAlias = tuple[bytes, bytes]
+
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase (``Not Found``), or none for a status without one."""
+    try:
+        return http.HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+def encode_head(status: int, reason: bytes, headers: Iterable[Header]) -> bytes:
+    lines = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+@attrs.define
+class ResponseWriter:
+    """The answer to one request: bytes to send for its head, body and end."""
+
+    head_request: bool = False
+    http_version: bytes = b"1.1"  # the client's
+    keep_alive: bool = True  # the connection may carry another request after this answer
+    answered: bool = False  # a 100 Continue or the final head went out
+    started: bool = False  # the final head went out
+    done: bool = False  # the whole response went out
+    framing: Framing = Framing.NONE
+    _remaining: int = 0  # Framing.LENGTH: body bytes still owed
+
+    @classmethod
+    def for_request(
+        cls, method: bytes, http_version: bytes, headers: Sequence[Header]
+    ) -> ResponseWriter:
+        """HTTP/1.0 clients, and those that say ``Connection: close``, get one answer only."""
+        keep_alive = http_version >= b"1.1" and b"close" not in connection_tokens(headers)
+        return cls(head_request=method == b"HEAD", http_version=http_version, keep_alive=keep_alive)
+
+    def informational(self, status: int, headers: Sequence[Header] = ()) -> bytes:
+        """A 1xx head (100 Continue, 103, or the 101 that hands the connection over)."""
+        self.answered = True
+        if status == 101:
+            self.started = self.done = True
+            self.keep_alive = False  # the connection is no longer HTTP
+        return encode_head(status, reason_phrase(status), headers)
+
+    def head(
+        self, status: int, headers: Sequence[Header], *, reason: bytes = b"", close: bool = False
+    ) -> bytes:
+        """The final response head, its framing fields set for the body to come.
+
+        ``headers`` may carry a Content-Length (kept, and then the body must match it) or a
+        Transfer-Encoding (the body is sent chunked); without either the body is chunked, or
+        for HTTP/1.0 delimited by closing. ``close`` ends the connection after this answer.
+        """
+        fields = list(headers)
+        framing, length = Framing.NONE, 0  # 204 and 304: the fields stay as they are
+        if status not in _NO_BODY_STATUSES:
+            framing, length = _framing(fields)
+            if framing is Framing.CHUNKED and self.http_version < b"1.1":
+                framing = Framing.CLOSE
+            if framing is not Framing.LENGTH:
+                fields = [h for h in fields if h[0] not in _FRAMING_FIELDS]
+                if framing is Framing.CHUNKED:
+                    fields.append((b"transfer-encoding", b"chunked"))
+        if close or framing is Framing.CLOSE or not self.keep_alive:
+            self.keep_alive = False
+            if not any(name == b"connection" for name, _ in fields):
+                fields.append((b"connection", b"close"))
+        if self.head_request:  # the head describes the body a GET would get; none follows
+            framing, length = Framing.NONE, 0
+        self.framing, self._remaining = framing, length
+        self.answered = self.started = True
+        return encode_head(status, reason or reason_phrase(status), fields)
+
+    def data(self, chunk: bytes) -> bytes:
+        framing = self.framing
+        if framing is Framing.CHUNKED:
+            return encode_chunk(chunk)
+        if framing is Framing.LENGTH:
+            if len(chunk) > self._remaining:  # the head promised less: nothing more may go
+                chunk = chunk[: self._remaining]
+                self.keep_alive = False
+            self._remaining -= len(chunk)
+            return chunk
+        return chunk if framing is Framing.CLOSE else b""
+
+    def end(self) -> bytes:
+        self.done = True
+        if self.framing is Framing.CHUNKED:
+            return LAST_CHUNK
+        if self.framing is Framing.LENGTH and self._remaining:
+            self.keep_alive = False  # short of its length: only closing ends it for the client
+        return b""
+
+    def whole(
+        self, status: int, headers: Sequence[Header], body: bytes, *, close: bool = False
+    ) -> bytes:
+        """A complete small response in one piece (error pages, redirects)."""
+        return self.head(status, headers, close=close) + self.data(body) + self.end()
+
+
+def _framing(headers: Sequence[Header]) -> tuple[Framing, int]:
+    length: int | None = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return Framing.CHUNKED, 0
+        if name == b"content-length":
+            length = int(value)
+    return (Framing.CHUNKED, 0) if length is None else (Framing.LENGTH, length)

@@ -1,0 +1,352 @@
+"""HTTP/1.1 as kproxy speaks it to a target: request heads written directly, responses read once.
+
+The request side needs no parser: every field kproxy sends was either checked on the way in
+(``framing`` and h11 on the client side) or made by kproxy itself, so the head is written as
+is (:func:`encode_request_head`, :func:`encode_chunk`).
+
+The response side is :class:`ResponseReader`, shaped like h11's ``Connection``:
+``feed(data)`` (``b""`` for EOF), then ``next_event()``, which returns a :class:`ResponseHead`,
+body bytes, :data:`END`, or :data:`NEED_DATA`. Each head is parsed once, and the body is
+delimited by the framing it declared (RFC 9112 §6.3: none, Content-Length, chunked, or until
+close). A target that breaks its framing raises :class:`BadResponse`, so a response cut short
+never passes for a complete one. What the target sends is held to the same grammar the client
+side holds requests to (``framing``), and a response whose framing the proxy could not relay
+faithfully (a transfer coding other than chunked, conflicting lengths) is refused, as h11
+refuses it.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from typing import Final, TypeAlias
+
+import attrs
+
+from kproxy.core.framing import (
+    CHUNK_LINE,
+    MAX_CHUNK_LINE,
+    MAX_CONTENT_LENGTH,
+    MAX_TRAILER_BYTES,
+    check_field_line,
+    find_head_end,
+    list_elements,
+)
+from kproxy.core.headers import connection_tokens
+
+Header: TypeAlias = tuple[bytes, bytes]
+
+MAX_HEAD_BYTES: Final = 1024 * 1024  # status line + headers; as much as kproxy takes from clients
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+# The header lines of a well-formed head, all at once: token ":" field-value CRLF, where the
+# value holds no control bytes but HTAB (RFC 9110 §5.5). One C-level match instead of one per
+# line; a head that fails it is looked at line by line only to say what is wrong.
+_FIELD_LINES: Final = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_NO_BODY_STATUSES: Final = frozenset({204, 304})  # and every 1xx (RFC 9110 §6.4.1)
+
+
+class BadResponse(Exception):
+    """The target's bytes are not a well-framed HTTP/1.1 response."""
+
+
+class Framing(enum.Enum):
+    NONE = enum.auto()  # HEAD answers, 1xx, 204, 304
+    LENGTH = enum.auto()  # Content-Length bytes
+    CHUNKED = enum.auto()
+    CLOSE = enum.auto()  # until the target closes the connection
+
+
+class _Sentinel(enum.Enum):
+    NEED_DATA = enum.auto()
+    END = enum.auto()
+    CLOSED = enum.auto()
+
+
+NEED_DATA: Final = _Sentinel.NEED_DATA  # feed more bytes
+END: Final = _Sentinel.END  # the body is complete
+CLOSED: Final = _Sentinel.CLOSED  # EOF before the first byte of a head: no response at all
+
+Event: TypeAlias = "ResponseHead | bytes | _Sentinel"
+
+
+@attrs.frozen
+class ResponseHead:
+    status: int
+    reason: bytes
+    headers: list[Header]  # lowercase names, values without surrounding whitespace, in order
+    framing: Framing
+    length: int = 0  # for Framing.LENGTH
+    keep_alive: bool = True  # the target allows another request on this connection
+
+    @property
+    def informational(self) -> bool:
+        return self.status < 200
+
+
+@attrs.frozen
+class UpstreamRequest:
+    """A request as it goes to a target: the rewritten head, and how its body is framed."""
+
+    method: bytes
+    target: bytes
+    headers: list[Header]  # with the framing fields kproxy chose (at most one of CL, TE)
+
+    @property
+    def head(self) -> bytes:
+        return encode_request_head(self.method, self.target, self.headers)
+
+    @property
+    def chunked(self) -> bool:
+        return any(name == b"transfer-encoding" for name, _ in self.headers)
+
+    @property
+    def upgrade(self) -> bool:
+        return any(name == b"upgrade" for name, _ in self.headers)
+
+
+def encode_request_head(method: bytes, target: bytes, headers: Iterable[Header]) -> bytes:
+    """``METHOD target HTTP/1.1`` and the fields, exactly as given (already checked)."""
+    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (empty data encodes nothing: it would end the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+
+
+class _Body(enum.Enum):
+    HEAD = enum.auto()  # reading a head (the first, or the next after a 1xx)
+    LENGTH = enum.auto()
+    CHUNK_LINE = enum.auto()
+    CHUNK_DATA = enum.auto()
+    CHUNK_END = enum.auto()  # the CRLF after a chunk's data
+    TRAILERS = enum.auto()
+    CLOSE = enum.auto()
+    DONE = enum.auto()
+
+
+@attrs.define
+class ResponseReader:
+    """Reads one response to one request (1xx heads first, if any); a new one per request."""
+
+    head_request: bool = False  # a response to HEAD has no body, whatever it declares
+    max_head_bytes: int = MAX_HEAD_BYTES
+    received: int = 0  # bytes fed so far: tells "closed silently" from "sent garbage"
+    eof: bool = False
+    _buffer: bytearray = attrs.field(factory=bytearray)
+    _state: _Body = _Body.HEAD
+    _remaining: int = 0  # body bytes left (LENGTH), chunk bytes left, or CRLF bytes left
+    _searched: int = 0  # how far the buffer was searched for a head's end
+    _trailer_bytes: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self._state is _Body.DONE
+
+    @property
+    def trailing(self) -> bytes:
+        """Bytes after what was read: the upgraded stream after a 101, or stray bytes."""
+        return bytes(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            self.eof = True
+            return
+        self.received += len(data)
+        self._buffer += data
+
+    def next_event(self) -> Event:
+        """The next head, body bytes, END, CLOSED or NEED_DATA; raises BadResponse."""
+        state = self._state
+        if state is _Body.HEAD:
+            return self._read_head()
+        if state is _Body.LENGTH:
+            return self._read_length()
+        if state is _Body.CLOSE:
+            if self._buffer:
+                return self._take(len(self._buffer))
+            if self.eof:
+                self._state = _Body.DONE
+                return END
+            return NEED_DATA
+        if state is _Body.DONE:
+            return END
+        return self._read_chunked()
+
+    def _take(self, n: int) -> bytes:
+        if n == len(self._buffer):
+            data = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            data = bytes(self._buffer[:n])
+            del self._buffer[:n]
+        return data
+
+    def _read_length(self) -> Event:
+        if self._buffer:
+            data = self._take(min(self._remaining, len(self._buffer)))
+            self._remaining -= len(data)
+            if not self._remaining:
+                self._state = _Body.DONE
+            return data
+        if not self._remaining:
+            self._state = _Body.DONE
+            return END
+        if self.eof:
+            raise BadResponse(f"connection closed with {self._remaining} body bytes missing")
+        return NEED_DATA
+
+    def _read_head(self) -> Event:
+        end = find_head_end(self._buffer, self._searched)
+        if end is None:
+            if len(self._buffer) > self.max_head_bytes:
+                raise BadResponse(f"response head larger than {self.max_head_bytes} bytes")
+            if self.eof:
+                if not self._buffer and self.received == 0:
+                    return CLOSED
+                raise BadResponse("connection closed in the middle of the response head")
+            self._searched = len(self._buffer)
+            return NEED_DATA
+        if end > self.max_head_bytes:
+            raise BadResponse(f"response head larger than {self.max_head_bytes} bytes")
+        head = self._parse_head(self._take(end))
+        self._searched = 0
+        if head.informational:
+            return head  # the state stays HEAD: the final response follows (but not after 101)
+        self._state = {
+            Framing.NONE: _Body.DONE,
+            Framing.LENGTH: _Body.LENGTH,
+            Framing.CHUNKED: _Body.CHUNK_LINE,
+            Framing.CLOSE: _Body.CLOSE,
+        }[head.framing]
+        self._remaining = head.length
+        return head
+
+    def _parse_head(self, head: bytes) -> ResponseHead:
+        status_line, _, fields = head.partition(b"\n")
+        status_line = status_line.removesuffix(b"\r")
+        match = _STATUS_LINE.fullmatch(status_line)
+        if match is None:
+            raise BadResponse(f"malformed status line {status_line[:80]!r}")
+        version, status, reason = int(match[1]), int(match[2]), match[3] or b""
+        fields = fields[: -2 if fields.endswith(b"\r\n") else -1]  # the blank line
+        if fields.count(b"\n") != fields.count(b"\r\n"):  # bare LF line ends, as h11 allows
+            fields = fields.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if not _FIELD_LINES.fullmatch(fields):
+            raise BadResponse(_field_error(fields))
+        headers: list[Header] = []
+        for line in fields.split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            headers.append((name.lower(), value.strip(b" \t")))
+        framing, length = _response_framing(headers, status, self.head_request)
+        keep_alive = (
+            version == 1 and framing is not Framing.CLOSE and b"close" not in _tokens(headers)
+        )
+        return ResponseHead(status, reason, headers, framing, length, keep_alive)
+
+    def _read_chunked(self) -> Event:
+        while True:
+            state, buffer = self._state, self._buffer
+            if state is _Body.CHUNK_DATA:
+                if not buffer:
+                    break
+                data = self._take(min(self._remaining, len(buffer)))
+                self._remaining -= len(data)
+                if not self._remaining:
+                    self._state, self._remaining = _Body.CHUNK_END, 2
+                return data
+            if state is _Body.CHUNK_END:
+                if not buffer:
+                    break
+                if buffer[0] != b"\r\n"[2 - self._remaining]:
+                    raise BadResponse("chunk data not followed by CRLF")
+                del buffer[:1]
+                self._remaining -= 1
+                if not self._remaining:
+                    self._state = _Body.CHUNK_LINE
+                continue
+            if state is _Body.DONE:
+                return END
+            line_end = buffer.find(b"\n")
+            if line_end < 0:
+                limit = MAX_TRAILER_BYTES if state is _Body.TRAILERS else MAX_CHUNK_LINE + 2
+                if len(buffer) > limit:
+                    raise BadResponse("chunk size line or trailer section too long")
+                break
+            line = self._take(line_end + 1)
+            if not line.endswith(b"\r\n"):
+                raise BadResponse("bare LF in chunked framing")
+            self._chunk_line(line[:-2])
+        if self.eof:
+            raise BadResponse("connection closed in the middle of a chunked body")
+        return NEED_DATA
+
+    def _chunk_line(self, content: bytes) -> None:
+        if self._state is _Body.TRAILERS:  # trailers are checked, then dropped
+            if not content:
+                self._state = _Body.DONE
+                return
+            self._trailer_bytes += len(content) + 2
+            if self._trailer_bytes > MAX_TRAILER_BYTES:
+                raise BadResponse("trailer section too large")
+            field = check_field_line(content)
+            if not isinstance(field, tuple):
+                raise BadResponse(f"malformed trailer: {field.reason}")
+            return
+        match = CHUNK_LINE.fullmatch(content.rstrip(b" \t"))
+        if match is None or len(content) > MAX_CHUNK_LINE:
+            raise BadResponse(f"invalid chunk size line {content[:40]!r}")
+        size = int(match[1], 16)
+        if size == 0:
+            self._state = _Body.TRAILERS
+        else:
+            self._state, self._remaining = _Body.CHUNK_DATA, size
+
+
+def _tokens(headers: list[Header]) -> frozenset[bytes]:
+    return connection_tokens(headers) if any(n == b"connection" for n, _ in headers) else _NONE
+
+
+_NONE: Final[frozenset[bytes]] = frozenset()
+
+
+def _response_framing(
+    headers: list[Header], status: int, head_request: bool
+) -> tuple[Framing, int]:
+    """RFC 9112 §6.3 for a response: how its body is delimited."""
+    if status < 200 or status in _NO_BODY_STATUSES or head_request:
+        return Framing.NONE, 0
+    transfer_encodings = [v for n, v in headers if n == b"transfer-encoding"]
+    if transfer_encodings:  # it wins over any Content-Length (§6.3 item 3)
+        codings = list_elements(transfer_encodings)
+        if [c.lower() for c in codings] != [b"chunked"]:
+            raise BadResponse("unsupported Transfer-Encoding (only chunked is)")
+        return Framing.CHUNKED, 0
+    content_lengths = [v for n, v in headers if n == b"content-length"]
+    if not content_lengths:
+        return Framing.CLOSE, 0
+    values = list_elements(content_lengths)
+    if not all(v.isdigit() for v in values) or len(set(values)) != 1:
+        raise BadResponse("malformed or conflicting Content-Length")
+    digits = values[0].lstrip(b"0") or b"0"
+    if len(digits) > 19 or int(digits) > MAX_CONTENT_LENGTH:
+        raise BadResponse("Content-Length too large")
+    return Framing.LENGTH, int(digits)
+
+
+def _field_error(fields: bytes) -> str:
+    """Say which header line broke the grammar (only called once a head failed)."""
+    for line in fields.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            return "obsolete line folding in the response head"
+        field = check_field_line(line)
+        if not isinstance(field, tuple):
+            return f"invalid response header: {field.reason}"
+    return "malformed response head"
