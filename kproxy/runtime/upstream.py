@@ -93,6 +93,7 @@ class RequestBodyPump:
     body: SpooledBody | None = None  # --buffer-requests: the whole body, already read
     sent_data: bool = False  # body bytes went to a target: the request can't be replayed
     finished: bool = False  # the client's EndOfMessage was read
+    saw_more: bool = False  # the watch read bytes of a next request: it is over
     error: Exception | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -135,6 +136,7 @@ class RequestBodyPump:
             data = b""
         if data:
             self.client.conn.receive_data(data)
+            self.saw_more = True
         else:
             self.error = ClientGone()
             cancel.cancel()
@@ -264,45 +266,28 @@ class _Relay:
     buffer_dir: str | None
     cookie_scope: CookieScope | None
     # Set when the request had no body to pump and is no upgrade: the client is watched for a
-    # hang-up only once the target keeps it waiting (see receive), not on every request.
+    # hang-up only while the target keeps it waiting (see _receive), not on every request.
     watch_later: bool = False
-    _nursery: trio.Nursery | None = None
 
     async def run(self, request: UpstreamRequest, scope: trio.CancelScope) -> None:
         """The whole exchange; the connection goes back to the pool only if it ended cleanly."""
         upstream, pump = self.upstream, self.pump
         upstream.start(head_request=request.method == b"HEAD")
-        release = completed = False
+        release = False
         try:
-            error: Exception | None = None
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                try:
-                    try:
-                        await upstream.stream.send_all(request.head)
-                    except STREAM_ERRORS as exc:
-                        raise _ConnectionLost(
-                            f"cannot send to {self.target.name}: {exc}", request_sent=False
-                        ) from exc
-                    # An upgrade's client bytes belong to the splice: nothing else may read them.
-                    watch = not request.upgrade
-                    if pump.end_without_body():
-                        self.watch_later = watch
-                    else:
-                        nursery.start_soon(
-                            functools.partial(pump.run, watch=watch),
-                            upstream,
-                            nursery.cancel_scope,
-                        )
-                    release = await self._relay_response(scope)
-                    completed = True
-                except (
-                    Exception
-                ) as exc:  # raised after the nursery, so it is not wrapped in a group
-                    error = exc
-                nursery.cancel_scope.cancel()
-            if not completed and isinstance(pump.error, ClientGone | BadRequestBody):
-                error = pump.error  # the client's side failed: that is the story to tell
+            try:
+                await upstream.stream.send_all(request.head)
+            except STREAM_ERRORS as exc:
+                raise _ConnectionLost(
+                    f"cannot send to {self.target.name}: {exc}", request_sent=False
+                ) from exc
+            # An upgrade's client bytes belong to the splice: nothing else may read them.
+            if pump.end_without_body():  # most requests: no task, no nursery
+                self.watch_later = not request.upgrade
+                release = await self._relay_response(scope)
+            else:
+                release = await self._relay_with_pump(scope, watch=not request.upgrade)
+        except Exception as error:
             if (
                 isinstance(error, _ConnectionLost)
                 and upstream.reused
@@ -311,30 +296,66 @@ class _Relay:
                 and (not error.request_sent or request.method in _REPLAYABLE_METHODS)
             ):
                 raise _StaleConnection() from error
-            if error is not None:
-                release = False
-                raise error
+            release = False
+            raise
         finally:
             if release and pump.finished:
                 await self.target.pool.release(upstream)
             else:
                 await upstream.aclose()
 
+    async def _relay_with_pump(self, scope: trio.CancelScope, *, watch: bool) -> bool:
+        """The response relayed while a task sends the request body (and then watches the
+        client, if ``watch``); returns whether the target connection may be reused."""
+        pump = self.pump
+        error: Exception | None = None
+        release = completed = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(pump.run, watch=watch), self.upstream, nursery.cancel_scope
+            )
+            try:
+                release = await self._relay_response(scope)
+                completed = True
+            except Exception as exc:  # raised after the nursery: not wrapped in a group
+                error = exc
+            nursery.cancel_scope.cancel()
+        # The pump cancels the relay when the client's side failed (that is the story to tell)
+        # or the target stopped taking the body.
+        if (
+            not completed
+            and pump.error is not None
+            and (error is None or isinstance(pump.error, ClientGone | BadRequestBody))
+        ):
+            error = pump.error
+        if error is not None:
+            raise error
+        return release
+
     async def _receive(self, deadline: float) -> bool:
         """One read from the target, given up at ``deadline`` (False).
 
-        With ``watch_later``, a read that takes longer than HANGUP_WATCH_DELAY starts the
-        watch on the client, so a client that leaves a slow target is still noticed at once,
-        while a quick answer (most of them) costs no task and no extra wait on the client.
+        With ``watch_later``, a read that takes longer than HANGUP_WATCH_DELAY goes on while a
+        task watches the client, so a client that leaves a slow target is still noticed at
+        once, while a quick answer (most of them) costs no task and no wait on the client.
         """
-        if self.watch_later and self._nursery is not None:
+        if self.watch_later:
             with trio.move_on_at(min(deadline, trio.current_time() + HANGUP_WATCH_DELAY)):
                 await self.upstream.receive()
                 return True
             if trio.current_time() >= deadline:
                 return False
-            self.watch_later = False
-            self._nursery.start_soon(self.pump.watch, self._nursery.cancel_scope)
+            received = False
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.pump.watch, nursery.cancel_scope)
+                with trio.move_on_at(deadline):
+                    await self.upstream.receive()
+                    received = True
+                nursery.cancel_scope.cancel()
+            if self.pump.error is not None:
+                raise self.pump.error
+            self.watch_later = not self.pump.saw_more  # bytes of a next request end the watch
+            return received
         if deadline == math.inf:
             await self.upstream.receive()
             return True
