@@ -27,6 +27,7 @@ import attrs
 from kproxy.core.framing import (
     CHUNK_LINE,
     MAX_CHUNK_LINE,
+    MAX_CHUNK_SIZE,
     MAX_CONTENT_LENGTH,
     MAX_TRAILER_BYTES,
     check_field_line,
@@ -132,6 +133,14 @@ class _Body(enum.Enum):
     DONE = enum.auto()
 
 
+_BODY_STATES: Final = {
+    Framing.NONE: _Body.DONE,
+    Framing.LENGTH: _Body.LENGTH,
+    Framing.CHUNKED: _Body.CHUNK_LINE,
+    Framing.CLOSE: _Body.CLOSE,
+}
+
+
 @attrs.define
 class ResponseReader:
     """Reads one response to one request (1xx heads first, if any); a new one per request."""
@@ -190,7 +199,7 @@ class ResponseReader:
         return data
 
     def _read_length(self) -> Event:
-        if self._buffer:
+        if self._buffer and self._remaining:
             data = self._take(min(self._remaining, len(self._buffer)))
             self._remaining -= len(data)
             if not self._remaining:
@@ -218,14 +227,12 @@ class ResponseReader:
             raise BadResponse(f"response head larger than {self.max_head_bytes} bytes")
         head = self._parse_head(self._take(end))
         self._searched = 0
+        if head.status == 101:
+            self._state = _Body.DONE  # what follows is the new protocol's: see ``trailing``
+            return head
         if head.informational:
-            return head  # the state stays HEAD: the final response follows (but not after 101)
-        self._state = {
-            Framing.NONE: _Body.DONE,
-            Framing.LENGTH: _Body.LENGTH,
-            Framing.CHUNKED: _Body.CHUNK_LINE,
-            Framing.CLOSE: _Body.CLOSE,
-        }[head.framing]
+            return head  # the state stays HEAD: the final response follows
+        self._state = _BODY_STATES[head.framing]
         self._remaining = head.length
         return head
 
@@ -236,6 +243,8 @@ class ResponseReader:
         if match is None:
             raise BadResponse(f"malformed status line {status_line[:80]!r}")
         version, status, reason = int(match[1]), int(match[2]), match[3] or b""
+        if status < 100:  # RFC 9110 §15: 100-599 (Go and h11 refuse lower codes too)
+            raise BadResponse(f"invalid status code {status:03d}")
         fields = fields[: -2 if fields.endswith(b"\r\n") else -1]  # the blank line
         if fields.count(b"\n") != fields.count(b"\r\n"):  # bare LF line ends, as h11 allows
             fields = fields.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
@@ -245,10 +254,18 @@ class ResponseReader:
         for line in fields.split(b"\r\n")[:-1]:
             name, _, value = line.partition(b":")
             headers.append((name.lower(), value.strip(b" \t")))
-        framing, length = _response_framing(headers, status, self.head_request)
+        names = {name for name, _ in headers}
+        framing, length = _response_framing(headers, names, status, self.head_request)
         keep_alive = (
-            version == 1 and framing is not Framing.CLOSE and b"close" not in _tokens(headers)
+            version >= 1  # HTTP/1.1 or a later 1.x
+            and framing is not Framing.CLOSE
+            and (b"connection" not in names or b"close" not in connection_tokens(headers))
         )
+        if b"transfer-encoding" in names and b"content-length" in names:
+            # RFC 9112 §6.3: the length is void and must not be forwarded, and the message,
+            # a sign of a confused sender, ends the connection.
+            headers = [h for h in headers if h[0] != b"content-length"]
+            keep_alive = False
         return ResponseHead(status, reason, headers, framing, length, keep_alive)
 
     def _read_chunked(self) -> Event:
@@ -276,7 +293,11 @@ class ResponseReader:
                 return END
             line_end = buffer.find(b"\n")
             if line_end < 0:
-                limit = MAX_TRAILER_BYTES if state is _Body.TRAILERS else MAX_CHUNK_LINE + 2
+                limit = (
+                    MAX_TRAILER_BYTES - self._trailer_bytes
+                    if state is _Body.TRAILERS
+                    else MAX_CHUNK_LINE + 2
+                )
                 if len(buffer) > limit:
                     raise BadResponse("chunk size line or trailer section too long")
                 break
@@ -304,35 +325,28 @@ class ResponseReader:
         if match is None or len(content) > MAX_CHUNK_LINE:
             raise BadResponse(f"invalid chunk size line {content[:40]!r}")
         size = int(match[1], 16)
+        if size > MAX_CHUNK_SIZE:
+            raise BadResponse("chunk size too large")
         if size == 0:
             self._state = _Body.TRAILERS
         else:
             self._state, self._remaining = _Body.CHUNK_DATA, size
 
 
-def _tokens(headers: list[Header]) -> frozenset[bytes]:
-    return connection_tokens(headers) if any(n == b"connection" for n, _ in headers) else _NONE
-
-
-_NONE: Final[frozenset[bytes]] = frozenset()
-
-
 def _response_framing(
-    headers: list[Header], status: int, head_request: bool
+    headers: list[Header], names: set[bytes], status: int, head_request: bool
 ) -> tuple[Framing, int]:
     """RFC 9112 §6.3 for a response: how its body is delimited."""
     if status < 200 or status in _NO_BODY_STATUSES or head_request:
         return Framing.NONE, 0
-    transfer_encodings = [v for n, v in headers if n == b"transfer-encoding"]
-    if transfer_encodings:  # it wins over any Content-Length (§6.3 item 3)
-        codings = list_elements(transfer_encodings)
+    if b"transfer-encoding" in names:  # it wins over any Content-Length (§6.3 item 3)
+        codings = list_elements(v for n, v in headers if n == b"transfer-encoding")
         if [c.lower() for c in codings] != [b"chunked"]:
             raise BadResponse("unsupported Transfer-Encoding (only chunked is)")
         return Framing.CHUNKED, 0
-    content_lengths = [v for n, v in headers if n == b"content-length"]
-    if not content_lengths:
+    if b"content-length" not in names:
         return Framing.CLOSE, 0
-    values = list_elements(content_lengths)
+    values = list_elements(v for n, v in headers if n == b"content-length")
     if not all(v.isdigit() for v in values) or len(set(values)) != 1:
         raise BadResponse("malformed or conflicting Content-Length")
     digits = values[0].lstrip(b"0") or b"0"

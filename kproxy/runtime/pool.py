@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import select
 from typing import Final
@@ -15,10 +16,10 @@ from kproxy.runtime.h11_stream import READ_SIZE
 
 MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side uses, so a
 # burst of concurrent requests reuses connections instead of reconnecting each time
-# A connection idle for less than this is taken without asking the kernel whether the target
-# closed it meanwhile: targets close idle connections after seconds, not milliseconds, and a
-# busy proxy would otherwise pay a select(2) per request. One that did close is still caught:
-# the exchange sees a silent close and retries when that is safe (upstream.py).
+# For a request that can safely be sent again (upstream.py retries it on a connection that
+# closed silently), a connection idle for less than this is taken without asking the kernel
+# whether the target closed it meanwhile: targets close idle connections after seconds, not
+# milliseconds, and a busy proxy would otherwise pay a select(2) per request.
 STALE_CHECK_AFTER: Final = 1.0  # seconds
 
 
@@ -79,12 +80,13 @@ class ConnectionPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
-    async def acquire(self) -> UpstreamConnection:
-        """A pooled connection that still looks alive, else a new one (OSError if refused)."""
-        now = trio.current_time()
+    async def acquire(self, *, replayable: bool = False) -> UpstreamConnection:
+        """A pooled connection that still looks alive, else a new one (OSError if refused).
+        ``replayable``: the request may be retried if the connection proves stale."""
+        recent = trio.current_time() - STALE_CHECK_AFTER if replayable else math.inf
         while self._idle:
             connection = self._idle.pop()
-            if now - connection.idle_since < STALE_CHECK_AFTER or not _is_stale(connection):
+            if connection.idle_since > recent or not _is_stale(connection):
                 connection.reused = True
                 return connection
             await connection.aclose()

@@ -239,9 +239,13 @@ async def forward(
     ``cookie_scope`` rewrites the response's Set-Cookie paths (--scope-cookie-paths).
     """
     pump = RequestBodyPump(client, request.chunked, has_request_body(request.headers), body)
+    replayable = request.method in _REPLAYABLE_METHODS and not pump.has_body
     for fresh in (False, True):  # a pooled connection first; one retry if it proved stale
         try:
-            upstream = await (target.pool.connect() if fresh else target.pool.acquire())
+            if fresh:
+                upstream = await target.pool.connect()
+            else:
+                upstream = await target.pool.acquire(replayable=replayable)
         except OSError as exc:
             raise UpstreamUnreachable(
                 f"cannot connect to {target.name}: {describe_connect_error(exc)}"
