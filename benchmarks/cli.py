@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import subprocess
@@ -18,6 +19,18 @@ from benchmarks import compare, cutover, install, memory, report, servers
 
 PARTS: Final = ("compare", "cutover", "memory")
 RESULTS: Final = Path(__file__).resolve().parent / "results"
+
+
+def worker_counts(text: str) -> list[int]:
+    """``--kproxy-workers``: one count or several, comma-separated (``1`` or ``1,2``)."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or list of numbers: {text!r}") from None
+    if min(counts) < 1 or len(set(counts)) < len(counts):
+        # kproxy's own 0 means one per core: leave the option out for that.
+        raise argparse.ArgumentTypeError(f"counts must be distinct and at least 1: {text!r}")
+    return counts
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -40,6 +53,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument(
         "--idle-connections", type=int, default=10_000, help="for the memory measurement"
+    )
+    parser.add_argument(
+        "--kproxy-workers",
+        type=worker_counts,
+        metavar="N[,N…]",
+        help="pass `--workers N` to `kproxy run` (default: kproxy's own, one per core); with"
+        " several counts the comparison has a kproxy row for each, and cutover and memory use"
+        " the first",
     )
     parser.add_argument(
         "--quick",
@@ -107,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     check_kproxy()
     fd_limit = raise_fd_limit(1_048_576)
     command = " ".join(["python benchmarks/run.py", *(argv or sys.argv[1:])])
+    # None: kproxy's default, one worker per core it may run on (as kproxy/cli.py counts them).
+    kproxy_workers: list[int | None] = list(args.kproxy_workers or [None])
     results: dict[str, Any] = {
         "machine": report.machine_facts(),
         "settings": {
@@ -116,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
             "repeats": args.repeats,
             "wrk_threads": args.wrk_threads,
             "idle_connections": args.idle_connections,
+            "kproxy_workers": args.kproxy_workers,  # null: kproxy's default, one per core
+            "kproxy_default_workers": len(os.sched_getaffinity(0)) or 1,
             "fd_limit": fd_limit,
             "parts": args.parts,
         },
@@ -128,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         ports = [servers.free_port(), servers.free_port()]
         upstream = servers.start_upstream(directory, ports)
         if "compare" in args.parts:
-            say(f"comparison: {len(compare.CASES)} cases x {len(compare.SERVERS)} servers x")
+            labels = compare.server_labels(kproxy_workers)
+            say(f"comparison: {len(compare.CASES)} cases x {len(labels)} servers x")
             say(f"  {args.repeats} repeats, {args.warmup:g} s warm-up + {args.duration:g} s each")
             samples = compare.run(
                 directory,
@@ -137,14 +163,16 @@ def main(argv: list[str] | None = None) -> None:
                 repeats=args.repeats,
                 warmup=args.warmup,
                 threads=args.wrk_threads,
+                kproxy_workers=kproxy_workers,
                 progress=say,
             )
-            rows = compare.summarise(samples)
+            rows = compare.summarise(samples, labels)
             results["samples"] = [s.as_dict() for s in samples]
             results["summary"] = [attrs.asdict(row) for row in rows]
             results["foreign_cpu_max"] = max(s.foreign_cpu for s in samples)
         if "cutover" in args.parts:
-            say("kproxy during deploys (steady vs deploying back and forth):")
+            label = servers.kproxy_label(kproxy_workers[0])
+            say(f"{label} during deploys (steady vs deploying back and forth):")
             results["cutover"] = cutover.run(
                 directory,
                 ports=(ports[0], ports[1]),
@@ -153,12 +181,18 @@ def main(argv: list[str] | None = None) -> None:
                 repeats=args.repeats,
                 warmup=args.warmup,
                 threads=args.wrk_threads,
+                workers=kproxy_workers[0],
                 progress=say,
             )
         if "memory" in args.parts:
-            say(f"kproxy with {args.idle_connections:,} idle keep-alive connections:")
+            label = servers.kproxy_label(kproxy_workers[0])
+            say(f"{label} with {args.idle_connections:,} idle keep-alive connections:")
             results["memory"] = memory.run(
-                directory, upstream=upstream, connections=args.idle_connections, progress=say
+                directory,
+                upstream=upstream,
+                connections=args.idle_connections,
+                workers=kproxy_workers[0],
+                progress=say,
             )
     finally:
         if upstream is not None:

@@ -3,7 +3,8 @@
 Every server runs for the whole comparison; each measurement is a warm-up then a measured wrk
 run of the same duration against one of them. A repeat goes through every case and server
 (in a rotated order, so that no server always runs right after the same neighbour), and the
-set is repeated, so slow drifts of a noisy machine spread over all servers alike.
+set is repeated, so slow drifts of a noisy machine spread over all servers alike. kproxy runs
+once per worker count asked for (``--kproxy-workers 1,2``), each as a server of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,7 +21,19 @@ import attrs
 
 from benchmarks import loadgen, procstat, servers
 
-SERVERS: Final = ("direct", "kproxy", "nginx", "haproxy", "caddy", "caddy-nolog")
+OTHER_SERVERS: Final = {
+    "nginx": "nginx",
+    "haproxy": "HAProxy",
+    "caddy": "Caddy",
+    "caddy-nolog": "Caddy, no access log",
+}
+
+
+def server_labels(kproxy_workers: Sequence[int | None]) -> dict[str, str]:
+    """Every server measured, key → name in the report, in the report's order: direct, one
+    kproxy per worker count (``None``: kproxy's default), then the other proxies."""
+    kproxies = {servers.kproxy_name(w): servers.kproxy_label(w) for w in kproxy_workers}
+    return {"direct": "direct", **kproxies, **OTHER_SERVERS}
 
 
 @attrs.frozen
@@ -119,12 +132,17 @@ def run(
     repeats: int,
     warmup: float,
     threads: int,
+    kproxy_workers: Sequence[int | None],
     progress: Callable[[str], None],
 ) -> list[Sample]:
     script = loadgen.write_script(directory)
+    names = tuple(server_labels(kproxy_workers))
     started: dict[str, servers.Server] = {"direct": upstream}
     try:
-        started["kproxy"] = servers.start_kproxy(directory, upstream.port).server
+        for workers in kproxy_workers:
+            name = servers.kproxy_name(workers)
+            proxy = servers.start_kproxy(directory, upstream.port, name, workers=workers)
+            started[name] = proxy.server
         started["nginx"] = servers.start_nginx(directory, upstream.port)
         started["haproxy"] = servers.start_haproxy(directory, upstream.port)
         started["caddy"] = servers.start_caddy(directory, upstream.port)
@@ -132,8 +150,8 @@ def run(
         samples: list[Sample] = []
         for repeat in range(repeats):
             for case in CASES:
-                shift = (repeat + CASES.index(case)) % len(SERVERS)
-                for name in SERVERS[shift:] + SERVERS[:shift]:
+                shift = (repeat + CASES.index(case)) % len(names)
+                for name in names[shift:] + names[:shift]:
                     server = started[name]
                     server.truncate_logs()
                     result, cpu_us, upstream_us, foreign = measure(
@@ -150,7 +168,7 @@ def run(
                         Sample(case.name, name, repeat, result, cpu_us, upstream_us, foreign)
                     )
                     progress(
-                        f"  [{repeat + 1}/{repeats}] {case.name:<28} {name:<8}"
+                        f"  [{repeat + 1}/{repeats}] {case.name:<28} {name:<11}"
                         f" {result.rps:>9.0f} req/s  p50 {result.p50_ms:7.2f} ms"
                         f"  p99 {result.p99_ms:7.2f} ms  cpu {cpu_us:6.1f} µs/req"
                         f"  errors {result.errors}  foreign cpu {foreign:.0%}"
@@ -168,6 +186,7 @@ class Row:
 
     case: str
     server: str
+    label: str  # the server's name in the report
     rps: float
     rps_min: float
     rps_max: float
@@ -178,10 +197,11 @@ class Row:
     foreign_cpu_max: float
 
 
-def summarise(samples: list[Sample]) -> list[Row]:
+def summarise(samples: list[Sample], labels: dict[str, str]) -> list[Row]:
+    """One row per case and server, in the order of ``labels`` (see ``server_labels``)."""
     rows: list[Row] = []
     for case in CASES:
-        for name in SERVERS:
+        for name, label in labels.items():
             mine = [s for s in samples if s.case == case.name and s.server == name]
             if not mine:
                 continue
@@ -190,6 +210,7 @@ def summarise(samples: list[Sample]) -> list[Row]:
                 Row(
                     case=case.name,
                     server=name,
+                    label=label,
                     rps=statistics.median(rps),
                     rps_min=min(rps),
                     rps_max=max(rps),

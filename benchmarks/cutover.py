@@ -81,10 +81,11 @@ def run(
     repeats: int,
     warmup: float,
     threads: int,
+    workers: int | None,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     script = loadgen.write_script(directory)
-    proxy = servers.start_kproxy(directory, ports[0], name="kproxy-cutover")
+    proxy = servers.start_kproxy(directory, ports[0], "kproxy-cutover", workers=workers)
     url = proxy.server.url + servers.TINY_PATH
     case = compare.Case("cutover", servers.TINY_PATH, CONNECTIONS)
     steady: list[loadgen.WrkResult] = []
@@ -122,6 +123,8 @@ def run(
     steady_p99 = statistics.median(r.p99_ms for r in steady)
     during_p99 = statistics.median(r.p99_ms for r in during)
     summary: dict[str, Any] = {
+        "kproxy": servers.kproxy_label(workers),
+        "kproxy_workers": workers,  # None: kproxy's default, one per core
         "connections": CONNECTIONS,
         "steady": [r.as_dict() for r in steady],
         "during_deploys": [r.as_dict() for r in during],

@@ -36,9 +36,10 @@ def run(
     *,
     upstream: servers.Server,
     connections: int,
+    workers: int | None,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    proxy = servers.start_kproxy(directory, upstream.port, name="kproxy-memory")
+    proxy = servers.start_kproxy(directory, upstream.port, "kproxy-memory", workers=workers)
     client: subprocess.Popen[str] | None = None
     try:
         pid = proxy.server.pid
@@ -81,6 +82,8 @@ def run(
         proxy.server.stop()
     per_connection = (held["rss_mib"] - before["rss_mib"]) * 1024 / max(1, opened["open"])
     result = {
+        "kproxy": servers.kproxy_label(workers),
+        "kproxy_workers": workers,  # None: kproxy's default, one per core
         "connections_requested": connections,
         "connections_open": opened["open"],
         "connections_failed": opened["failed"],

@@ -338,9 +338,24 @@ class KProxy:
         self.command(f"deploy web --target 127.0.0.1:{upstream_port}")
 
 
-def start_kproxy(directory: Path, upstream_port: int, name: str = "kproxy") -> KProxy:
+def kproxy_name(workers: int | None) -> str:
+    """kproxy's key in the results: ``kproxy`` at its default worker count, else ``kproxy-wN``."""
+    return "kproxy" if workers is None else f"kproxy-w{workers}"
+
+
+def kproxy_label(workers: int | None) -> str:
+    """kproxy's name in the report: ``kproxy`` at its default, else ``kproxy (N workers)``."""
+    if workers is None:
+        return "kproxy"
+    return f"kproxy ({workers} worker{'' if workers == 1 else 's'})"
+
+
+def start_kproxy(
+    directory: Path, upstream_port: int, name: str = "kproxy", *, workers: int | None = None
+) -> KProxy:
     """``kproxy run`` with its default options (JSON log lines on stdout, to a file), then
-    ``deploy web --target …`` over the control socket."""
+    ``deploy web --target …`` over the control socket. ``workers`` is passed as ``--workers``;
+    ``None`` leaves kproxy's default (one worker process per core)."""
     port = free_port()
     state = directory / f"{name}-state"
     state.mkdir(exist_ok=True)
@@ -359,6 +374,8 @@ def start_kproxy(directory: Path, upstream_port: int, name: str = "kproxy") -> K
         "--socket",
         str(socket_path),
     ]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
     server = _spawn(name, port, argv, directory, env=kproxy_env(), stdout_name=f"{name}.log")
     proxy = KProxy(server, socket_path, directory / f"{name}.log")
     deadline = time.monotonic() + START_TIMEOUT
