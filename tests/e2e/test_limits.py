@@ -240,6 +240,30 @@ async def test_connections_beyond_the_bound_wait(nursery: trio.Nursery, tmp_path
             await trio.sleep(0.01)
 
 
+@guard(30)
+async def test_a_burst_of_connections_is_served(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Many clients connect at once (the accept loop takes all that wait at each wake-up) while
+    others keep it busy: every one is accepted, answered, and gives its slot back."""
+    up = await start_upstream(nursery)
+    proxy, http = await proxy_for(nursery, tmp_path, up.address)
+    answered: list[int] = []
+
+    async def client(index: int) -> None:
+        reply = await request(proxy.http_port, f"/burst/{index}")
+        answered.append(reply.status)
+
+    async with trio.open_nursery() as clients:
+        for index in range(150):
+            clients.start_soon(client, index)
+    assert answered == [200] * 150
+    assert sorted(r.target for r in up.received if r.target.startswith(b"/burst/")) == sorted(
+        b"/burst/%d" % i for i in range(150)
+    )
+    with trio.fail_after(5):
+        while http.connection_slots.borrowed_tokens:  # noqa: ASYNC110  # no event to wait on
+            await trio.sleep(0.01)
+
+
 def run_options(*words: str, env: dict[str, str]) -> RunOptions:
     command = parse_command(("run", *words), env=env)
     assert isinstance(command, Run)
