@@ -19,7 +19,8 @@ import trio
 
 from kproxy.core import framing
 from kproxy.core.responses import ResponseWriter
-from kproxy.runtime.h11_stream import READ_SIZE
+from kproxy.runtime import socket_io
+from kproxy.runtime.socket_io import READ_SIZE
 
 STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 LINGER_TIMEOUT: Final = 1.0  # seconds to drain a client after an error answer, before closing
@@ -37,12 +38,14 @@ class ClientStream:
     stream: trio.SocketStream
     max_head_bytes: int
     conn: h11.Connection = attrs.field(init=False)
+    sock: trio.socket.SocketType = attrs.field(init=False)  # the stream's: see socket_io
     response: ResponseWriter = attrs.field(factory=ResponseWriter)
     eof: bool = False  # the client has closed (or half-closed) its side
     body_check: framing.ChunkedBody | None = None  # the current request's, when chunked
 
     def __attrs_post_init__(self) -> None:
         self.conn = self._new_connection()
+        self.sock = self.stream.socket
 
     def _new_connection(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
@@ -69,7 +72,7 @@ class ClientStream:
 
     async def write(self, data: bytes) -> None:
         if data:
-            await self.stream.send_all(data)
+            await socket_io.send_all(self.sock, data)
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
@@ -90,7 +93,7 @@ class ClientStream:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]  # NEED_DATA was ruled out
-            data = await self.stream.receive_some(READ_SIZE)
+            data = await socket_io.receive(self.sock)
             self.eof = not data
             if self.body_check is not None:
                 self.body_check.feed(data)  # before h11 parses a byte of it
@@ -160,7 +163,7 @@ class ClientStream:
     async def _receive_into(self, buffer: bytearray) -> bool:
         """One read, fed to h11 and kept in ``buffer``; False at EOF or a broken connection."""
         try:
-            data = await self.stream.receive_some(READ_SIZE)
+            data = await socket_io.receive(self.sock)
         except STREAM_ERRORS:
             return False
         self.conn.receive_data(data)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Final
-
 import attrs
 import h11
 import trio
 
-READ_SIZE: Final = 64 * 1024  # bytes per receive: large reads mean fewer syscalls
+from kproxy.runtime.socket_io import READ_SIZE
 
 
 @attrs.define(eq=False)

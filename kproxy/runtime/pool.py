@@ -12,7 +12,7 @@ import trio
 
 from kproxy.core.options import Address
 from kproxy.core.upstream_http import NEED_DATA, Event, ResponseReader
-from kproxy.runtime.h11_stream import READ_SIZE
+from kproxy.runtime import socket_io
 
 MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side uses, so a
 # burst of concurrent requests reuses connections instead of reconnecting each time
@@ -29,8 +29,12 @@ class UpstreamConnection:
 
     stream: trio.SocketStream
     reader: ResponseReader = attrs.field(factory=ResponseReader)
+    sock: trio.socket.SocketType = attrs.field(init=False)  # the stream's: see socket_io
     reused: bool = False
     idle_since: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        self.sock = self.stream.socket
 
     def start(self, *, head_request: bool) -> ResponseReader:
         """A fresh reader for the next exchange."""
@@ -39,7 +43,7 @@ class UpstreamConnection:
 
     async def receive(self) -> None:
         """One read, fed to the reader (b"" at EOF)."""
-        self.reader.feed(await self.stream.receive_some(READ_SIZE))
+        self.reader.feed(await socket_io.receive(self.sock))
 
     async def next_event(self) -> Event:
         while (event := self.reader.next_event()) is NEED_DATA:

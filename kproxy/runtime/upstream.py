@@ -42,9 +42,9 @@ from kproxy.core.upstream_http import (
     encode_chunk,
 )
 from kproxy.errors import BodyTooLarge, ResponseTooLarge, UpstreamTimeout, UpstreamUnreachable
+from kproxy.runtime import socket_io
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.client import ClientStream
-from kproxy.runtime.h11_stream import READ_SIZE
 from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
 from kproxy.runtime.target import Target
 
@@ -131,7 +131,7 @@ class RequestBodyPump:
         arrive instead (a pipelined request) are handed to h11 for later, ending the watch.
         """
         try:
-            data = await self.client.stream.receive_some(READ_SIZE)
+            data = await socket_io.receive(self.client.sock)
         except STREAM_ERRORS:
             data = b""
         if data:
@@ -203,7 +203,7 @@ def _body_error(client: ClientStream, exc: h11.RemoteProtocolError) -> Exception
 
 async def _send_upstream(upstream: UpstreamConnection, data: bytes) -> None:
     try:
-        await upstream.stream.send_all(data)
+        await socket_io.send_all(upstream.sock, data)
     except STREAM_ERRORS as exc:
         raise UpstreamUnreachable(f"connection to target broke while sending: {exc}") from exc
 
@@ -280,7 +280,7 @@ class _Relay:
         release = False
         try:
             try:
-                await upstream.stream.send_all(request.head)
+                await socket_io.send_all(upstream.sock, request.head)
             except STREAM_ERRORS as exc:
                 raise _ConnectionLost(
                     f"cannot send to {self.target.name}: {exc}", request_sent=False
@@ -541,7 +541,7 @@ async def _send_bytes(client: ClientStream, pending: list[bytes]) -> None:
     pending.clear()
     if data:
         try:
-            await client.stream.send_all(data)
+            await socket_io.send_all(client.sock, data)
         except STREAM_ERRORS as exc:
             raise ClientGone() from exc
 

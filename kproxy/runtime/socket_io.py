@@ -1,0 +1,29 @@
+"""The data path's socket reads and writes: a trio socket's own ``recv`` and ``send``.
+
+``trio.SocketStream`` wraps each call in a conflict detector and an error-translating context
+manager; with four socket calls per proxied request, that layer measured about 6 % of kproxy's
+CPU per request (py-spy). kproxy already keeps one reader and one writer per socket, and
+catches OSError wherever it catches trio's stream errors, so the data path calls the socket
+itself: trio still does the waiting, the cancellation and the scheduling.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import trio
+
+READ_SIZE: Final = 64 * 1024  # bytes per receive: large reads mean fewer syscalls
+
+
+async def receive(sock: trio.socket.SocketType) -> bytes:
+    """Up to READ_SIZE bytes; b"" once the peer has closed its side."""
+    return await sock.recv(READ_SIZE)
+
+
+async def send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    sent = await sock.send(data)
+    if sent < len(data):  # the kernel's buffer filled up: go on from where it stopped
+        with memoryview(data) as view:
+            while sent < len(data):
+                sent += await sock.send(view[sent:])
