@@ -20,14 +20,21 @@ import trio
 from kproxy.core import framing
 from kproxy.core.responses import ResponseWriter
 from kproxy.runtime import socket_io
-from kproxy.runtime.socket_io import READ_SIZE
+from kproxy.runtime.socket_io import READ_SIZE, STREAM_ERRORS
 
-STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 LINGER_TIMEOUT: Final = 1.0  # seconds to drain a client after an error answer, before closing
 MAX_LINGER_BYTES: Final = 256 * 1024  # bytes read (and dropped) while lingering
 # h11's states for a client whose request is not (or no longer) whole; every other one means
 # it was read to its end (DONE, MUST_CLOSE, and MIGHT_SWITCH_PROTOCOL for an upgrade request).
 _REQUEST_UNREAD: Final = frozenset({h11.IDLE, h11.SEND_BODY, h11.ERROR, h11.CLOSED})
+
+
+class ClientGone(Exception):
+    """The client disconnected (or half-closed) before the exchange finished: logged as 499."""
+
+
+class BadRequestBody(Exception):
+    """The client's body broke HTTP framing (e.g. a malformed chunk): answered 400."""
 
 
 @attrs.define(eq=False)
@@ -73,6 +80,13 @@ class ClientStream:
     async def write(self, data: bytes) -> None:
         if data:
             await socket_io.send_all(self.sock, data)
+
+    async def answer(self, data: bytes) -> None:
+        """``write`` in the middle of an exchange: a client that left raises ClientGone."""
+        try:
+            await self.write(data)
+        except STREAM_ERRORS as exc:
+            raise ClientGone() from exc
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)

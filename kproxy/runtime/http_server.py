@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import errno
 import html
-import itertools
 import os
 import resource
 import socket
 import time
-from typing import Any, Final
+from typing import Final
 
 import attrs
 import h11
@@ -28,31 +27,25 @@ from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import (
     build_upstream_request_headers,
     canonical_host_redirect,
-    client_ips_from_header,
     header_value,
     upgrade_type,
 )
-from kproxy.core.pages import CONTENT_TYPE, ErrorPages
+from kproxy.core.pages import CONTENT_TYPE
 from kproxy.core.responses import ResponseWriter
-from kproxy.core.service_map import request_host, strip_path_prefix
+from kproxy.core.service_map import strip_path_prefix
 from kproxy.core.upstream_http import UpstreamRequest
 from kproxy.errors import NoMatchingService, UpstreamError, UpstreamTimeout
+from kproxy.runtime.access_log import ClientRequest, RequestLog, text
 from kproxy.runtime.buffer import SpooledBody
-from kproxy.runtime.client import ClientStream
+from kproxy.runtime.client import BadRequestBody, ClientGone, ClientStream
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, error_page
+from kproxy.runtime.request_body import receive_request_body
 from kproxy.runtime.router import Router
 from kproxy.runtime.service import Service
+from kproxy.runtime.socket_io import STREAM_ERRORS
 from kproxy.runtime.target import Target
-from kproxy.runtime.upstream import (
-    STREAM_ERRORS,
-    BadRequestBody,
-    ClientGone,
-    ResponseAborted,
-    ResponseRecord,
-    forward,
-    receive_request_body,
-)
+from kproxy.runtime.upstream import ResponseAborted, ResponseRecord, forward
 
 MAX_HEADER_BYTES: Final = 1024 * 1024  # request line + headers; Go's net/http allows 1 MiB
 # Go counts no header fields (only bytes); Apache allows 100. 500 leaves room for any real
@@ -68,43 +61,6 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENO
 MAX_DISCARD: Final = 256 * 1024  # bytes of unread request body read to keep a connection
 DISCARD_TIMEOUT: Final = 5.0  # seconds allowed for reading them
 STATUS_CLIENT_CLOSED: Final = 499  # nginx's convention, as kamal-proxy logs it
-
-
-@attrs.frozen
-class ClientRequest:
-    """A request head as h11 parsed it, its fields in a plain list: they are searched a dozen
-    times per request, and h11's Headers, a Sequence, costs a method call per field read."""
-
-    method: bytes
-    target: bytes
-    headers: list[tuple[bytes, bytes]]
-    http_version: bytes
-
-
-@attrs.define
-class RequestLog:
-    """The fields of one access log line (kamal-proxy's names), filled in as the request goes."""
-
-    fields: dict[str, Any]
-    status: int = 0
-    started: float = 0.0
-    response_headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
-    response_bytes: int = 0  # body bytes sent to the client, as kamal-proxy counts them
-    response_header_names: tuple[str, ...] = ()  # the service's --log-response-header
-    # Per-request decisions the relay needs, made once the service is known:
-    peer_ip: str = ""  # the socket peer, which X-Forwarded-For always ends with
-    forwarded_for: tuple[str, ...] | None = None  # --client-ip-header's addresses (None: unset)
-    cookie_scope: CookieScope | None = None  # --scope-cookie-paths, when it applies
-    pages: ErrorPages = BUILTIN_PAGES  # the service's --error-pages
-
-    def line(self, now: float) -> dict[str, Any]:
-        fields = dict(self.fields)
-        fields["status"] = self.status
-        fields["duration"] = int((now - self.started) * 1e9)
-        fields["resp_content_length"] = self.response_bytes
-        fields["resp_content_type"] = _text(header_value(self.response_headers, b"content-type"))
-        _log_headers(fields, "resp_", self.response_headers, self.response_header_names)
-        return fields
 
 
 def _peer(stream: trio.SocketStream) -> tuple[str, int]:
@@ -286,57 +242,24 @@ class HttpServer:
         self, client: ClientStream, request: ClientRequest, client_ip: str, client_port: int
     ) -> bool:
         """Serve one request; returns whether the connection may carry another."""
-        raw_target = request.target
-        path_bytes, _, query = raw_target.partition(b"?")
-        path = path_bytes.decode("latin-1")
-        host = request_host(header_value(request.headers, b"host"))
-        # Every line gets a request id, 404s included (kamal-proxy's request-id middleware
-        # runs before routing); an empty incoming value counts as absent, as in Go.
-        request_id = _text(header_value(request.headers, b"x-request-id")) or _new_request_id()
-        chunked = header_value(request.headers, b"transfer-encoding") is not None
-        log = RequestLog(
-            fields={
-                "host": host,
-                "port": self.port,
-                "path": path,
-                "request_id": request_id,
-                "service": "",
-                "target": "",
-                "method": request.method.decode("latin-1"),
-                # Go's Request.ContentLength: -1 when unknown (chunked).
-                "req_content_length": -1
-                if chunked
-                else _length(header_value(request.headers, b"content-length")),
-                "req_content_type": _text(header_value(request.headers, b"content-type")),
-                "client_addr": client_ip,
-                "client_port": str(client_port) if client_ip else "",  # a string, as Go logs it
-                "remote_addr": _text(header_value(request.headers, b"x-forwarded-for"))
-                or client_ip,
-                "user_agent": _text(header_value(request.headers, b"user-agent")),
-                "proto": f"HTTP/{request.http_version.decode()}",
-                "scheme": self.scheme,
-                "query": query.decode("latin-1"),
-            },
-            started=trio.current_time(),
-            peer_ip=client_ip,
+        log = RequestLog.begin(
+            request,
+            port=self.port,
+            scheme=self.scheme,
+            client_ip=client_ip,
+            client_port=client_port,
+            now=trio.current_time(),
         )
         keep_open = True
         try:
-            keep_open = await self._route(client, request, raw_target, path, host, log)
+            keep_open = await self._route(client, request, log)
         finally:
             self.logger.info("Request", **log.line(trio.current_time()))
         return keep_open
 
-    async def _route(
-        self,
-        client: ClientStream,
-        request: ClientRequest,
-        raw_target: bytes,
-        path: str,
-        host: str,
-        log: RequestLog,
-    ) -> bool:
-        routed = self.router.route(host, path)
+    async def _route(self, client: ClientStream, request: ClientRequest, log: RequestLog) -> bool:
+        raw_target = request.target
+        routed = self.router.route(log.fields["host"], log.fields["path"])
         if routed is None:
             return await self._fail(client, log, NoMatchingService(), ResponseRecord())
         service, route = routed
@@ -347,7 +270,7 @@ class HttpServer:
         service_options = service.options.service
         host_header = header_value(request.headers, b"host")
         if service_options.client_ip_header:
-            _use_client_ip_header(log, request.headers, service_options.client_ip_header)
+            log.use_client_ip_header(request.headers, service_options.client_ip_header)
         location = canonical_host_redirect(
             host_header,
             raw_target,
@@ -365,9 +288,9 @@ class HttpServer:
             and service_options.strip_path_prefix
             and route.path_prefix != "/"
         ):  # kamal-proxy scopes only what it strips (router.go sets MatchedPrefix only then)
-            log.cookie_scope = CookieScope(route.path_prefix, _text(host_header))
+            log.cookie_scope = CookieScope(route.path_prefix, text(host_header))
         target_options = service.options.target
-        _log_headers(log.fields, "req_", request.headers, target_options.log_request_headers)
+        log.add_headers("req_", request.headers, target_options.log_request_headers)
         log.response_header_names = target_options.log_response_headers
         upstream_target = raw_target
         if service_options.strip_path_prefix:
@@ -592,47 +515,5 @@ def _status_for(exc: Exception, record: ResponseRecord) -> int:
     return 502
 
 
-# Request ids in UUID version 4 form: a random per-process prefix and a counter, since
-# uuid.uuid4() reads 16 bytes from the kernel for every request. They stay unique per
-# process; the random prefix keeps processes (and restarts) apart.
-def _request_id_prefix() -> str:
-    digits = os.urandom(9).hex()
-    variant = "89ab"[os.urandom(1)[0] & 3]  # RFC 9562 variant bits 10xx
-    return f"{digits[:8]}-{digits[8:12]}-4{digits[12:15]}-{variant}{digits[15:]}"
-
-
-_ID_PREFIX: Final = _request_id_prefix()
-_id_counter = itertools.count(int.from_bytes(os.urandom(5)))
-
-
-def _new_request_id() -> str:
-    return f"{_ID_PREFIX}-{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
-
-
 def _message(exc: Exception) -> str:
     return getattr(exc, "message", "")
-
-
-def _text(value: bytes | None) -> str:
-    return value.decode("latin-1") if value is not None else ""
-
-
-def _length(value: bytes | None) -> int:
-    return int(value) if value is not None and value.isdigit() else 0
-
-
-def _use_client_ip_header(log: RequestLog, headers: Any, name: str) -> None:
-    """--client-ip-header: its addresses, if they all parse, become the client for the log and
-    the start of X-Forwarded-For; otherwise the peer alone, and the incoming X-Forwarded-For is
-    not trusted either (kamal-proxy: internal/server/client_ip_middleware.go)."""
-    log.forwarded_for = client_ips_from_header(headers, name) or ()
-    client = log.forwarded_for[0] if log.forwarded_for else log.peer_ip
-    log.fields["client_addr"] = client
-    log.fields["remote_addr"] = ", ".join(log.forwarded_for) or client
-
-
-def _log_headers(fields: dict[str, Any], prefix: str, headers: Any, names: tuple[str, ...]) -> None:
-    """``req_x_custom`` style fields for --log-request-header/--log-response-header."""
-    for name in names:
-        value = header_value(headers, name.lower().encode())
-        fields[prefix + name.lower().replace("-", "_")] = _text(value)

@@ -14,6 +14,8 @@ from typing import Final
 import trio
 
 READ_SIZE: Final = 64 * 1024  # bytes per receive: large reads mean fewer syscalls
+# What a broken or closed connection raises, through a trio stream or straight from a socket.
+STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 async def receive(sock: trio.socket.SocketType) -> bytes:

@@ -1,10 +1,11 @@
 """One request relayed to one target over a pooled connection.
 
 The request head is written as is and the response parsed once (``core.upstream_http``); h11
-stays on the client's side only. The request body streams to the target while the response is
-awaited (so ``Expect: 100-continue`` and early answers work); the response streams back as it
-arrives. Once the body is in, the client connection is watched, so a client that leaves ends
-the exchange (499); for a request without a body, only once the target keeps it waiting.
+stays on the client's side only. The request body streams to the target (``request_body``)
+while the response is awaited (so ``Expect: 100-continue`` and early answers work); the
+response streams back as it arrives. Once the body is in, the client connection is watched,
+so a client that leaves ends the exchange (499); for a request without a body, only while the
+target keeps it waiting.
 Errors before the response head reached the client become UpstreamError (an error page);
 errors after it abort the client connection, because a truncated body must never look complete.
 """
@@ -13,25 +14,21 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from typing import Final
 
 import attrs
-import h11
 import trio
 
 from kproxy.core.buffering import (
     BufferAction,
     BufferPolicy,
     buffered_response_headers,
-    declared_length,
     has_request_body,
     response_streams,
 )
 from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import strip_response_hop_by_hop
 from kproxy.core.upstream_http import (
-    LAST_CHUNK,
     NEED_DATA,
     BadResponse,
     Event,
@@ -39,27 +36,19 @@ from kproxy.core.upstream_http import (
     Header,
     ResponseHead,
     UpstreamRequest,
-    encode_chunk,
 )
-from kproxy.errors import BodyTooLarge, ResponseTooLarge, UpstreamTimeout, UpstreamUnreachable
+from kproxy.errors import ResponseTooLarge, UpstreamTimeout, UpstreamUnreachable
 from kproxy.runtime import socket_io
 from kproxy.runtime.buffer import SpooledBody
-from kproxy.runtime.client import ClientStream
+from kproxy.runtime.client import BadRequestBody, ClientGone, ClientStream
 from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
+from kproxy.runtime.request_body import RequestBodyPump
+from kproxy.runtime.socket_io import STREAM_ERRORS
 from kproxy.runtime.target import Target
 
-STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 EXPECT_CONTINUE_TIMEOUT: Final = 1.0  # seconds; ExpectContinueTimeout of Go's DefaultTransport
 HANGUP_WATCH_DELAY: Final = 0.05  # seconds a bodiless request's answer may take before the
 # client is watched for a hang-up: far below anything a person notices, far above most answers
-
-
-class ClientGone(Exception):
-    """The client disconnected (or half-closed) before the exchange finished: logged as 499."""
-
-
-class BadRequestBody(Exception):
-    """The client's body broke HTTP framing (e.g. a malformed chunk): answered 400."""
 
 
 class ResponseAborted(Exception):
@@ -81,131 +70,6 @@ class _ConnectionLost(UpstreamUnreachable):
 # Methods a client may repeat without changing the outcome (RFC 9110 §9.2.2); like Go's
 # transport, only these are sent again after the target may already have received them.
 _REPLAYABLE_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
-
-
-@attrs.define(eq=False)
-class RequestBodyPump:
-    """Moves the client's request body to the target; remembers enough to allow one retry."""
-
-    client: ClientStream
-    chunked: bool  # the request goes to the target chunked (else by its Content-Length)
-    has_body: bool  # its framing declares a body (chunked, or a length above 0)
-    body: SpooledBody | None = None  # --buffer-requests: the whole body, already read
-    sent_data: bool = False  # body bytes went to a target: the request can't be replayed
-    finished: bool = False  # the client's EndOfMessage was read
-    saw_more: bool = False  # the watch read bytes of a next request: it is over
-    error: Exception | None = None
-
-    def __attrs_post_init__(self) -> None:
-        self.finished = self.body is not None
-
-    def end_without_body(self) -> bool:
-        """For a request that declared no body, take its end from h11 now (h11 needs no bytes
-        for it), so no task has to pump it; returns whether the request is complete."""
-        if self.body is not None or self.has_body:
-            return False  # bytes to send
-        if self.client.conn.their_state is not h11.SEND_BODY:
-            return self.finished
-        if self.client.conn.next_event() == h11.EndOfMessage():  # Data can't precede it here
-            self.finished = True
-        return self.finished
-
-    async def run(
-        self, upstream: UpstreamConnection, cancel: trio.CancelScope, *, watch: bool
-    ) -> None:
-        try:
-            await self._pump(upstream)
-        except Exception as exc:  # reported to the exchange, which decides the status
-            self.error = exc
-            cancel.cancel()
-            return
-        if watch:
-            await self.watch(cancel)
-
-    async def watch(self, cancel: trio.CancelScope) -> None:
-        """Notice a client that leaves while its response is awaited or streamed.
-
-        Go's server keeps reading the connection in the background and cancels the request on
-        EOF (net/http connReader.backgroundRead); kamal-proxy logs that as 499, and the target
-        connection is released at once instead of when the target finally answers. Bytes that
-        arrive instead (a pipelined request) are handed to h11 for later, ending the watch.
-        """
-        try:
-            data = await socket_io.receive(self.client.sock)
-        except STREAM_ERRORS:
-            data = b""
-        if data:
-            self.client.conn.receive_data(data)
-            self.saw_more = True
-        else:
-            self.error = ClientGone()
-            cancel.cancel()
-
-    async def _pump(self, upstream: UpstreamConnection) -> None:
-        if self.body is not None:  # a buffered body can be replayed: sent_data stays False
-            for chunk in self.body.chunks():
-                await _send_upstream(upstream, chunk)
-        while not self.finished:
-            try:
-                event = await self.client.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise _body_error(self.client, exc) from exc
-            except STREAM_ERRORS as exc:
-                raise ClientGone() from exc
-            if isinstance(event, h11.Data):
-                self.sent_data = True
-                await _send_upstream(
-                    upstream, encode_chunk(event.data) if self.chunked else event.data
-                )
-            elif isinstance(event, h11.EndOfMessage):
-                self.finished = True
-            else:  # ConnectionClosed or PAUSED mid-body: the client went away
-                raise ClientGone()
-        if self.chunked:
-            await _send_upstream(upstream, LAST_CHUNK)  # trailers are dropped
-
-
-async def receive_request_body(
-    client: ClientStream, headers: Sequence[Header], body: SpooledBody
-) -> None:
-    """--buffer-requests: read the whole request body into ``body`` before any target is
-    contacted, answering ``Expect: 100-continue`` here (a body declared too large gets its 413
-    at once, without the client sending it, RFC 9110 §10.1.1).
-
-    Raises BodyTooLarge, BadRequestBody or ClientGone.
-    """
-    limit = body.policy.max_body
-    if body.policy.declare(declared_length(headers)) is BufferAction.REJECT:
-        raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
-    if client.waiting_for_100:
-        await _write_client(client, client.response.informational(100))
-    while True:
-        try:
-            event = await client.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise _body_error(client, exc) from exc
-        except STREAM_ERRORS as exc:
-            raise ClientGone() from exc
-        if isinstance(event, h11.Data):
-            if body.write(event.data) is BufferAction.REJECT:
-                raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
-        elif isinstance(event, h11.EndOfMessage):
-            return  # trailers are dropped, as when streaming
-        else:  # ConnectionClosed mid-body: the client went away
-            raise ClientGone()
-
-
-def _body_error(client: ClientStream, exc: h11.RemoteProtocolError) -> Exception:
-    """A body cut short by the client closing is a client gone (499, as Go's server logs a
-    request whose connection closed), not a malformed body (400)."""
-    return ClientGone() if client.eof else BadRequestBody(str(exc))
-
-
-async def _send_upstream(upstream: UpstreamConnection, data: bytes) -> None:
-    try:
-        await socket_io.send_all(upstream.sock, data)
-    except STREAM_ERRORS as exc:
-        raise UpstreamUnreachable(f"connection to target broke while sending: {exc}") from exc
 
 
 @attrs.define
@@ -407,7 +271,7 @@ class _Relay:
                 # The client holds its body for a 100 the target has not sent. Go's transport
                 # sends the body anyway after ExpectContinueTimeout, so ask the client for it.
                 # Sent from this task because only one task may write to the client.
-                await _write_client(client, client.response.informational(100))
+                await client.answer(client.response.informational(100))
                 continue
             if not isinstance(event, ResponseHead):  # CLOSED: EOF before any byte
                 raise _ConnectionLost(
@@ -420,7 +284,7 @@ class _Relay:
             # 100 Continue and friends go to the client as they come (RFC 9110 §15.2).
             if client.response.http_version >= b"1.1":
                 headers = strip_response_hop_by_hop(event.headers)
-                await _write_client(client, client.response.informational(event.status, headers))
+                await client.answer(client.response.informational(event.status, headers))
 
     async def _relay_response(self, scope: trio.CancelScope) -> bool:
         """Relay the response; returns whether the target connection may be reused."""
@@ -501,19 +365,19 @@ class _Relay:
             )
             response = client.response
             close = client.waiting_for_100
-            await _write_client(
-                client, response.head(head.status, client_headers, reason=head.reason, close=close)
+            await client.answer(
+                response.head(head.status, client_headers, reason=head.reason, close=close)
             )
             record.head_sent = True
             for chunk in body.chunks():
-                await _write_client(client, response.data(chunk))
+                await client.answer(response.data(chunk))
                 record.body_bytes += len(chunk)
-            await _write_client(client, response.end())
+            await client.answer(response.end())
 
     async def _splice(self, head: ResponseHead, scope: trio.CancelScope) -> None:
         """After 101, copy raw bytes both ways until either side closes."""
         client, upstream = self.client, self.upstream
-        await _write_client(client, client.response.informational(101, head.headers))
+        await client.answer(client.response.informational(101, head.headers))
         self.record.head_sent = self.record.upgraded = True
         self.target.mark_upgraded(scope)
         client_rest, _ = client.conn.trailing_data
@@ -539,15 +403,4 @@ async def _send_bytes(client: ClientStream, pending: list[bytes]) -> None:
     """Send the bytes gathered in ``pending`` in one write, and empty it."""
     data = b"".join(pending)
     pending.clear()
-    if data:
-        try:
-            await socket_io.send_all(client.sock, data)
-        except STREAM_ERRORS as exc:
-            raise ClientGone() from exc
-
-
-async def _write_client(client: ClientStream, data: bytes) -> None:
-    try:
-        await client.write(data)
-    except STREAM_ERRORS as exc:
-        raise ClientGone() from exc
+    await client.answer(data)
