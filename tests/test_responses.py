@@ -194,7 +194,7 @@ def test_body_short_of_its_length_closes_the_connection() -> None:
 def test_100_continue_answers_but_does_not_start_the_response() -> None:
     response = writer()
     assert response.informational(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
-    assert (response.answered, response.started) == (True, False)
+    assert (response.answered, response.continued, response.started) == (True, True, False)
 
 
 def test_101_hands_the_connection_over() -> None:

@@ -49,6 +49,7 @@ class ResponseWriter:
     http_version: bytes = b"1.1"  # the client's
     keep_alive: bool = True  # the connection may carry another request after this answer
     answered: bool = False  # a 100 Continue or the final head went out
+    continued: bool = False  # a 100 Continue went out: the client sends its body
     started: bool = False  # the final head went out
     done: bool = False  # the whole response went out
     framing: Framing = Framing.NONE
@@ -65,6 +66,7 @@ class ResponseWriter:
     def informational(self, status: int, headers: Sequence[Header] = ()) -> bytes:
         """A 1xx head (100 Continue, 103, or the 101 that hands the connection over)."""
         self.answered = True
+        self.continued |= status == 100
         if status == 101:
             self.started = self.done = True
             self.keep_alive = False  # the connection is no longer HTTP

@@ -485,7 +485,7 @@ async def _discard_request_body(client: ClientStream) -> bool:
     (maxPostHandlerReadBytes), give up past a limit; returns whether the request is complete."""
     if client.request_complete:
         return True  # the common case: the whole request was read
-    if client.conn.they_are_waiting_for_100_continue:
+    if client.conn.they_are_waiting_for_100_continue and not client.response.continued:
         return False  # the client sends nothing until asked to: don't ask now
     discarded = 0
     with trio.move_on_after(DISCARD_TIMEOUT):

@@ -399,6 +399,32 @@ async def test_expect_100_continue(
     assert (reply.status, reply.body) == (201, b"got hello")
 
 
+async def test_early_answer_after_100_keeps_the_connection(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The target says 100, then answers before the body arrives: the client, told to go on,
+    sends its body anyway; the proxy reads it past, so the connection carries the next request."""
+
+    async def handle(conn: H11Stream, req: h11.Request) -> None:
+        if req.method == b"PUT":
+            await conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+            await send_reply(conn, 200, b"early")
+            return
+        await send_reply(conn, 200, b"next")
+
+    proxy, _ = await proxied(nursery, tmp_path, handle)
+    with trio.fail_after(10):
+        async with await open_raw(proxy) as stream:
+            await stream.send_all(
+                b"PUT /x HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n"
+            )
+            data = await receive_until(stream, b"early")
+            assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+            assert b"connection: close" not in data.lower()
+            await stream.send_all(b"hello" + b"GET /y HTTP/1.1\r\nhost: a\r\n\r\n")
+            assert b"next" in await receive_until(stream, b"next")
+
+
 async def test_target_connection_close_is_not_passed_on(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
