@@ -202,3 +202,10 @@ def test_101_hands_the_connection_over() -> None:
     head = response.informational(101, [(b"upgrade", b"websocket")])
     assert head == b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n"
     assert (response.done, response.keep_alive) == (True, False)
+
+
+def test_connection_close_in_the_fields_ends_the_connection() -> None:
+    response = writer()
+    head = response.head(200, [(b"content-length", b"0"), (b"connection", b"close")])
+    assert head.lower().count(b"connection: close") == 1
+    assert not response.keep_alive

@@ -91,9 +91,12 @@ class ResponseWriter:
                 fields = [h for h in fields if h[0] not in _FRAMING_FIELDS]
                 if framing is Framing.CHUNKED:
                     fields.append((b"transfer-encoding", b"chunked"))
+        has_connection = any(name == b"connection" for name, _ in fields)
+        if has_connection and b"close" in connection_tokens(fields):
+            close = True  # the caller said it in the fields: the connection ends all the same
         if close or framing is Framing.CLOSE or not self.keep_alive:
             self.keep_alive = False
-            if not any(name == b"connection" for name, _ in fields):
+            if not has_connection:
                 fields.append((b"connection", b"close"))
         if self.head_request:  # the head describes the body a GET would get; none follows
             framing, length = Framing.NONE, 0

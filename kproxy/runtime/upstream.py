@@ -136,11 +136,13 @@ class _Relay:
     # Set when the request had no body to pump and is no upgrade: the client is watched for a
     # hang-up only while the target keeps it waiting (see _receive), not on every request.
     watch_later: bool = False
+    upgrade: bool = False  # the request asks to switch protocols: a 101 may answer it
 
     async def run(self, request: UpstreamRequest, scope: trio.CancelScope) -> None:
         """The whole exchange; the connection goes back to the pool only if it ended cleanly."""
         upstream, pump = self.upstream, self.pump
         upstream.start(head_request=request.method == b"HEAD")
+        self.upgrade = request.upgrade
         release = False
         try:
             try:
@@ -277,6 +279,8 @@ class _Relay:
                 raise _ConnectionLost(
                     f"{target.name} closed the connection without a response", request_sent=True
                 )
+            if event.status == 101 and not self.upgrade:  # as h11 and Go's ReverseProxy
+                raise UpstreamUnreachable(f"{target.name} switched protocols unasked")
             if not event.informational or event.status == 101:
                 return event
             if event.status == 100 and not client.waiting_for_100:

@@ -825,6 +825,25 @@ async def test_client_gone_mid_response_is_499(nursery: trio.Nursery, tmp_path: 
     assert records[-1]["status"] == 499
 
 
+async def test_101_to_a_request_that_asked_no_upgrade_is_502(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async def serve(stream: trio.SocketStream) -> None:
+        head = await receive_until(stream, b"\r\n\r\n")
+        if head.startswith(b"GET /up "):
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nup")
+        else:
+            await stream.send_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n"
+            )
+
+    server = await start_raw_server(nursery, serve)
+    proxy, logs = await start_proxy(nursery, tmp_path)
+    await deploy(proxy, server.address)
+    assert (await request(proxy.http_port, "/plain")).status == 502
+    assert "switched protocols unasked" in str(logs.records("Proxy error")[-1]["error"])
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_target_breaking_off_mid_body_aborts_client(
     nursery: trio.Nursery, tmp_path: Path, chunked: bool
