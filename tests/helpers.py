@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -410,7 +411,7 @@ def unused_port() -> int:
 
 def reset_on_close(stream: trio.SocketStream) -> None:
     """Make closing ``stream`` send a TCP RST instead of a FIN (SO_LINGER with timeout 0)."""
-    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 async def receive_until(stream: trio.SocketStream, marker: bytes, *, limit: int = 1 << 20) -> bytes:

@@ -216,14 +216,20 @@ class _Relay:
             if trio.current_time() >= deadline:
                 return False
             received = False
+            error: Exception | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.pump.watch, nursery.cancel_scope)
-                with trio.move_on_at(deadline):
-                    await self.upstream.receive()
-                    received = True
+                try:
+                    with trio.move_on_at(deadline):
+                        await self.upstream.receive()
+                        received = True
+                except Exception as exc:  # raised after the nursery: not wrapped in a group
+                    error = exc
                 nursery.cancel_scope.cancel()
             if self.pump.error is not None:
                 raise self.pump.error
+            if error is not None:
+                raise error
             self.watch_later = not self.pump.saw_more  # bytes of a next request end the watch
             return received
         if deadline == math.inf:

@@ -825,6 +825,29 @@ async def test_client_gone_mid_response_is_499(nursery: trio.Nursery, tmp_path: 
     assert records[-1]["status"] == 499
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_slow_target_that_resets_is_502(
+    nursery: trio.Nursery, tmp_path: Path, method: str
+) -> None:
+    """The reset arrives while the client is being watched (a GET waits past the watch delay
+    with no body; a POST after its body): a 502 either way, and the proxy keeps serving."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        head = await receive_until(stream, b"\r\n\r\n")
+        if head.startswith(b"GET /up "):
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nup")
+            return
+        await trio.sleep(0.3)  # past HANGUP_WATCH_DELAY
+        reset_on_close(stream)
+
+    server = await start_raw_server(nursery, serve)
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    await deploy(proxy, server.address)
+    body = b"data" if method == "POST" else None
+    assert (await request(proxy.http_port, "/x", method=method, body=body)).status == 502
+    assert (await request(proxy.http_port, "/x", method=method, body=body)).status == 502
+
+
 async def test_101_to_a_request_that_asked_no_upgrade_is_502(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
