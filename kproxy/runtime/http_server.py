@@ -254,7 +254,7 @@ class HttpServer:
         try:
             keep_open = await self._route(client, request, log)
         finally:
-            self.logger.info("Request", **log.line(trio.current_time()))
+            self.logger.access(log.line(trio.current_time()))
         return keep_open
 
     async def _route(self, client: ClientStream, request: ClientRequest, log: RequestLog) -> bool:

@@ -31,6 +31,7 @@ class Logger:
 
     out: TextIO = attrs.field(factory=lambda: sys.stdout)
     debug_enabled: bool = False
+    context: dict[str, Any] = attrs.field(factory=dict)  # fields every line carries, first
     _pending: list[str] = attrs.field(factory=list)  # access lines not written yet
     _flushing: bool = False  # a flush task is running
     _last_flush: float = 0.0  # time.monotonic() of the last flush
@@ -43,6 +44,10 @@ class Logger:
 
     def info(self, msg: str, **fields: Any) -> None:
         self._write("INFO", msg, fields)
+
+    def access(self, fields: dict[str, Any]) -> None:
+        """The access log line of one request (msg "Request"), ``fields`` taken as they are."""
+        self._write("INFO", ACCESS_MSG, fields)
 
     def warning(self, msg: str, **fields: Any) -> None:
         self._write("WARN", msg, fields)
@@ -94,7 +99,9 @@ class Logger:
         return f"{self._stamp_prefix}.{int((now - second) * 1000):03d}+00:00"
 
     def _write(self, level: str, msg: str, fields: dict[str, Any]) -> None:
-        line = _ENCODER.encode({"time": self._timestamp(), "level": level, "msg": msg, **fields})
+        record = {"time": self._timestamp(), "level": level, "msg": msg, **self.context}
+        record.update(fields)
+        line = _ENCODER.encode(record)
         self._pending.append(line + "\n")
         if (
             msg != ACCESS_MSG

@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import sys
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import attrs
 import trio
@@ -33,25 +33,6 @@ from kproxy.runtime.service import Service
 from kproxy.runtime.target import Target
 
 RECEIVE_SIZE = 65536  # bytes per read from the channel
-
-
-@attrs.define(eq=False)
-class WorkerLogger(Logger):
-    """Every line of a worker carries ``worker``: its number, 1…N (kept across restarts)."""
-
-    worker: int = 0
-
-    def debug(self, msg: str, **fields: Any) -> None:
-        super().debug(msg, worker=self.worker, **fields)
-
-    def info(self, msg: str, **fields: Any) -> None:
-        super().info(msg, worker=self.worker, **fields)
-
-    def warning(self, msg: str, **fields: Any) -> None:
-        super().warning(msg, worker=self.worker, **fields)
-
-    def error(self, msg: str, **fields: Any) -> None:
-        super().error(msg, worker=self.worker, **fields)
 
 
 @attrs.define(eq=False)
@@ -218,7 +199,8 @@ def _follow_state(service: Service, state: ServiceState, message: str, max_pause
 async def serve_worker(sock: socket.socket, index: int, options: RunOptions) -> None:
     """Run one worker until the supervisor says stop (or goes away)."""
     channel = Channel(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
-    logger = WorkerLogger(debug_enabled=options.debug, worker=index)
+    # Every line of a worker carries ``worker``: its number, 1…N (kept across restarts).
+    logger = Logger(debug_enabled=options.debug, context={"worker": index})
     initial = await channel.receive()
     if initial is None:
         return
