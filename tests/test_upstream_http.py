@@ -1103,3 +1103,25 @@ def test_a_later_http_1_minor_version_keeps_the_connection() -> None:
     (head, *_), _ = drive(response(b"Content-Length: 0", status_line=b"HTTP/1.2 200 OK"))
     assert isinstance(head, ResponseHead)
     assert head.keep_alive
+
+
+@pytest.mark.parametrize(
+    ("fields", "head_request", "expected"),
+    [
+        pytest.param((b"Content-Length: 5, 5",), False, [b"5"], id="list"),
+        pytest.param((b"Content-Length: 5", b"Content-Length: 5"), False, [b"5"], id="repeated"),
+        pytest.param((b"Content-Length: 0005",), False, [b"5"], id="leading-zeros"),
+        pytest.param((b"Content-Length: 1234",), True, [b"1234"], id="head-kept"),
+        pytest.param((b"Content-Length: abc",), True, [], id="head-malformed-dropped"),
+        pytest.param((b"Content-Length: 1", b"Content-Length: 2"), True, [], id="head-conflict"),
+    ],
+)
+def test_content_length_goes_on_as_one_plain_number(
+    fields: tuple[bytes, ...], head_request: bool, expected: list[bytes]
+) -> None:
+    """What reaches the client is one canonical field (as h11 and Go pass it on) or, where it
+    frames nothing, no field rather than a malformed one."""
+    body = b"" if head_request else b"hello"
+    (head, *_), _ = drive(response(*fields, body=body), head_request=head_request)
+    assert isinstance(head, ResponseHead)
+    assert [v for n, v in head.headers if n == b"content-length"] == expected

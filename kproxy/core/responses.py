@@ -132,10 +132,12 @@ class ResponseWriter:
 
 
 def _framing(headers: Sequence[Header]) -> tuple[Framing, int]:
+    """Chunked when told so or when no usable length is given (the callers give one canonical
+    Content-Length: kproxy's own, or a target's as ``upstream_http`` passes it on)."""
     length: int | None = None
     for name, value in headers:
         if name == b"transfer-encoding":
             return Framing.CHUNKED, 0
-        if name == b"content-length":
+        if name == b"content-length" and value.isdigit():
             length = int(value)
     return (Framing.CHUNKED, 0) if length is None else (Framing.LENGTH, length)

@@ -255,17 +255,29 @@ class ResponseReader:
             name, _, value = line.partition(b":")
             headers.append((name.lower(), value.strip(b" \t")))
         names = {name for name, _ in headers}
-        framing, length = _response_framing(headers, names, status, self.head_request)
+        declared: int | None = None
+        confused = False  # both Transfer-Encoding and Content-Length
+        if b"content-length" in names:
+            if b"transfer-encoding" in names:
+                # RFC 9112 §6.3: the length is void and must not be forwarded, and the
+                # message, a sign of a confused sender, ends the connection.
+                headers, confused = _without_length(headers), True
+            else:
+                try:
+                    declared = _content_length(headers)
+                except BadResponse:
+                    if status >= 200 and status not in _NO_BODY_STATUSES and not self.head_request:
+                        raise  # it frames the body: nothing can be relayed by it
+                    headers = _without_length(headers)  # it frames nothing: dropped, as Go does
+                else:  # one field, one plain number, as h11 and Go pass it on (RFC 9110 §8.6)
+                    headers = _one_length(headers, declared)
+        framing, length = _response_framing(headers, names, declared, status, self.head_request)
         keep_alive = (
             version >= 1  # HTTP/1.1 or a later 1.x
+            and not confused
             and framing is not Framing.CLOSE
             and (b"connection" not in names or b"close" not in connection_tokens(headers))
         )
-        if b"transfer-encoding" in names and b"content-length" in names:
-            # RFC 9112 §6.3: the length is void and must not be forwarded, and the message,
-            # a sign of a confused sender, ends the connection.
-            headers = [h for h in headers if h[0] != b"content-length"]
-            keep_alive = False
         return ResponseHead(status, reason, headers, framing, length, keep_alive)
 
     def _read_chunked(self) -> Event:
@@ -333,8 +345,40 @@ class ResponseReader:
             self._state, self._remaining = _Body.CHUNK_DATA, size
 
 
+def _content_length(headers: list[Header]) -> int:
+    """The value of the Content-Length fields: one number however often repeated, or
+    BadResponse."""
+    values = list_elements(v for n, v in headers if n == b"content-length")
+    if not all(v.isdigit() for v in values) or len(set(values)) != 1:
+        raise BadResponse("malformed or conflicting Content-Length")
+    digits = values[0].lstrip(b"0") or b"0"
+    if len(digits) > 19 or int(digits) > MAX_CONTENT_LENGTH:
+        raise BadResponse("Content-Length too large")
+    return int(digits)
+
+
+def _without_length(headers: list[Header]) -> list[Header]:
+    return [h for h in headers if h[0] != b"content-length"]
+
+
+def _one_length(headers: list[Header], length: int) -> list[Header]:
+    """The fields with every Content-Length replaced by one canonical field, where the first was."""
+    out: list[Header] = []
+    for name, value in headers:
+        if name != b"content-length":
+            out.append((name, value))
+        elif length >= 0:
+            out.append((name, b"%d" % length))
+            length = -1  # written: later ones are dropped
+    return out
+
+
 def _response_framing(
-    headers: list[Header], names: set[bytes], status: int, head_request: bool
+    headers: list[Header],
+    names: set[bytes],
+    declared: int | None,
+    status: int,
+    head_request: bool,
 ) -> tuple[Framing, int]:
     """RFC 9112 §6.3 for a response: how its body is delimited."""
     if status < 200 or status in _NO_BODY_STATUSES or head_request:
@@ -344,15 +388,9 @@ def _response_framing(
         if [c.lower() for c in codings] != [b"chunked"]:
             raise BadResponse("unsupported Transfer-Encoding (only chunked is)")
         return Framing.CHUNKED, 0
-    if b"content-length" not in names:
+    if declared is None:
         return Framing.CLOSE, 0
-    values = list_elements(v for n, v in headers if n == b"content-length")
-    if not all(v.isdigit() for v in values) or len(set(values)) != 1:
-        raise BadResponse("malformed or conflicting Content-Length")
-    digits = values[0].lstrip(b"0") or b"0"
-    if len(digits) > 19 or int(digits) > MAX_CONTENT_LENGTH:
-        raise BadResponse("Content-Length too large")
-    return Framing.LENGTH, int(digits)
+    return Framing.LENGTH, declared
 
 
 def _field_error(fields: bytes) -> str:

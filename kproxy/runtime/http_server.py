@@ -15,6 +15,7 @@ import os
 import resource
 import socket
 import time
+import traceback
 from typing import Final
 
 import attrs
@@ -153,6 +154,12 @@ class HttpServer:
     async def _run_connection(self, stream: trio.SocketStream, slot: object) -> None:
         try:
             await self.handle_connection(stream)
+        except Exception as exc:  # a bug must cost one connection, never the whole proxy
+            self.logger.error(
+                "Connection failed",
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(),
+            )
         finally:
             self.connection_slots.release_on_behalf_of(slot)
 
