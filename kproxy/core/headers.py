@@ -40,6 +40,7 @@ HOP_BY_HOP: Final[frozenset[bytes]] = frozenset(
     }
 )
 
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 HOST: Final = b"host"
 CONNECTION: Final = b"connection"
 UPGRADE: Final = b"upgrade"
@@ -99,8 +100,11 @@ def header_values(headers: Iterable[Header], name: bytes) -> list[bytes]:
 
 def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
     """Lowercased tokens of every Connection header (RFC 9110 section 7.6.1)."""
+    values = header_values(headers, CONNECTION)
+    if not values:
+        return _NO_TOKENS  # most requests and responses: asked several times per request
     tokens: set[bytes] = set()
-    for value in header_values(headers, CONNECTION):
+    for value in values:
         tokens.update(t.strip(b" \t").lower() for t in value.split(b","))
     tokens.discard(b"")
     return frozenset(tokens)
