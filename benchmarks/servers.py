@@ -379,12 +379,17 @@ def start_kproxy(
     server = _spawn(name, port, argv, directory, env=kproxy_env(), stdout_name=f"{name}.log")
     proxy = KProxy(server, socket_path, directory / f"{name}.log")
     deadline = time.monotonic() + START_TIMEOUT
-    while not socket_path.exists():
-        if server.process.poll() is not None or time.monotonic() > deadline:
-            stderr = (directory / f"{name}.stderr").read_text(errors="replace")[-2000:]
-            server.stop()
-            raise RuntimeError(f"kproxy did not start:\n{stderr}")
-        time.sleep(0.05)
-    proxy.deploy(upstream_port)
+    while True:
+        # The socket file appears at bind(), a moment before listen(): until then connecting
+        # is refused, so try the deploy itself until it gets through.
+        try:
+            proxy.deploy(upstream_port)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                stderr = (directory / f"{name}.stderr").read_text(errors="replace")[-2000:]
+                server.stop()
+                raise RuntimeError(f"kproxy did not start:\n{stderr}") from None
+            time.sleep(0.05)
     wait_until_serving(server, TINY_PATH, directory)
     return proxy
