@@ -1,10 +1,14 @@
-"""The client side: one task (and nursery) per connection, an h11 server connection each.
+"""The client side: one task per connection, in the proxy's connection nursery.
 
 Requests on a connection are served in order (keep-alive and pipelining). Each request head,
 and each chunked body, passes ``kproxy.core.framing`` before h11 parses it (``client.py``);
 a head that fails is answered here and its connection closed. Each request is then routed,
-admitted by its service (pause/stop), given a target, and relayed by ``upstream``.
-Errors become a status in one place (``_status_for``) and one JSON log line per request.
+admitted by its service (pause/stop), given a target, and relayed by ``upstream``, which opens
+a nursery under the connection's task only while a request needs a second task (a body to
+pump, a slow target during which the client is watched). Answers are written by
+``kproxy.core.responses`` (h11 only reads). Errors become a status in one place
+(``_status_for``) and one JSON log line per request; an unexpected error ends its connection
+only, logged with its traceback.
 """
 
 from __future__ import annotations
