@@ -48,6 +48,9 @@ class ClientStream:
     sock: trio.socket.SocketType = attrs.field(init=False)  # the stream's: see socket_io
     response: ResponseWriter = attrs.field(factory=ResponseWriter)
     eof: bool = False  # the client has closed (or half-closed) its side
+    # The current request's framing declares a body. Without one the request is whole once
+    # its head is read: h11 is not asked for its end (the next request gets a new Connection).
+    has_body: bool = False
     body_check: framing.ChunkedBody | None = None  # the current request's, when chunked
 
     def __attrs_post_init__(self) -> None:
@@ -70,12 +73,16 @@ class ClientStream:
     @property
     def request_complete(self) -> bool:
         """The current request was read to its end."""
-        return self.conn.their_state not in _REQUEST_UNREAD
+        return not self.has_body or self.conn.their_state not in _REQUEST_UNREAD
 
     @property
     def waiting_for_100(self) -> bool:
         """The client holds its body until told to go on (``Expect: 100-continue``)."""
-        return self.conn.they_are_waiting_for_100_continue and not self.response.answered
+        return (
+            self.has_body
+            and self.conn.they_are_waiting_for_100_continue
+            and not self.response.answered
+        )
 
     async def write(self, data: bytes) -> None:
         if data:

@@ -211,6 +211,7 @@ class HttpServer:
             request = ClientRequest(
                 event.method, bytes(event.target), list(event.headers), event.http_version
             )
+            client.has_body = verdict.has_body
             client.response = ResponseWriter.for_request(
                 request.method, request.http_version, request.headers
             )

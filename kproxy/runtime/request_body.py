@@ -40,15 +40,12 @@ class RequestBodyPump:
         self.finished = self.body is not None
 
     def end_without_body(self) -> bool:
-        """For a request that declared no body, take its end from h11 now (h11 needs no bytes
-        for it), so no task has to pump it; returns whether the request is complete."""
+        """A request that declared no body is complete as it is (see ClientStream.has_body):
+        no task has to pump it. Returns whether that is so."""
         if self.body is not None or self.has_body:
             return False  # bytes to send
-        if self.client.conn.their_state is not h11.SEND_BODY:
-            return self.finished
-        if self.client.conn.next_event() == h11.EndOfMessage():  # Data can't precede it here
-            self.finished = True
-        return self.finished
+        self.finished = True
+        return True
 
     async def run(
         self, upstream: UpstreamConnection, cancel: trio.CancelScope, *, watch: bool

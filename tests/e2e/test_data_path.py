@@ -399,6 +399,24 @@ async def test_expect_100_continue(
     assert (reply.status, reply.body) == (201, b"got hello")
 
 
+async def test_expect_100_without_a_body_is_a_plain_exchange(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """With no body to hold back there is nothing to continue: no 100, the answer, and the
+    connection carries the next request."""
+    up = await start_upstream(nursery, "plain")
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    await deploy(proxy, up.address)
+    with trio.fail_after(10):
+        async with await open_raw(proxy) as stream:
+            await stream.send_all(b"GET /a HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\n\r\n")
+            data = await receive_until(stream, b"plain")
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b"connection: close" not in data.lower()
+            await stream.send_all(b"GET /b HTTP/1.1\r\nhost: a\r\n\r\n")
+            assert b"plain" in await receive_until(stream, b"plain")
+
+
 async def test_early_answer_after_100_keeps_the_connection(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
