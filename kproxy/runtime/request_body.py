@@ -29,10 +29,9 @@ class RequestBodyPump:
 
     client: ClientStream
     chunked: bool  # the request goes to the target chunked (else by its Content-Length)
-    has_body: bool  # its framing declares a body (chunked, or a length above 0)
     body: SpooledBody | None = None  # --buffer-requests: the whole body, already read
     sent_data: bool = False  # body bytes went to a target: the request can't be replayed
-    finished: bool = False  # the client's EndOfMessage was read
+    finished: bool = False  # the whole request body was read (or there is none)
     saw_more: bool = False  # the watch read bytes of a next request: it is over
     error: Exception | None = None
 
@@ -42,7 +41,7 @@ class RequestBodyPump:
     def end_without_body(self) -> bool:
         """A request that declared no body is complete as it is (see ClientStream.has_body):
         no task has to pump it. Returns whether that is so."""
-        if self.body is not None or self.has_body:
+        if self.body is not None or self.client.has_body:
             return False  # bytes to send
         self.finished = True
         return True

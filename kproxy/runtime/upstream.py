@@ -23,7 +23,6 @@ from kproxy.core.buffering import (
     BufferAction,
     BufferPolicy,
     buffered_response_headers,
-    has_request_body,
     response_streams,
 )
 from kproxy.core.cookies import CookieScope
@@ -102,8 +101,8 @@ async def forward(
     ``buffer_dir`` is where a buffered response spills (None: the system temp dir).
     ``cookie_scope`` rewrites the response's Set-Cookie paths (--scope-cookie-paths).
     """
-    pump = RequestBodyPump(client, request.chunked, has_request_body(request.headers), body)
-    replayable = request.method in _REPLAYABLE_METHODS and not pump.has_body
+    pump = RequestBodyPump(client, request.chunked, body)
+    replayable = request.method in _REPLAYABLE_METHODS and not client.has_body
     for fresh in (False, True):  # a pooled connection first; one retry if it proved stale
         try:
             if fresh:
