@@ -13,13 +13,9 @@ only, logged with its traceback.
 
 from __future__ import annotations
 
-import errno
 import html
-import os
-import resource
 import socket
 import time
-import traceback
 from typing import Final
 
 import attrs
@@ -40,6 +36,7 @@ from kproxy.core.responses import ResponseWriter
 from kproxy.core.service_map import strip_path_prefix
 from kproxy.core.upstream_http import UpstreamRequest
 from kproxy.errors import NoMatchingService, UpstreamError, UpstreamTimeout
+from kproxy.runtime.acceptor import accept_connections, default_max_connections
 from kproxy.runtime.access_log import ClientRequest, RequestLog, text
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.client import BadRequestBody, ClientGone, ClientStream
@@ -58,11 +55,6 @@ MAX_HEADER_BYTES: Final = 1024 * 1024  # request line + headers; Go's net/http a
 MAX_HEADERS: Final = 500  # header fields per request
 KEEPALIVE_TIMEOUT: Final = 60.0  # seconds an idle keep-alive connection is kept
 HEADER_TIMEOUT: Final = 30.0  # seconds a client may take to send a whole request head
-MAX_CONNECTIONS: Final = 10_000  # simultaneous client connections, unless run says otherwise
-RESERVED_DESCRIPTORS: Final = 64  # for listeners, control, state and health-check sockets
-ACCEPT_RETRY_DELAY: Final = 0.1  # seconds; trio's serve_listeners waits as long on EMFILE
-# accept() errors that mean "no resources for now" (as trio's _highlevel_serve_listeners.py)
-ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 MAX_DISCARD: Final = 256 * 1024  # bytes of unread request body read to keep a connection
 DISCARD_TIMEOUT: Final = 5.0  # seconds allowed for reading them
 STATUS_CLIENT_CLOSED: Final = 499  # nginx's convention, as kamal-proxy logs it
@@ -76,15 +68,6 @@ def _peer(stream: trio.SocketStream) -> tuple[str, int]:
     if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
         return str(address[0]), int(address[1])
     return "", 0
-
-
-def default_max_connections() -> int:
-    """MAX_CONNECTIONS, or fewer when the open-file limit (``ulimit -n``) could not hold them:
-    each client connection may hold a target connection too."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, (soft - RESERVED_DESCRIPTORS) // 2))
 
 
 @attrs.define(eq=False)
@@ -114,58 +97,14 @@ class HttpServer:
         ``handler_nursery``, at most ``connection_slots.total_tokens`` at once."""
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, handler_nursery)
-
-    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
-        """Accept every pending connection each time the listener wakes up.
-
-        trio's ``accept()`` yields to the scheduler after each connection, so while many
-        connections are busy a burst of new ones (a load balancer opening its pool) would be
-        taken one per scheduling pass, each pass as long as all the busy connections' work:
-        measured, the last of 128 waited over a second. A plain non-blocking socket on the same
-        listening socket is read until empty instead; waiting for it stays trio's.
-        """
-        with socket.socket(fileno=os.dup(listener.socket.fileno())) as pending:
-            pending.setblocking(False)
-            while True:
-                await trio.lowlevel.wait_readable(pending)
-                while await self._accept_one(pending, handlers):
-                    pass
-
-    async def _accept_one(self, pending: socket.socket, handlers: trio.Nursery) -> bool:
-        """Take one waiting connection (after a free slot); False when none is waiting."""
-        slot = object()
-        try:
-            self.connection_slots.acquire_on_behalf_of_nowait(slot)
-        except trio.WouldBlock:  # at --max-connections: new clients wait in the backlog
-            await self.connection_slots.acquire_on_behalf_of(slot)
-        try:
-            sock, _ = pending.accept()
-        except BlockingIOError:
-            self.connection_slots.release_on_behalf_of(slot)
-            return False
-        except OSError as exc:
-            self.connection_slots.release_on_behalf_of(slot)
-            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                raise
-            self.logger.error("Cannot accept a connection", error=str(exc))
-            await trio.sleep(ACCEPT_RETRY_DELAY)
-            return False
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        handlers.start_soon(self._run_connection, stream, slot)
-        return True
-
-    async def _run_connection(self, stream: trio.SocketStream, slot: object) -> None:
-        try:
-            await self.handle_connection(stream)
-        except Exception as exc:  # a bug must cost one connection, never the whole proxy
-            self.logger.error(
-                "Connection failed",
-                error=f"{type(exc).__name__}: {exc}",
-                traceback=traceback.format_exc(),
-            )
-        finally:
-            self.connection_slots.release_on_behalf_of(slot)
+                nursery.start_soon(
+                    accept_connections,
+                    listener,
+                    self.connection_slots,
+                    handler_nursery,
+                    self.handle_connection,
+                    self.logger,
+                )
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         client = ClientStream(stream, self.max_header_bytes)

@@ -23,12 +23,13 @@ from kproxy.core.options import (
 )
 from kproxy.core.reference import help_text
 from kproxy.errors import CommandError, KProxyError
+from kproxy.runtime.acceptor import default_max_connections
 from kproxy.runtime.control_server import (
     handle_control_connection,
     open_control_listener,
     unlink_socket,
 )
-from kproxy.runtime.http_server import HttpServer, default_max_connections
+from kproxy.runtime.http_server import HttpServer
 from kproxy.runtime.log import Logger
 from kproxy.runtime.router import Progress, Router, _no_progress
 from kproxy.runtime.state_store import StateStore

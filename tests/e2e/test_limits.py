@@ -16,6 +16,7 @@ import trio
 from kproxy import DeploymentOptions, Proxy, RunOptions, TargetOptions
 from kproxy.core.commands import Run, parse_command
 from kproxy.errors import UsageError
+from kproxy.runtime.acceptor import default_max_connections
 from kproxy.runtime.h11_stream import H11Stream
 from kproxy.runtime.http_server import (
     HEADER_TIMEOUT,
@@ -23,7 +24,6 @@ from kproxy.runtime.http_server import (
     MAX_HEADER_BYTES,
     MAX_HEADERS,
     HttpServer,
-    default_max_connections,
 )
 from kproxy.runtime.log import Logger
 from tests.helpers import (
