@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from kproxy.core.options import Address
-from kproxy.core.upstream_http import NEED_DATA, Event, ResponseReader
+from kproxy.core.upstream_http import ResponseReader
 from kproxy.runtime import socket_io
 
 MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side uses, so a
@@ -44,11 +44,6 @@ class UpstreamConnection:
     async def receive(self) -> None:
         """One read, fed to the reader (b"" at EOF)."""
         self.reader.feed(await socket_io.receive(self.sock))
-
-    async def next_event(self) -> Event:
-        while (event := self.reader.next_event()) is NEED_DATA:
-            await self.receive()
-        return event
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
