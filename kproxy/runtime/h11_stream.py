@@ -1,4 +1,5 @@
-"""An h11 connection bound to a trio stream: the one read loop both sides share."""
+"""An h11 connection bound to a trio stream: the health checks' client (the data path reads
+and writes HTTP itself: ``client.py``, ``upstream.py``)."""
 
 from __future__ import annotations
 
@@ -15,27 +16,16 @@ class H11Stream:
 
     stream: trio.SocketStream
     conn: h11.Connection
-    received: int = 0  # bytes read so far: tells "closed silently" from "sent garbage"
-    eof: bool = False  # the peer has closed (or half-closed) its side
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]  # NEED_DATA was ruled out
-            data = await self.stream.receive_some(READ_SIZE)
-            self.received += len(data)
-            self.eof = not data
-            self.conn.receive_data(data)
+            self.conn.receive_data(await self.stream.receive_some(READ_SIZE))
 
     async def send(self, event: h11.Event) -> None:
         data = self.conn.send(event)
-        if data:
-            await self.stream.send_all(data)
-
-    async def send_all(self, *events: h11.Event) -> None:
-        """Several events in one write: a small response is one send(2), not three."""
-        data = b"".join([self.conn.send(event) or b"" for event in events])
         if data:
             await self.stream.send_all(data)
 
