@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, ParamSpec
+from typing import Any, Final, ParamSpec
 
 import attrs
 import h11
@@ -399,6 +399,25 @@ class RawServer:
 async def start_raw_server(nursery: trio.Nursery, handler: RawHandler) -> RawServer:
     server: RawServer = await nursery.start(RawServer(handler).serve)
     return server
+
+
+UP_ANSWER: Final = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nup"
+
+
+async def start_raw_target(
+    nursery: trio.Nursery, answer: Callable[[trio.SocketStream, bytes], Awaitable[None]]
+) -> RawServer:
+    """A raw server that answers kproxy's health checks (``GET /up``) itself and hands every
+    other request, its head read whole, to ``answer(stream, head)``."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        head = await receive_until(stream, b"\r\n\r\n")
+        if head.startswith(b"GET /up "):
+            await stream.send_all(UP_ANSWER)
+        else:
+            await answer(stream, head)
+
+    return await start_raw_server(nursery, serve)
 
 
 def unused_port() -> int:

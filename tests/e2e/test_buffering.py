@@ -36,6 +36,7 @@ from tests.helpers import (
     send_reply,
     start_proxy,
     start_raw_server,
+    start_raw_target,
     wait_until,
 )
 
@@ -284,15 +285,10 @@ async def receive_all_of(stream: trio.SocketStream, body_size: int) -> bytes:
 async def test_close_delimited_response_gets_a_length(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    async def serve(stream: trio.SocketStream) -> None:
-        head = await receive_until(stream, b"\r\n\r\n")
-        if head.startswith(b"GET /up "):
-            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nup")
-            await receive_until(stream, b"\r\n\r\n")  # keep the check connection open
-            return
+    async def answer(stream: trio.SocketStream, head: bytes) -> None:
         await stream.send_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close")
 
-    server = await start_raw_server(nursery, serve)
+    server = await start_raw_target(nursery, answer)
     proxy, _ = await start_proxy(nursery, tmp_path)
     options = DeploymentOptions(
         targets=(server.address,), target=TargetOptions(buffer_responses=True)
@@ -537,11 +533,8 @@ async def test_target_breaking_its_framing_never_looks_complete(
     """Streaming, the head already went out: the client connection is cut. Buffered, nothing
     went out yet: 502. Chunked answers stream even when buffering, so they are cut too."""
 
-    async def serve(stream: trio.SocketStream) -> None:
-        head = await receive_until(stream, b"\r\n\r\n")
-        if head.startswith(b"GET /up "):
-            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nup")
-        elif breakage == "short-body":
+    async def answer(stream: trio.SocketStream, head: bytes) -> None:
+        if breakage == "short-body":
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npart.")
         elif breakage == "bad-chunk":
             await stream.send_all(
@@ -553,7 +546,7 @@ async def test_target_breaking_its_framing_never_looks_complete(
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\npart.\r\n"
             )
 
-    server = await start_raw_server(nursery, serve)
+    server = await start_raw_target(nursery, answer)
     proxy, logs = await start_proxy(nursery, tmp_path)
     options = DeploymentOptions(
         targets=(server.address,), target=TargetOptions(buffer_responses=buffered)

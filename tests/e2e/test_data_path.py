@@ -42,6 +42,7 @@ from tests.helpers import (
     send_reply,
     start_proxy,
     start_raw_server,
+    start_raw_target,
     start_upstream,
     unused_port,
     wait_until,
@@ -850,15 +851,11 @@ async def test_slow_target_that_resets_is_502(
     """The reset arrives while the client is being watched (a GET waits past the watch delay
     with no body; a POST after its body): a 502 either way, and the proxy keeps serving."""
 
-    async def serve(stream: trio.SocketStream) -> None:
-        head = await receive_until(stream, b"\r\n\r\n")
-        if head.startswith(b"GET /up "):
-            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nup")
-            return
+    async def answer(stream: trio.SocketStream, head: bytes) -> None:
         await trio.sleep(0.3)  # past HANGUP_WATCH_DELAY
         reset_on_close(stream)
 
-    server = await start_raw_server(nursery, serve)
+    server = await start_raw_target(nursery, answer)
     proxy, _ = await start_proxy(nursery, tmp_path)
     await deploy(proxy, server.address)
     body = b"data" if method == "POST" else None
@@ -869,16 +866,12 @@ async def test_slow_target_that_resets_is_502(
 async def test_101_to_a_request_that_asked_no_upgrade_is_502(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    async def serve(stream: trio.SocketStream) -> None:
-        head = await receive_until(stream, b"\r\n\r\n")
-        if head.startswith(b"GET /up "):
-            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nup")
-        else:
-            await stream.send_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n"
-            )
+    async def answer(stream: trio.SocketStream, head: bytes) -> None:
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n"
+        )
 
-    server = await start_raw_server(nursery, serve)
+    server = await start_raw_target(nursery, answer)
     proxy, logs = await start_proxy(nursery, tmp_path)
     await deploy(proxy, server.address)
     assert (await request(proxy.http_port, "/plain")).status == 502
@@ -889,18 +882,15 @@ async def test_101_to_a_request_that_asked_no_upgrade_is_502(
 async def test_target_breaking_off_mid_body_aborts_client(
     nursery: trio.Nursery, tmp_path: Path, chunked: bool
 ) -> None:
-    async def serve(stream: trio.SocketStream) -> None:
-        head = await receive_until(stream, b"\r\n\r\n")
-        if head.startswith(b"GET /up "):
-            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nup")
-        elif chunked:
+    async def answer(stream: trio.SocketStream, head: bytes) -> None:
+        if chunked:
             await stream.send_all(
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\npart.\r\n"
             )
         else:
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npart.")
 
-    server = await start_raw_server(nursery, serve)
+    server = await start_raw_target(nursery, answer)
     proxy, logs = await start_proxy(nursery, tmp_path)
     await deploy(proxy, server.address)
     with trio.fail_after(10):
