@@ -36,10 +36,9 @@ class UpstreamConnection:
     def __attrs_post_init__(self) -> None:
         self.sock = self.stream.socket
 
-    def start(self, *, head_request: bool) -> ResponseReader:
+    def start(self, *, head_request: bool) -> None:
         """A fresh reader for the next exchange."""
         self.reader = ResponseReader(head_request=head_request)
-        return self.reader
 
     async def receive(self) -> None:
         """One read, fed to the reader (b"" at EOF)."""

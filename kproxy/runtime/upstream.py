@@ -152,10 +152,10 @@ class _Relay:
                 ) from exc
             # An upgrade's client bytes belong to the splice: nothing else may read them.
             if pump.end_without_body():  # most requests: no task, no nursery
-                self.watch_later = not request.upgrade
+                self.watch_later = not self.upgrade
                 release = await self._relay_response(scope)
             else:
-                release = await self._relay_with_pump(scope, watch=not request.upgrade)
+                release = await self._relay_with_pump(scope, watch=not self.upgrade)
         except Exception as error:
             if (
                 isinstance(error, _ConnectionLost)
