@@ -6,11 +6,13 @@ each request head as a whole (``receive_head``), each chunked body as it arrives
 this module. Deadlines: an idle keep-alive connection waits ``idle_timeout`` for the first
 byte of its next request; from then (from the accept, for the first request) the whole head
 must arrive within ``header_timeout``, however quickly each byte comes, as Go's server applies
-IdleTimeout and then ReadHeaderTimeout.
+IdleTimeout and then ReadHeaderTimeout. Either one passing cancels the connection's scope
+(``head_alarm``, see ``alarms``): the connection closes.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 import attrs
@@ -20,6 +22,7 @@ import trio
 from kproxy.core import framing
 from kproxy.core.responses import ResponseWriter
 from kproxy.runtime import socket_io
+from kproxy.runtime.alarms import Alarm, AlarmClock
 from kproxy.runtime.socket_io import READ_SIZE, STREAM_ERRORS
 
 LINGER_TIMEOUT: Final = 1.0  # seconds to drain a client after an error answer, before closing
@@ -44,8 +47,11 @@ class ClientStream:
 
     stream: trio.SocketStream
     max_head_bytes: int
+    clock: AlarmClock
+    head_alarm: Alarm  # cancels the connection's scope when a head is late (receive_head)
     conn: h11.Connection = attrs.field(init=False)
     sock: trio.socket.SocketType = attrs.field(init=False)  # the stream's: see socket_io
+    fd: int = attrs.field(init=False)  # the socket's descriptor, to look for a hang-up
     response: ResponseWriter = attrs.field(factory=ResponseWriter)
     eof: bool = False  # the client has closed (or half-closed) its side
     # The current request's framing declares a body. Without one the request is whole once
@@ -56,6 +62,7 @@ class ClientStream:
     def __attrs_post_init__(self) -> None:
         self.conn = self._new_connection()
         self.sock = self.stream.socket
+        self.fd = self.sock.fileno()
 
     def _new_connection(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
@@ -145,8 +152,8 @@ class ClientStream:
 
         Returns:
           The verdict on the head (once accepted, h11's ``next_event`` returns the Request
-          without waiting), or None when the connection should just close: the client closed
-          it, stayed idle too long, or its head missed the deadline.
+          without waiting), or None when the client closed the connection. A deadline that
+          passes cancels the connection's scope.
         """
         self.body_check = None
         pending, closed = self.conn.trailing_data  # a pipelined head may already be here
@@ -154,22 +161,22 @@ class ClientStream:
         if closed and not buffer:
             return None
         idle_wait = idle_timeout if idle_timeout is not None and not buffer else None
-        end: int | None = None
         searched = 0
-        # One deadline, moved once the first byte is in: a cancel scope per request, not two.
-        with trio.move_on_after(header_timeout if idle_wait is None else idle_wait) as timer:
+        alarm, clock = self.head_alarm, self.clock
+        clock.set(alarm, trio.current_time() + (header_timeout if idle_wait is None else idle_wait))
+        try:
             if idle_wait is not None:
                 if not await self._receive_into(buffer):
                     return None
-                timer.deadline = trio.current_time() + header_timeout
+                clock.set(alarm, trio.current_time() + header_timeout)
             while (end := framing.find_head_end(buffer, searched)) is None:
                 if len(buffer) > max_bytes:
                     return framing.Reject(431, f"request head larger than {max_bytes} bytes")
                 searched = len(buffer)
                 if not await self._receive_into(buffer):
                     return None
-        if end is None:
-            return None  # the head trickled in too slowly
+        finally:
+            clock.set(alarm, math.inf)
         if end > max_bytes:
             return framing.Reject(431, f"request head larger than {max_bytes} bytes")
         verdict = framing.check_head(bytes(buffer[:end]), max_headers=max_headers)

@@ -5,7 +5,8 @@ and each chunked body, passes ``kproxy.core.framing`` before h11 parses it (``cl
 a head that fails is answered here and its connection closed. Each request is then routed,
 admitted by its service (pause/stop), given a target, and relayed by ``upstream``, which opens
 a nursery under the connection's task only while a request needs a second task (a body to
-pump, a slow target during which the client is watched). Answers are written by
+pump). Deadlines, and the look for a client that hangs up on a slow target, are alarms of
+the server's one clock (``alarms``), not cancel scopes of their own. Answers are written by
 ``kproxy.core.responses`` (h11 only reads). Errors become a status in one place
 (``_status_for``) and one JSON log line per request; an unexpected error ends its connection
 only, logged with its traceback.
@@ -38,6 +39,7 @@ from kproxy.core.upstream_http import UpstreamRequest
 from kproxy.errors import NoMatchingService, UpstreamError, UpstreamTimeout
 from kproxy.runtime.acceptor import accept_connections, default_max_connections
 from kproxy.runtime.access_log import ClientRequest, RequestLog, text
+from kproxy.runtime.alarms import Alarm, AlarmClock
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.client import BadRequestBody, ClientGone, ClientStream
 from kproxy.runtime.log import Logger
@@ -86,6 +88,7 @@ class HttpServer:
         factory=lambda: trio.CapacityLimiter(default_max_connections())
     )
     buffer_dir: str | None = None  # where buffered bodies spill; None = the system temp dir
+    clock: AlarmClock = attrs.field(factory=AlarmClock)  # the data path's deadlines
     closing: bool = False
     _connections: dict[trio.CancelScope, bool] = attrs.field(factory=dict)  # scope → busy
     _all_closed: trio.Event = attrs.field(factory=trio.Event)
@@ -94,7 +97,9 @@ class HttpServer:
         self, listeners: list[trio.SocketListener], handler_nursery: trio.Nursery
     ) -> None:
         """Accept on every listener until cancelled; each connection runs in
-        ``handler_nursery``, at most ``connection_slots.total_tokens`` at once."""
+        ``handler_nursery``, at most ``connection_slots.total_tokens`` at once, with the clock
+        of their deadlines (which lives as long as they may)."""
+        handler_nursery.start_soon(self.clock.run)
         async with trio.open_nursery() as nursery:
             for listener in listeners:
                 nursery.start_soon(
@@ -107,9 +112,9 @@ class HttpServer:
                 )
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
-        client = ClientStream(stream, self.max_header_bytes)
         client_ip, client_port = _peer(stream)
         with trio.CancelScope() as scope:
+            client = ClientStream(stream, self.max_header_bytes, self.clock, Alarm(scope))
             if not self._connections:
                 self._all_closed = trio.Event()
             self._connections[scope] = False
@@ -331,6 +336,8 @@ class HttpServer:
                         cookie_scope=log.cookie_scope,
                     )
                 if scope.cancelled_caught and not record.upgraded:
+                    if record.interruption is not None:  # an alarm of the relay's
+                        raise record.interruption
                     raise UpstreamTimeout(f"request to draining target {target.name} cut off")
         except (UpstreamError, ClientGone, BadRequestBody, ResponseAborted) as exc:
             log.response_headers, log.response_bytes = record.headers, record.body_bytes

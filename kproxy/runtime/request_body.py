@@ -32,7 +32,6 @@ class RequestBodyPump:
     body: SpooledBody | None = None  # --buffer-requests: the whole body, already read
     sent_data: bool = False  # body bytes went to a target: the request can't be replayed
     finished: bool = False  # the whole request body was read (or there is none)
-    saw_more: bool = False  # the watch read bytes of a next request: it is over
     error: Exception | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -72,7 +71,6 @@ class RequestBodyPump:
             data = b""
         if data:
             self.client.conn.receive_data(data)
-            self.saw_more = True
         else:
             self.error = ClientGone()
             cancel.cancel()

@@ -9,6 +9,9 @@ itself: trio still does the waiting, the cancellation and the scheduling.
 
 from __future__ import annotations
 
+import fcntl
+import select
+import termios
 from typing import Final
 
 import trio
@@ -32,3 +35,16 @@ async def send_all(sock: trio.socket.SocketType, data: bytes) -> None:
         with memoryview(data) as view:
             while sent < len(data):
                 sent += await sock.send(view[sent:])
+
+
+def hung_up(fd: int) -> bool:
+    """Whether the peer of the connected socket ``fd`` closed (or reset) it, looked at without
+    reading: readable with nothing to read. Unread bytes (a pipelined request) say no."""
+    try:
+        readable, _, _ = select.select([fd], [], [], 0)
+        if not readable:
+            return False
+        pending = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return True
+    return pending == b"\0\0\0\0"

@@ -5,7 +5,7 @@ stays on the client's side only. The request body streams to the target (``reque
 while the response is awaited (so ``Expect: 100-continue`` and early answers work); the
 response streams back as it arrives. Once the body is in, the client connection is watched,
 so a client that leaves ends the exchange (499); for a request without a body, only while the
-target keeps it waiting.
+target keeps it waiting, by an alarm that looks at the client's socket (``_HangupWatch``).
 Errors before the response head reached the client become UpstreamError (an error page);
 errors after it abort the client connection, because a truncated body must never look complete.
 """
@@ -38,6 +38,7 @@ from kproxy.core.upstream_http import (
 )
 from kproxy.errors import ResponseTooLarge, UpstreamTimeout, UpstreamUnreachable
 from kproxy.runtime import socket_io
+from kproxy.runtime.alarms import TICK, Alarm
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.client import BadRequestBody, ClientGone, ClientStream
 from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
@@ -47,7 +48,7 @@ from kproxy.runtime.target import Target
 
 EXPECT_CONTINUE_TIMEOUT: Final = 1.0  # seconds; ExpectContinueTimeout of Go's DefaultTransport
 HANGUP_WATCH_DELAY: Final = 0.05  # seconds a bodiless request's answer may take before the
-# client is watched for a hang-up: far below anything a person notices, far above most answers
+# client is looked at for a hang-up: far below anything a person notices, above most answers
 
 
 class ResponseAborted(Exception):
@@ -80,6 +81,31 @@ class ResponseRecord:
     body_bytes: int = 0  # response body bytes sent to the client
     head_sent: bool = False  # the client has seen a status line: no error page any more
     upgraded: bool = False
+    interruption: Exception | None = None  # why an alarm cancelled the request's scope
+
+
+@attrs.define(eq=False)
+class _HangupWatch(Alarm):
+    """A bodiless request's alarm while it waits on its target. At ``timeout_at`` (the target
+    timeout, while the head is awaited) it goes off as a 504; before that, from
+    HANGUP_WATCH_DELAY on, it looks every TICK whether the client hung up (499), as Go's server
+    notices with a background read. No task and no cancel scope of its own: see ``alarms``."""
+
+    record: ResponseRecord = attrs.field(kw_only=True)
+    client_fd: int = attrs.field(kw_only=True)
+    target_name: str = attrs.field(kw_only=True)
+    timeout_at: float = math.inf
+
+    def due(self, now: float) -> float | None:
+        if now >= self.timeout_at:
+            self.record.interruption = UpstreamTimeout(
+                f"{self.target_name} sent no response within the target timeout"
+            )
+            return None
+        if socket_io.hung_up(self.client_fd):
+            self.record.interruption = ClientGone()
+            return None
+        return min(self.timeout_at, now + TICK)
 
 
 async def forward(
@@ -132,9 +158,9 @@ class _Relay:
     record: ResponseRecord
     buffer_dir: str | None
     cookie_scope: CookieScope | None
-    # Set when the request had no body to pump and is no upgrade: the client is watched for a
-    # hang-up only while the target keeps it waiting (see _receive), not on every request.
-    watch_later: bool = False
+    # Set when the request had no body to pump and is no upgrade: the client is looked at for
+    # a hang-up only while the target keeps it waiting (see _receive), not on every request.
+    hangup_watch: _HangupWatch | None = None
     upgrade: bool = False  # the request asks to switch protocols: a 101 may answer it
 
     async def run(self, request: UpstreamRequest, scope: trio.CancelScope) -> None:
@@ -152,7 +178,13 @@ class _Relay:
                 ) from exc
             # An upgrade's client bytes belong to the splice: nothing else may read them.
             if pump.end_without_body():  # most requests: no task, no nursery
-                self.watch_later = not self.upgrade
+                if not self.upgrade:
+                    self.hangup_watch = _HangupWatch(
+                        scope,
+                        record=self.record,
+                        client_fd=self.client.fd,
+                        target_name=self.target.name,
+                    )
                 release = await self._relay_response(scope)
             else:
                 release = await self._relay_with_pump(scope, watch=not self.upgrade)
@@ -204,33 +236,22 @@ class _Relay:
     async def _receive(self, deadline: float) -> bool:
         """One read from the target, given up at ``deadline`` (False).
 
-        With ``watch_later``, a read that takes longer than HANGUP_WATCH_DELAY goes on while a
-        task watches the client, so a client that leaves a slow target is still noticed at
-        once, while a quick answer (most of them) costs no task and no wait on the client.
+        With a ``hangup_watch``, the deadline and the look for a hang-up are its alarm's: one
+        that goes off cancels the request's scope (``record.interruption`` says why), so this
+        returns True or not at all. A quick answer (most of them) costs an attribute store.
         """
-        if self.watch_later:
-            with trio.move_on_at(min(deadline, trio.current_time() + HANGUP_WATCH_DELAY)):
+        watch = self.hangup_watch
+        if watch is not None:
+            clock = self.client.clock
+            watch.timeout_at = deadline
+            clock.set(watch, min(deadline, trio.current_time() + HANGUP_WATCH_DELAY))
+            try:
                 await self.upstream.receive()
-                return True
-            if trio.current_time() >= deadline:
-                return False
-            received = False
-            error: Exception | None = None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.pump.watch, nursery.cancel_scope)
-                try:
-                    with trio.move_on_at(deadline):
-                        await self.upstream.receive()
-                        received = True
-                except Exception as exc:  # raised after the nursery: not wrapped in a group
-                    error = exc
-                nursery.cancel_scope.cancel()
-            if self.pump.error is not None:
-                raise self.pump.error
-            if error is not None:
-                raise error
-            self.watch_later = not self.pump.saw_more  # bytes of a next request end the watch
-            return received
+            finally:
+                clock.set(watch, math.inf)
+            if watch.rang:  # it went off just as the read completed: stop here, not later
+                await trio.lowlevel.checkpoint()
+            return True
         if deadline == math.inf:
             await self.upstream.receive()
             return True
