@@ -13,6 +13,7 @@ IdleTimeout and then ReadHeaderTimeout. Either one passing cancels the connectio
 from __future__ import annotations
 
 import math
+import socket
 from typing import Final
 
 import attrs
@@ -50,7 +51,7 @@ class ClientStream:
     clock: AlarmClock
     head_alarm: Alarm  # cancels the connection's scope when a head is late (receive_head)
     conn: h11.Connection = attrs.field(init=False)
-    sock: trio.socket.SocketType = attrs.field(init=False)  # the stream's: see socket_io
+    sock: socket.socket = attrs.field(init=False)  # the stream's: see socket_io
     fd: int = attrs.field(init=False)  # the socket's descriptor, to look for a hang-up
     response: ResponseWriter = attrs.field(factory=ResponseWriter)
     eof: bool = False  # the client has closed (or half-closed) its side
@@ -61,7 +62,7 @@ class ClientStream:
 
     def __attrs_post_init__(self) -> None:
         self.conn = self._new_connection()
-        self.sock = self.stream.socket
+        self.sock = socket_io.stdlib_socket(self.stream.socket)
         self.fd = self.sock.fileno()
 
     def _new_connection(self) -> h11.Connection:

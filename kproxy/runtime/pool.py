@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import select
+import socket
 from typing import Final
 
 import attrs
@@ -29,12 +30,12 @@ class UpstreamConnection:
 
     stream: trio.SocketStream
     reader: ResponseReader = attrs.field(factory=ResponseReader)
-    sock: trio.socket.SocketType = attrs.field(init=False)  # the stream's: see socket_io
+    sock: socket.socket = attrs.field(init=False)  # the stream's: see socket_io
     reused: bool = False
     idle_since: float = 0.0
 
     def __attrs_post_init__(self) -> None:
-        self.sock = self.stream.socket
+        self.sock = socket_io.stdlib_socket(self.stream.socket)
 
     def start(self, *, head_request: bool) -> None:
         """A fresh reader for the next exchange."""

@@ -1,0 +1,106 @@
+"""The data path's own socket calls, on real loopback TCP connections: what they move, how
+they wait, that they stay cancellable, and the hang-up look of the alarms."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from kproxy.runtime import socket_io
+
+
+@pytest.fixture
+async def tcp_pair() -> AsyncIterator[tuple[trio.SocketStream, socket.socket]]:
+    """A trio stream (the proxy's side) and its peer, a plain blocking socket."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    peer = socket.create_connection(listener.getsockname())
+    ours, _ = await listener.accept()
+    listener.close()
+    stream = trio.SocketStream(ours)
+    try:
+        yield stream, peer
+    finally:
+        peer.close()
+        await stream.aclose()
+
+
+def test_stdlib_socket_is_the_one_trio_wraps() -> None:
+    raw = socket.socket()
+    try:
+        assert socket_io.stdlib_socket(trio.socket.from_stdlib_socket(raw)) is raw
+    finally:
+        raw.close()
+
+
+async def test_receive_waits_for_data_then_sees_eof(
+    tcp_pair: tuple[trio.SocketStream, socket.socket],
+) -> None:
+    stream, peer = tcp_pair
+    sock = socket_io.stdlib_socket(stream.socket)
+    with trio.move_on_after(0.2) as waited:  # nothing sent: it waits
+        await socket_io.receive(sock)
+    assert waited.cancelled_caught
+    peer.sendall(b"hello")
+    assert await socket_io.receive(sock) == b"hello"
+    peer.shutdown(socket.SHUT_WR)
+    assert await socket_io.receive(sock) == b""
+
+
+async def test_send_all_waits_for_a_full_buffer(
+    tcp_pair: tuple[trio.SocketStream, socket.socket],
+) -> None:
+    """More than the kernel buffers take at once: partial sends, then waits, until all is out."""
+    stream, peer = tcp_pair
+    sock = socket_io.stdlib_socket(stream.socket)
+    data = bytes(range(256)) * 40_000  # 10 MB
+    received = bytearray()
+
+    def drain() -> None:
+        while len(received) < len(data):
+            received.extend(peer.recv(1 << 20))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(socket_io.send_all, sock, data)
+        await trio.to_thread.run_sync(drain)
+    assert bytes(received) == data
+
+
+async def test_calls_are_checkpoints(tcp_pair: tuple[trio.SocketStream, socket.socket]) -> None:
+    """A cancelled scope stops even a call that would not have to wait."""
+    stream, peer = tcp_pair
+    sock = socket_io.stdlib_socket(stream.socket)
+    peer.sendall(b"ready")
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await socket_io.receive(sock)
+    assert scope.cancelled_caught
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await socket_io.send_all(sock, b"x")
+    assert scope.cancelled_caught
+    assert await socket_io.receive(sock) == b"ready"  # nothing was consumed
+
+
+async def test_hung_up(tcp_pair: tuple[trio.SocketStream, socket.socket]) -> None:
+    stream, peer = tcp_pair
+    fd = stream.socket.fileno()
+    assert not socket_io.hung_up(fd)  # connected and quiet
+    peer.sendall(b"GET /next HTTP/1.1\r\n")  # a pipelined request is no hang-up
+    assert not socket_io.hung_up(fd)
+    assert await socket_io.receive(socket_io.stdlib_socket(stream.socket))
+    peer.shutdown(socket.SHUT_WR)
+    assert socket_io.hung_up(fd)
+
+
+async def test_hung_up_on_reset(tcp_pair: tuple[trio.SocketStream, socket.socket]) -> None:
+    stream, peer = tcp_pair
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # with linger 0: a reset
+    await trio.sleep(0.05)
+    assert socket_io.hung_up(stream.socket.fileno())
