@@ -293,3 +293,59 @@ def test_nothing_is_read_after_the_body() -> None:
     assert check.consumed == 5
     assert check.feed(b"more garbage") is None
     assert check.consumed == 5
+
+
+# --- the usual head's one-match path agrees with the line-by-line judgement ---------------------
+
+_REQUEST_LINES = [
+    b"GET / HTTP/1.1",
+    b"POST /upload?x=1 HTTP/1.0",
+    b"GET /a\rb HTTP/1.1",
+    b"GET / HTTP/2.0",
+    b"GET  / HTTP/1.1",
+    b"G@T / HTTP/1.1",
+]
+_FIELD_LINES = [
+    b"Host: a",
+    b"Host:a",
+    b"X-Empty:",
+    b"X-Spaces:   padded value \t",
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) \xc3\xa9",
+    b"Cookie: _ga=GA1.2; a_b=c",
+    b"Content-Length: 5",
+    b"Content-Length: 5, 5",
+    b"Content-Length: 05",
+    b"Content-Length: x",
+    b"Transfer-Encoding: chunked",
+    b"Transfer-Encoding: gzip, chunked",
+    b"Transfer_Encoding: chunked",
+    b"X_Custom: fine",
+    b" folded",
+    b"\tfolded",
+    b"Bad Name: x",
+    b"Name : x",
+    b"NoColon",
+    b":novalue",
+    b"X-Ctl: a\x01b",
+    b"X-Del: a\x7fb",
+    b"X-Cr: a\rb",
+    b"X-Nul: \x00",
+]
+
+
+@pytest.mark.parametrize("request_line", _REQUEST_LINES)
+@pytest.mark.parametrize("first", _FIELD_LINES)
+@pytest.mark.parametrize(
+    "second", [None, b"Host: b", b"Content-Length: 5", b" folded", b"X-Ctl: a\x01b"]
+)
+def test_usual_path_agrees_with_line_by_line(
+    request_line: bytes, first: bytes, second: bytes | None
+) -> None:
+    """A head with CRLF line ends takes the one-match path when its field lines are all
+    well-formed; the same head with bare LF line ends is judged line by line. The two verdicts
+    agree for every combination of good and bad lines."""
+    lines = [request_line, first] if second is None else [request_line, first, second]
+    crlf = b"\r\n".join(lines) + b"\r\n\r\n"
+    lf = b"\n".join(lines) + b"\n\n"
+    assert verdict(crlf, max_headers=100) == verdict(lf, max_headers=100)
+    assert verdict(crlf, max_headers=1) == verdict(lf, max_headers=1)

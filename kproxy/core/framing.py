@@ -65,6 +65,11 @@ CHUNK_LINE: Final = re.compile(
     rb"(?:;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb"))?"
     rb"[ \t]*)*"
 )
+# The field lines of a usual head all at once, each ``token ":" OWS field-value OWS CRLF``:
+# one C-level match instead of two per line; a head that fails it is judged line by line.
+_FIELD_LINES: Final = re.compile(
+    rb"(?:" + _TOKEN + rb":[ \t]*" + _FIELD_VALUE.pattern + rb"[ \t]*\r\n)*"
+)
 _BLANK_LINE: Final = re.compile(rb"\n\r?\n")  # where h11 ends a head (h11/_receivebuffer.py)
 _OWS: Final = b" \t"
 _FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
@@ -152,10 +157,19 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
     Returns:
       Accept with the body's framing, or Reject with the status to answer.
     """
-    lines = _split_lines(head)
-    if not lines or not lines[0]:
-        return Reject(400, "no request line")
-    request_line, *field_lines = lines
+    request_line, _, fields = head.partition(b"\r\n")
+    usual = (
+        head.endswith(b"\r\n\r\n")
+        and head.count(b"\n") == head.count(b"\r\n")  # CRLF line ends only
+        and _FIELD_LINES.fullmatch(fields, 0, len(fields) - 2) is not None
+    )
+    if usual:
+        field_lines = fields.split(b"\r\n")[:-2]
+    else:  # bare LF line ends (h11 takes them) or a line that breaks a rule: one by one
+        lines = _split_lines(head)
+        if not lines or not lines[0]:
+            return Reject(400, "no request line")
+        request_line, *field_lines = lines
     if b"\r" in request_line:
         return Reject(400, "bare CR in the request line")
     match = _REQUEST_LINE.fullmatch(request_line)
@@ -168,9 +182,13 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
         return Reject(431, f"more than {max_headers} header fields")
     headers: list[Header] = []
     for line in field_lines:
-        field = check_field_line(line)
-        if isinstance(field, Reject):
-            return field
+        if usual:
+            name, _, value = line.partition(b":")
+            field = name.lower(), value.strip(_OWS)
+        elif isinstance(checked := check_field_line(line), Reject):
+            return checked
+        else:
+            field = checked
         if b"_" in field[0] and field[0].replace(b"_", b"-") in _FRAMING_FIELDS:
             return Reject(400, f"header {field[0].decode('ascii')} looks like a framing field")
         headers.append(field)

@@ -30,14 +30,12 @@ class Target:
     _upgraded: set[trio.CancelScope] = attrs.field(factory=set)
     _idle: trio.Event = attrs.field(factory=trio.Event)
     serial: int = attrs.field(factory=lambda: next(_serials), kw_only=True)
+    name: str = attrs.field(init=False)  # host:port, spelled once: every request logs it
 
     def __attrs_post_init__(self) -> None:
         self.pool = ConnectionPool(self.address)
+        self.name = str(self.address)
         self._idle.set()
-
-    @property
-    def name(self) -> str:
-        return str(self.address)
 
     @property
     def healthy(self) -> bool:
