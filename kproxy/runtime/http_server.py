@@ -454,6 +454,7 @@ async def _discard_request_body(client: ClientStream) -> bool:
                 return False
             if isinstance(event, h11.Data):
                 discarded += len(event.data)
+                await trio.lowlevel.checkpoint()  # a loop that only reads (see socket_io)
             elif not isinstance(event, h11.EndOfMessage):
                 return False
     return client.request_complete

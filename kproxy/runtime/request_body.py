@@ -123,6 +123,7 @@ async def receive_request_body(
         if isinstance(event, h11.Data):
             if body.write(event.data) is BufferAction.REJECT:
                 raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
+            await trio.lowlevel.checkpoint()  # a loop that only reads (see socket_io)
         elif isinstance(event, h11.EndOfMessage):
             return  # trailers are dropped, as when streaming
         else:  # ConnectionClosed mid-body: the client went away

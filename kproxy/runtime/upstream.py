@@ -387,6 +387,7 @@ class _Relay:
                         f"{target.name} sent a response larger than --max-response-body"
                         f" ({options.max_response_body} bytes)"
                     )
+                await trio.lowlevel.checkpoint()  # a loop that only reads (see socket_io)
             client_headers = buffered_response_headers(
                 strip_response_hop_by_hop(headers),
                 body.size,
