@@ -78,6 +78,8 @@ def test_header_value(headers: HeaderList, name: bytes, expected: bytes | None) 
         ([(b"connection", b"close")], {b"close"}),
         ([(b"connection", b"Keep-Alive, UPGRADE")], {b"keep-alive", b"upgrade"}),
         ([(b"connection", b" x-a ,\tx-b,, "), (b"connection", b"X-C")], {b"x-a", b"x-b", b"x-c"}),
+        ([(b"connection", b"")], frozenset()),
+        ([(b"connection", b"a"), (b"x", b"b"), (b"connection", b" , A")], {b"a"}),
     ],
 )
 def test_connection_tokens(headers: HeaderList, expected: set[bytes]) -> None:

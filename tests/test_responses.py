@@ -209,3 +209,53 @@ def test_connection_close_in_the_fields_ends_the_connection() -> None:
     head = response.head(200, [(b"content-length", b"0"), (b"connection", b"close")])
     assert head.lower().count(b"connection: close") == 1
     assert not response.keep_alive
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected_head", "framing", "body"),
+    [
+        pytest.param(
+            [(b"set-cookie", b"a"), (b"set-cookie", b"b"), (b"content-length", b"5")],
+            b"set-cookie: a\r\nset-cookie: b\r\ncontent-length: 5\r\n",
+            Framing.LENGTH,
+            b"abcde",
+            id="other-names-repeat",
+        ),
+        pytest.param(
+            [(b"content-length", b"5"), (b"content-length", b"7")],
+            b"content-length: 5\r\ncontent-length: 7\r\n",
+            Framing.LENGTH,
+            b"abcdefg",
+            id="last-length-wins",
+        ),
+        pytest.param(
+            [(b"content-length", b"7"), (b"content-length", b"x")],
+            b"content-length: 7\r\ncontent-length: x\r\n",
+            Framing.LENGTH,
+            b"abcdefg",
+            id="last-usable-length-wins",
+        ),
+        pytest.param(
+            [(b"content-length", b"x")],
+            b"transfer-encoding: chunked\r\n",
+            Framing.CHUNKED,
+            b"9\r\nabcdefghi\r\n",
+            id="unusable-length-chunked",
+        ),
+        pytest.param(
+            [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")],
+            b"transfer-encoding: chunked\r\n",
+            Framing.CHUNKED,
+            b"9\r\nabcdefghi\r\n",
+            id="chunked-beats-length",
+        ),
+    ],
+)
+def test_framing_fields_as_given(
+    headers: Headers, expected_head: bytes, framing: Framing, body: bytes
+) -> None:
+    """Framing fields as kproxy's callers never give them: repeated, unusable, both."""
+    response = writer()
+    assert response.head(200, headers) == b"HTTP/1.1 200 OK\r\n" + expected_head + b"\r\n"
+    assert response.framing is framing
+    assert response.data(b"abcdefghi") == body  # a length cuts the body short

@@ -601,6 +601,21 @@ def test_transfer_encoding_split_over_lines_is_one_list() -> None:
             id="close-chunked",
         ),
         pytest.param(b"HTTP/1.1 200 OK", [b"Connection: close"], True, False, id="head-close"),
+        # with a name repeated, the last value of each is not all there is to look at
+        pytest.param(
+            b"HTTP/1.1 200 OK",
+            [b"Set-Cookie: a", b"Set-Cookie: b", b"Connection: keep-alive", b"Content-Length: 0"],
+            False,
+            True,
+            id="repeats-keep-alive",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK",
+            [b"Connection: close", b"X-A: a", b"Connection: keep-alive", b"Content-Length: 0"],
+            False,
+            False,
+            id="close-before-keep-alive",
+        ),
     ],
 )
 def test_keep_alive(
@@ -1114,6 +1129,19 @@ def test_a_later_http_1_minor_version_keeps_the_connection() -> None:
         pytest.param((b"Content-Length: 1234",), True, [b"1234"], id="head-kept"),
         pytest.param((b"Content-Length: abc",), True, [], id="head-malformed-dropped"),
         pytest.param((b"Content-Length: 1", b"Content-Length: 2"), True, [], id="head-conflict"),
+        # the single plain field (the usual head) is taken as is; these are either side of it
+        pytest.param((b"Content-Length: 0",), False, [b"0"], id="zero"),
+        pytest.param(
+            (b"Set-Cookie: a", b"Set-Cookie: b", b"Content-Length: 05"),
+            False,
+            [b"5"],
+            id="other-names-repeat",
+        ),
+        pytest.param((b"Content-Length: %d" % (2**63 - 1),), True, [b"%d" % (2**63 - 1)], id="max"),
+        pytest.param((b"Content-Length: %d" % 2**63,), True, [], id="head-past-max-dropped"),
+        pytest.param(
+            (b"Content-Length: 0%d" % (2**63 - 1),), True, [b"%d" % (2**63 - 1)], id="20-digits"
+        ),
     ],
 )
 def test_content_length_goes_on_as_one_plain_number(
