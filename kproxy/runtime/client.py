@@ -58,6 +58,7 @@ class ClientStream:
     # The current request's framing declares a body. Without one the request is whole once
     # its head is read: h11 is not asked for its end (the next request gets a new Connection).
     has_body: bool = False
+    body_framing: framing.Accept = attrs.field(factory=framing.Accept)  # the head's verdict
     body_check: framing.ChunkedBody | None = None  # the current request's, when chunked
 
     def __attrs_post_init__(self) -> None:

@@ -155,7 +155,7 @@ class HttpServer:
             request = ClientRequest(
                 event.method, bytes(event.target), list(event.headers), event.http_version
             )
-            client.has_body = verdict.has_body
+            client.has_body, client.body_framing = verdict.has_body, verdict
             client.response = ResponseWriter.for_request(
                 request.method, request.http_version, request.headers
             )
@@ -315,7 +315,8 @@ class HttpServer:
         upstream_headers = headers.headers
         if body is not None:
             upstream_headers = buffered_request_headers(upstream_headers, body.size)
-        else:  # the framing kproxy checked, spelled one way only (h11 re-chunks the body)
+        elif client.body_framing.chunked or client.body_framing.content_length is not None:
+            # The framing kproxy checked, spelled one way only (h11 re-chunks the body).
             upstream_headers = [h for h in upstream_headers if h[0] != b"content-length"]
             upstream_headers += framing.framing_headers(request.headers)
         if header_value(upstream_headers, b"host") is None:
