@@ -1,10 +1,12 @@
-"""The comparison: direct, kproxy, nginx, HAProxy and Caddy over the same cases, interleaved.
+"""The comparison: direct, kproxy, the trio+h11 floor, nginx, HAProxy and Caddy over the same
+cases, interleaved.
 
 Every server runs for the whole comparison; each measurement is a warm-up then a measured wrk
 run of the same duration against one of them. A repeat goes through every case and server
 (in a rotated order, so that no server always runs right after the same neighbour), and the
 set is repeated, so slow drifts of a noisy machine spread over all servers alike. kproxy runs
-once per worker count asked for (``--kproxy-workers 1,2``), each as a server of its own.
+once per worker count asked for (``--kproxy-workers 1,2``), each as a server of its own. The
+floor (``benchmarks/floor.py``) is not a proxy but a yardstick: what CPython + trio + h11 cost.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import attrs
 
 from benchmarks import loadgen, procstat, servers
 
+FLOOR: Final = {"floor": "trio+h11 floor (no features)"}
 OTHER_SERVERS: Final = {
     "nginx": "nginx",
     "haproxy": "HAProxy",
@@ -31,9 +34,9 @@ OTHER_SERVERS: Final = {
 
 def server_labels(kproxy_workers: Sequence[int | None]) -> dict[str, str]:
     """Every server measured, key → name in the report, in the report's order: direct, one
-    kproxy per worker count (``None``: kproxy's default), then the other proxies."""
+    kproxy per worker count (``None``: kproxy's default), the floor, then the other proxies."""
     kproxies = {servers.kproxy_name(w): servers.kproxy_label(w) for w in kproxy_workers}
-    return {"direct": "direct", **kproxies, **OTHER_SERVERS}
+    return {"direct": "direct", **kproxies, **FLOOR, **OTHER_SERVERS}
 
 
 @attrs.frozen
@@ -143,6 +146,7 @@ def run(
             name = servers.kproxy_name(workers)
             proxy = servers.start_kproxy(directory, upstream.port, name, workers=workers)
             started[name] = proxy.server
+        started["floor"] = servers.start_floor(directory, upstream.port)
         started["nginx"] = servers.start_nginx(directory, upstream.port)
         started["haproxy"] = servers.start_haproxy(directory, upstream.port)
         started["caddy"] = servers.start_caddy(directory, upstream.port)

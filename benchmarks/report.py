@@ -203,7 +203,7 @@ def markdown(results: dict[str, Any], rows: list[Row]) -> str:
         f"- Settings: {settings['duration']} s per measurement after a {settings['warmup']} s"
         f" warm-up; the set run {settings['repeats']} time(s), interleaved (medians shown,"
         f" req/s range in brackets); wrk with {settings['wrk_threads']} thread(s); every"
-        " proxy logs each request to a file.",
+        " proxy logs each request to a file (the trio+h11 floor, not a proxy, does not).",
         f"- kproxy: {_kproxy_mode(settings)}.",
         f"- Command: `{settings['command']}`",
     ]

@@ -393,3 +393,23 @@ def start_kproxy(
             time.sleep(0.05)
     wait_until_serving(server, TINY_PATH, directory)
     return proxy
+
+
+def start_floor(directory: Path, upstream_port: int) -> Server:
+    """The trio+h11 floor (``benchmarks/floor.py``): not a proxy, the least work a trio+h11
+    relay does per request, to show what the platform costs. One process, no log."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.floor",
+        "--port",
+        str(port),
+        "--upstream-port",
+        str(upstream_port),
+    ]
+    floor_dir = directory / "floor"
+    floor_dir.mkdir(exist_ok=True)
+    server = _spawn("floor", port, argv, floor_dir, env=kproxy_env())
+    wait_until_serving(server, TINY_PATH, floor_dir)
+    return server
