@@ -104,6 +104,13 @@ class ClientStream:
         except STREAM_ERRORS as exc:
             raise ClientGone() from exc
 
+    async def answer_parts(self, parts: list[bytes]) -> None:
+        """``answer`` of several buffers at once, without joining them (socket_io.send_parts)."""
+        try:
+            await socket_io.send_parts(self.sock, parts)
+        except STREAM_ERRORS as exc:
+            raise ClientGone() from exc
+
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
 

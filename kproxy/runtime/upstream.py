@@ -47,6 +47,7 @@ from kproxy.runtime.socket_io import STREAM_ERRORS
 from kproxy.runtime.target import Target
 
 EXPECT_CONTINUE_TIMEOUT: Final = 1.0  # seconds; ExpectContinueTimeout of Go's DefaultTransport
+_JOIN_BELOW: Final = 16 * 1024  # bytes: a response smaller than this is joined to be sent
 HANGUP_WATCH_DELAY: Final = 0.05  # seconds a bodiless request's answer may take before the
 # client is looked at for a hang-up: far below anything a person notices, above most answers
 
@@ -431,7 +432,10 @@ class _Relay:
 
 
 async def _send_bytes(client: ClientStream, pending: list[bytes]) -> None:
-    """Send the bytes gathered in ``pending`` in one write, and empty it."""
-    data = b"".join(pending)
+    """Send the bytes gathered in ``pending`` in one write, and empty it. Large ones go as
+    they are (one sendmsg), small ones joined (one buffer is cheaper to hand to the kernel)."""
+    if 1 < len(pending) <= socket_io.MAX_PARTS and sum(map(len, pending)) >= _JOIN_BELOW:
+        await client.answer_parts(pending)
+    else:
+        await client.answer(b"".join(pending))
     pending.clear()
-    await client.answer(data)

@@ -104,3 +104,29 @@ async def test_hung_up_on_reset(tcp_pair: tuple[trio.SocketStream, socket.socket
     peer.close()  # with linger 0: a reset
     await trio.sleep(0.05)
     assert socket_io.hung_up(stream.socket.fileno())
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [b"HTTP/1.1 200 OK\r\ncontent-length: 65536\r\n\r\n", b"b" * 65536, b""],
+        [bytes([i]) * 3_000_000 for i in range(4)],  # more than the kernel takes at once
+    ],
+    ids=["head-and-body", "partial-sends"],
+)
+async def test_send_parts_sends_them_in_order(
+    tcp_pair: tuple[trio.SocketStream, socket.socket], parts: list[bytes]
+) -> None:
+    stream, peer = tcp_pair
+    sock = socket_io.stdlib_socket(stream.socket)
+    expected = b"".join(parts)
+    received = bytearray()
+
+    def drain() -> None:
+        while len(received) < len(expected):
+            received.extend(peer.recv(1 << 20))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(socket_io.send_parts, sock, parts)
+        await trio.to_thread.run_sync(drain)
+    assert bytes(received) == expected
