@@ -1,0 +1,73 @@
+"""runtime/log.py and runtime/access_log.py: the access line, as json would write it.
+
+Logger.access formats the usual access line from a template (log.py): the text must stay
+json.dumps(default=str) of the record, whatever the fields and the context hold.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kproxy.runtime.access_log import ClientRequest, RequestLog
+from kproxy.runtime.log import ACCESS_FIELDS, Logger
+from tests.helpers import LogCapture
+
+
+def usual_access_fields() -> dict[str, Any]:
+    request = ClientRequest(
+        b"GET", b"/p?q=1", [(b"host", b"App.example:80"), (b"user-agent", b"caf\xe9")], b"1.1"
+    )
+    log = RequestLog.begin(
+        request, port=80, scheme="http", client_ip="127.0.0.1", client_port=5000, now=1.0
+    )
+    log.status = 200
+    fields = log.line(2.5)
+    assert tuple(fields) == ACCESS_FIELDS  # so the usual line takes Logger.access's template
+    return fields
+
+
+def assert_written_as_json(
+    logs: LogCapture, context: dict[str, Any], fields: dict[str, Any]
+) -> None:
+    line = logs.lines.pop()
+    record = {"time": json.loads(line)["time"], "level": "INFO", "msg": "Request"}
+    assert line == json.dumps({**record, **context, **fields}, default=str)
+
+
+@pytest.mark.parametrize(
+    ("context", "change"),
+    [
+        ({}, {}),
+        ({"worker": 3}, {}),
+        ({"worker": 3}, {"query": 'caf\u00e9 "q" \\ \x00 \u2028 \ud800 \U0001f600'}),
+        ({"worker": True, "level": "L"}, {}),
+        ({"worker": 1.5, "time": "t", "host": "h"}, {}),
+        ({}, {"status": True}),
+        ({}, {"duration": 1.5}),
+        ({}, {"service": None}),
+        ({}, {"req_x_custom": "v"}),
+    ],
+)
+def test_access_line_is_what_json_writes(context: dict[str, Any], change: dict[str, Any]) -> None:
+    """Logger.access formats the usual access line from a template: the text must stay
+    json.dumps(default=str) of the record, whatever the fields and the context hold."""
+    logs = LogCapture()
+    fields = usual_access_fields() | change
+    Logger(out=logs, context=context).access(fields)  # type: ignore[arg-type]
+    assert_written_as_json(logs, context, fields)
+
+
+def test_context_is_fixed_when_the_logger_is_made() -> None:
+    """Logger.access made its template's context part once: the context cannot change."""
+    logs = LogCapture()
+    context = {"worker": 1}
+    logger = Logger(out=logs, context=context)  # type: ignore[arg-type]
+    context["worker"] = 2  # the caller's dict was copied
+    with pytest.raises(TypeError):
+        logger.context["worker"] = 3  # type: ignore[index]
+    fields = usual_access_fields()
+    logger.access(fields)
+    assert_written_as_json(logs, {"worker": 1}, fields)
