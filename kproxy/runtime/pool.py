@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import select
 import socket
 from typing import Final
 
@@ -61,11 +60,11 @@ def describe_connect_error(exc: OSError) -> str:
 
 def _is_stale(connection: UpstreamConnection) -> bool:
     """An idle HTTP connection must be silent: readable means EOF, a reset, or stray bytes."""
+    fd = connection.sock.fileno()
     try:
-        readable, _, _ = select.select([connection.stream.socket.fileno()], [], [], 0)
-    except (OSError, ValueError):
+        return fd < 0 or socket_io.readable_now(fd)
+    except OSError:
         return True
-    return bool(readable)
 
 
 @attrs.define(eq=False)

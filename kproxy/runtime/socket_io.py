@@ -100,14 +100,21 @@ async def send_parts(sock: socket.socket, parts: list[bytes]) -> None:
         await send_all(sock, b"".join(parts)[sent:])
 
 
+def readable_now(fd: int) -> bool:
+    """Whether a read of ``fd`` would not wait (data, EOF or an error), asked of poll(2), which
+    takes any descriptor (select(2) refuses those from 1024 on, and a busy proxy has them)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def hung_up(fd: int) -> bool:
     """Whether the peer of the connected socket ``fd`` closed (or reset) it, looked at without
     reading: readable with nothing to read. Unread bytes (a pipelined request) say no."""
     try:
-        readable, _, _ = select.select([fd], [], [], 0)
-        if not readable:
+        if not readable_now(fd):
             return False
         pending = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-    except (OSError, ValueError):
+    except OSError:
         return True
     return pending == b"\0\0\0\0"

@@ -3,6 +3,8 @@ they wait, that they stay cancellable, and the hang-up look of the alarms."""
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -130,3 +132,23 @@ async def test_send_parts_sends_them_in_order(
         nursery.start_soon(socket_io.send_parts, sock, parts)
         await trio.to_thread.run_sync(drain)
     assert bytes(received) == expected
+
+
+async def test_hung_up_past_select_limit(
+    tcp_pair: tuple[trio.SocketStream, socket.socket],
+) -> None:
+    """A busy proxy's descriptors pass 1024, where select(2) stops: the look still works."""
+    stream, peer = tcp_pair
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1500:
+        pytest.skip("descriptor limit below 1500")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1500), hard))
+    high = os.dup2(stream.socket.fileno(), 1400)
+    try:
+        assert not socket_io.hung_up(high)
+        assert not socket_io.readable_now(high)
+        peer.shutdown(socket.SHUT_WR)
+        assert socket_io.hung_up(high)
+    finally:
+        os.close(high)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
