@@ -489,6 +489,29 @@ async def test_pipelined_requests_answered_in_order(nursery: trio.Nursery, tmp_p
     assert len(await logged(logs, 3)) == 3
 
 
+async def test_pipelined_request_behind_a_slow_target_is_no_hang_up(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """While a bodiless request waits on a slow target, the client's socket is looked at for a
+    hang-up; the next request, sent meanwhile and waiting unread on the socket, is no hang-up,
+    and both are answered."""
+    up = await start_upstream(nursery)
+    proxy, logs = await start_proxy(nursery, tmp_path)
+    await deploy(proxy, up.address)
+    data = b""
+    with trio.fail_after(10):
+        async with await open_raw(proxy) as stream:
+            await stream.send_all(b"GET /slow?0.5 HTTP/1.1\r\nhost: a\r\n\r\n")
+            await trio.sleep(0.2)  # the first waits on the target, being looked at
+            await stream.send_all(b"GET /echo?n=2 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    replies = parse_responses(data, ["GET"] * 2)
+    assert [r.status for r in replies] == [200, 200]
+    assert json.loads(replies[1].body)["target"] == "/echo?n=2"
+    assert [record["status"] for record in await logged(logs, 2)] == [200, 200]
+
+
 async def test_pipelined_bodies_and_http10(nursery: trio.Nursery, tmp_path: Path) -> None:
     """Bodies in a pipeline stay with their request; an HTTP/1.0 request ends the connection."""
     up = await start_upstream(nursery)
