@@ -49,7 +49,11 @@ class ClientStream:
     stream: trio.SocketStream
     max_head_bytes: int
     clock: AlarmClock
-    head_alarm: Alarm  # cancels the connection's scope when a head is late (receive_head)
+    scope: trio.CancelScope  # the connection's: cancelling it ends the connection
+    head_alarm: Alarm = attrs.field(init=False)  # cancels ``scope`` when a head is late
+    # The scope requests run in, for a run of requests (see HttpServer._serve): a drain's
+    # cut-off or an alarm cancels it to stop the request in flight.
+    epoch: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     conn: h11.Connection = attrs.field(init=False)
     sock: socket.socket = attrs.field(init=False)  # the stream's: see socket_io
     fd: int = attrs.field(init=False)  # the socket's descriptor, to look for a hang-up
@@ -62,6 +66,7 @@ class ClientStream:
     body_check: framing.ChunkedBody | None = None  # the current request's, when chunked
 
     def __attrs_post_init__(self) -> None:
+        self.head_alarm = Alarm(self.scope)
         self.conn = self._new_connection()
         self.sock = socket_io.stdlib_socket(self.stream.socket)
         self.fd = self.sock.fileno()

@@ -54,9 +54,10 @@ class Target:
         self.health_changed = trio.Event()
         return True
 
-    def track(self) -> _Tracked:
-        """Count a request as in flight; the drain cancels the scope it yields if it overstays."""
-        return _Tracked(self)
+    def track(self, scope: trio.CancelScope) -> _Tracked:
+        """Count a request as in flight while in the ``with``; the drain cancels ``scope``
+        (the one the request runs in) if it overstays."""
+        return _Tracked(self, scope)
 
     def _begin(self, scope: trio.CancelScope) -> None:
         if not self._inflight:
@@ -107,11 +108,10 @@ class _Tracked:
     """``Target.track()``: a class, not a generator, since it wraps every request."""
 
     target: Target
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    scope: trio.CancelScope
 
-    def __enter__(self) -> trio.CancelScope:
+    def __enter__(self) -> None:
         self.target._begin(self.scope)
-        return self.scope
 
     def __exit__(self, *exc_info: object) -> None:
         self.target._end(self.scope)

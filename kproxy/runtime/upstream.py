@@ -123,7 +123,8 @@ async def forward(
     """Relay ``request`` (headers already rewritten) to ``target`` and its answer back.
 
     Raises UpstreamError while nothing was sent to the client, ClientGone, BadRequestBody or
-    ResponseAborted otherwise. ``scope`` is the request's drain scope (marked when upgraded).
+    ResponseAborted otherwise. ``scope`` is the one the request runs in (the connection's
+    epoch, see HttpServer._serve): a drain or an alarm cancels it; it is marked when upgraded.
     ``body`` is the request body when it was buffered (see receive_request_body);
     ``buffer_dir`` is where a buffered response spills (None: the system temp dir).
     ``cookie_scope`` rewrites the response's Set-Cookie paths (--scope-cookie-paths).

@@ -738,6 +738,36 @@ async def test_504_after_target_timeout(nursery: trio.Nursery, tmp_path: Path) -
     assert (await request(proxy.http_port, "/fast")).status == 200  # not a poisoned pool
 
 
+async def test_connection_goes_on_after_a_target_timeout(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A request cut off by the target timeout is answered 504 and its connection carries the
+    next requests (each run of requests shares one cancel scope, renewed after a cut-off)."""
+    up = await start_upstream(nursery)
+    proxy, logs = await start_proxy(nursery, tmp_path)
+    await deploy(proxy, up.address, target_timeout=0.3)
+    data = b""
+    with trio.fail_after(10):
+        async with await open_raw(proxy) as stream:
+            for path in (b"/slow?3", b"/echo?n=2", b"/slow?3", b"/echo?n=4"):
+                await stream.send_all(b"GET %s HTTP/1.1\r\nhost: a\r\n\r\n" % path)
+                data += await _one_response(stream)
+    replies = parse_responses(data, ["GET"] * 4)
+    assert [r.status for r in replies] == [504, 200, 504, 200]
+    assert [record["status"] for record in await logged(logs, 4)] == [504, 200, 504, 200]
+
+
+async def _one_response(stream: trio.SocketStream) -> bytes:
+    """The bytes of one response framed by Content-Length (kproxy's pages and the test
+    upstream's answers are)."""
+    data = await receive_until(stream, b"\r\n\r\n")
+    head_end = data.index(b"\r\n\r\n") + 4
+    length = int(re.search(rb"content-length: (\d+)", data[:head_end], re.I)[1])  # type: ignore[index]
+    while len(data) < head_end + length:
+        data += await stream.receive_some(65536)
+    return data
+
+
 async def test_503_without_healthy_target(nursery: trio.Nursery, tmp_path: Path) -> None:
     up = await start_upstream(nursery, healthy=False)
     proxy, logs = await start_proxy(nursery, tmp_path)
