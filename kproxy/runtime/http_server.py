@@ -373,11 +373,17 @@ class HttpServer:
                         buffer_dir=self.buffer_dir,
                         cookie_scope=log.cookie_scope,
                     )
-            except trio.Cancelled:
+            except (trio.Cancelled, BaseExceptionGroup) as stopped:
                 # The epoch alone (not the connection, nor the server) was cancelled: the
                 # request is cut off, and answered here, shielded for a bounded time; _serve
-                # then leaves the epoch. Anything else cancelled goes on up.
-                if not epoch.cancel_called or client.scope.cancel_called or record.upgraded:
+                # then leaves the epoch. Anything else cancelled goes on up. (A nursery in the
+                # relay reports its tasks' Cancelled as a group.)
+                if (
+                    not _only_cancelled(stopped)
+                    or not epoch.cancel_called
+                    or client.scope.cancel_called
+                    or record.upgraded
+                ):
                     raise
                 raise record.interruption or UpstreamTimeout(
                     f"request to draining target {target.name} cut off"
@@ -507,6 +513,12 @@ async def _discard_request_body(client: ClientStream) -> bool:
             elif not isinstance(event, h11.EndOfMessage):
                 return False
     return client.request_complete
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
 
 
 def _status_for(exc: Exception, record: ResponseRecord) -> int:

@@ -506,17 +506,20 @@ async def test_deploy_waits_for_in_flight_requests_to_old_target(
 
 
 @guard(10)
+@pytest.mark.parametrize("method", ["GET", "POST"])  # a POST's body goes by a task of its own
 async def test_drain_timeout_cuts_off_remaining_requests_with_504(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, tmp_path: Path, method: str
 ) -> None:
     one = await start_upstream(nursery, "one")
     two = await start_upstream(nursery, "two")
     proxy, logs = await start_proxy(nursery, tmp_path)
     await proxy.deploy("web", quick_options(one))
     replies: list[int] = []
+    body = b"data" if method == "POST" else None
 
     async def slow_request() -> None:
-        replies.append((await request(proxy.http_port, "/slow?5")).status)
+        reply = await request(proxy.http_port, "/slow?5", method=method, body=body)
+        replies.append(reply.status)
 
     nursery.start_soon(slow_request)
     await wait_until(lambda: one.active == 1)
@@ -525,6 +528,7 @@ async def test_drain_timeout_cuts_off_remaining_requests_with_504(
     assert 0.3 <= trio.current_time() - started < 1.0
     await wait_until(lambda: replies == [504])
     assert logs.records("Target drained")[0]["cancelled_requests"] == 1
+    await wait_until(lambda: [r["status"] for r in logs.records("Request")] == [504])
 
 
 async def upgrade_echo(_up: Upstream, _request: Received, client: H11Stream) -> None:
