@@ -7,7 +7,7 @@ import os
 import resource
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
@@ -30,6 +30,22 @@ async def tcp_pair() -> AsyncIterator[tuple[trio.SocketStream, socket.socket]]:
     finally:
         peer.close()
         await stream.aclose()
+
+
+async def _read_while(
+    peer: socket.socket, size: int, send: Callable[..., Awaitable[None]], *args: object
+) -> bytes:
+    """What ``peer`` reads (in a thread, blocking) while ``send(*args)`` runs, up to ``size``."""
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < size:
+            received.extend(peer.recv(1 << 20))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send, *args)
+        await trio.to_thread.run_sync(read)
+    return bytes(received)
 
 
 def test_stdlib_socket_is_the_one_trio_wraps() -> None:
@@ -61,16 +77,7 @@ async def test_send_all_waits_for_a_full_buffer(
     stream, peer = tcp_pair
     sock = socket_io.stdlib_socket(stream.socket)
     data = bytes(range(256)) * 40_000  # 10 MB
-    received = bytearray()
-
-    def drain() -> None:
-        while len(received) < len(data):
-            received.extend(peer.recv(1 << 20))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(socket_io.send_all, sock, data)
-        await trio.to_thread.run_sync(drain)
-    assert bytes(received) == data
+    assert await _read_while(peer, len(data), socket_io.send_all, sock, data) == data
 
 
 async def test_calls_are_checkpoints(tcp_pair: tuple[trio.SocketStream, socket.socket]) -> None:
@@ -122,16 +129,7 @@ async def test_send_parts_sends_them_in_order(
     stream, peer = tcp_pair
     sock = socket_io.stdlib_socket(stream.socket)
     expected = b"".join(parts)
-    received = bytearray()
-
-    def drain() -> None:
-        while len(received) < len(expected):
-            received.extend(peer.recv(1 << 20))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(socket_io.send_parts, sock, parts)
-        await trio.to_thread.run_sync(drain)
-    assert bytes(received) == expected
+    assert await _read_while(peer, len(expected), socket_io.send_parts, sock, parts) == expected
 
 
 async def test_hung_up_past_select_limit(
