@@ -51,9 +51,9 @@ class ClientStream:
     clock: AlarmClock
     scope: trio.CancelScope  # the connection's: cancelling it ends the connection
     head_alarm: Alarm = attrs.field(init=False)  # cancels ``scope`` when a head is late
-    # The scope requests run in, for a run of requests (see HttpServer._serve): a drain's
+    # The scope requests run in, for a run of requests, set by HttpServer._serve: a drain's
     # cut-off or an alarm cancels it to stop the request in flight.
-    epoch: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    epoch: trio.CancelScope = attrs.field(init=False)
     conn: h11.Connection = attrs.field(init=False)
     sock: socket.socket = attrs.field(init=False)  # the stream's: see socket_io
     fd: int = attrs.field(init=False)  # the socket's descriptor, to look for a hang-up
