@@ -1,9 +1,10 @@
 """The one exception hierarchy of kproxy.
 
-Every error kproxy raises on purpose derives from :class:`KProxyError`. Two families matter
+Every error kproxy raises on purpose derives from :class:`KProxyError`. Three families matter
 at the edges: :class:`CommandError` becomes an ``ERR <message>`` line on the control channel
-(and exit status 1 in the CLI); :class:`UpstreamError` becomes an HTTP status for the client,
-chosen in one place (``status_hint``).
+(and exit status 1 in the CLI); :class:`UpstreamError` becomes an HTTP status for the client
+(``status_hint``), and :class:`ExchangeError` says how an exchange ended early on the client's
+side; ``kproxy.core.relay_rules.status_for`` turns either into the status, in one place.
 """
 
 from __future__ import annotations
@@ -94,3 +95,20 @@ class ResponseTooLarge(UpstreamError):
     (internal/server/response_buffer_middleware.go) rather than send a truncated body."""
 
     status_hint = 500
+
+
+class ExchangeError(KProxyError):
+    """A request/response exchange that ended early on the client's side or mid-response; the
+    status it is logged with is chosen in one place (``kproxy.core.relay_rules.status_for``)."""
+
+
+class ClientGone(ExchangeError):
+    """The client disconnected (or half-closed) before the exchange finished: logged as 499."""
+
+
+class BadRequestBody(ExchangeError):
+    """The client's body broke HTTP framing (e.g. a malformed chunk): answered 400."""
+
+
+class ResponseAborted(ExchangeError):
+    """The target broke off after the response head was sent: the client connection is cut."""

@@ -4,7 +4,9 @@ trio's ``accept()`` yields to the scheduler after each connection, so while many
 are busy a burst of new ones (a load balancer opening its pool) would be taken one per
 scheduling pass, each pass as long as all the busy connections' work: measured, the last of
 128 waited over a second. Here a plain non-blocking socket on the same listening socket is
-read until empty instead; waiting for it stays trio's. One slot of a CapacityLimiter per open
+read until empty instead; waiting for it stays trio's. Each connection goes to its handler as
+a :class:`~kproxy.runtime.transport.SocketTransport`, which the handler may ``peek`` at before
+choosing how to serve it (a TLS ClientHello, say). One slot of a CapacityLimiter per open
 connection, taken before accept(): beyond the bound, new clients wait in the kernel's listen
 backlog rather than costing memory and descriptors.
 """
@@ -22,6 +24,7 @@ from typing import Final
 import trio
 
 from kproxy.runtime.log import Logger
+from kproxy.runtime.transport import SocketTransport
 
 MAX_CONNECTIONS: Final = 10_000  # simultaneous client connections, unless run says otherwise
 RESERVED_DESCRIPTORS: Final = 64  # for listeners, control, state and health-check sockets
@@ -29,7 +32,7 @@ ACCEPT_RETRY_DELAY: Final = 0.1  # seconds; trio's serve_listeners waits as long
 # accept() errors that mean "no resources for now" (as trio's _highlevel_serve_listeners.py)
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
-Handler = Callable[[trio.SocketStream], Awaitable[None]]
+Handler = Callable[[SocketTransport], Awaitable[None]]
 
 
 def default_max_connections() -> int:
@@ -48,7 +51,7 @@ async def accept_connections(
     handle: Handler,
     logger: Logger,
 ) -> None:
-    """Run ``handle(stream)`` in ``handlers`` for each connection, until cancelled."""
+    """Run ``handle(transport)`` in ``handlers`` for each connection, until cancelled."""
     with socket.socket(fileno=os.dup(listener.socket.fileno())) as pending:
         pending.setblocking(False)
         while True:
@@ -82,20 +85,19 @@ async def _accept_one(
         logger.error("Cannot accept a connection", error=str(exc))
         await trio.sleep(ACCEPT_RETRY_DELAY)
         return False
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-    handlers.start_soon(_run, handle, stream, slots, slot, logger)
+    handlers.start_soon(_run, handle, SocketTransport.of_accepted(sock), slots, slot, logger)
     return True
 
 
 async def _run(
     handle: Handler,
-    stream: trio.SocketStream,
+    transport: SocketTransport,
     slots: trio.CapacityLimiter,
     slot: object,
     logger: Logger,
 ) -> None:
     try:
-        await handle(stream)
+        await handle(transport)
     except Exception as exc:  # a bug must cost one connection, never the whole proxy
         logger.error(
             "Connection failed",
@@ -104,4 +106,4 @@ async def _run(
         )
     finally:
         slots.release_on_behalf_of(slot)
-        await trio.aclose_forcefully(stream)  # the handler's job; a failed one may not have
+        await transport.aclose()  # the handler's job; a failed one may not have

@@ -1,6 +1,6 @@
 """The access log line of one request, in kamal-proxy's field names, filled in as it goes.
 
-Also the request as the data path sees it (``ClientRequest``) and the ids every line carries.
+Also the request ids every line carries.
 """
 
 from __future__ import annotations
@@ -16,20 +16,10 @@ from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import client_ips_from_header, header_value
 from kproxy.core.pages import ErrorPages
 from kproxy.core.service_map import request_host
+from kproxy.runtime.exchange import RequestHead
 from kproxy.runtime.pages import BUILTIN_PAGES
 
 Header = tuple[bytes, bytes]
-
-
-@attrs.frozen
-class ClientRequest:
-    """A request head as h11 parsed it, its fields in a plain list: they are searched a dozen
-    times per request, and h11's Headers, a Sequence, costs a method call per field read."""
-
-    method: bytes
-    target: bytes
-    headers: list[tuple[bytes, bytes]]
-    http_version: bytes
 
 
 @attrs.define
@@ -51,7 +41,7 @@ class RequestLog:
     @classmethod
     def begin(
         cls,
-        request: ClientRequest,
+        request: RequestHead,
         *,
         port: int,
         scheme: str,

@@ -1,5 +1,5 @@
 """An h11 connection bound to a trio stream: the health checks' client (the data path reads
-and writes HTTP itself: ``client.py``, ``upstream.py``)."""
+and writes HTTP itself: ``http1_exchange``, ``relay``)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from typing import Final
 
 import attrs
@@ -13,6 +12,7 @@ import trio
 from kproxy.core.options import Address
 from kproxy.core.upstream_http import ResponseReader
 from kproxy.runtime import socket_io
+from kproxy.runtime.transport import SocketTransport
 
 MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side uses, so a
 # burst of concurrent requests reuses connections instead of reconnecting each time
@@ -27,14 +27,10 @@ STALE_CHECK_AFTER: Final = 1.0  # seconds
 class UpstreamConnection:
     """One connection to a target; ``reader`` parses the response to the current request."""
 
-    stream: trio.SocketStream
+    transport: SocketTransport
     reader: ResponseReader = attrs.field(factory=ResponseReader)
-    sock: socket.socket = attrs.field(init=False)  # the stream's: see socket_io
     reused: bool = False
     idle_since: float = 0.0
-
-    def __attrs_post_init__(self) -> None:
-        self.sock = socket_io.stdlib_socket(self.stream.socket)
 
     def start(self, *, head_request: bool) -> None:
         """A fresh reader for the next exchange."""
@@ -42,10 +38,10 @@ class UpstreamConnection:
 
     async def receive(self) -> None:
         """One read, fed to the reader (b"" at EOF)."""
-        self.reader.feed(await socket_io.receive(self.sock))
+        self.reader.feed(await self.transport.receive())
 
     async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.stream)
+        await self.transport.aclose()
 
 
 def describe_connect_error(exc: OSError) -> str:
@@ -60,7 +56,7 @@ def describe_connect_error(exc: OSError) -> str:
 
 def _is_stale(connection: UpstreamConnection) -> bool:
     """An idle HTTP connection must be silent: readable means EOF, a reset, or stray bytes."""
-    fd = connection.sock.fileno()
+    fd = connection.transport.sock.fileno()
     try:
         return fd < 0 or socket_io.readable_now(fd)
     except OSError:
@@ -92,7 +88,7 @@ class ConnectionPool:
 
     async def connect(self) -> UpstreamConnection:
         stream = await trio.open_tcp_stream(self.address.host, self.address.port)
-        return UpstreamConnection(stream)
+        return UpstreamConnection(SocketTransport.of_stream(stream))
 
     async def release(self, connection: UpstreamConnection) -> None:
         """Back to the pool (the caller knows the last exchange ended cleanly), or closed when
@@ -112,4 +108,4 @@ class ConnectionPool:
         self._closed = True
         idle, self._idle = self._idle, []
         for connection in idle:
-            connection.stream.socket.close()
+            connection.transport.close_nowait()

@@ -10,15 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import attrs
-import h11
 import trio
 
 from kproxy.core.buffering import BufferAction, declared_length
 from kproxy.core.upstream_http import LAST_CHUNK, Header, encode_chunk
-from kproxy.errors import BodyTooLarge, UpstreamUnreachable
-from kproxy.runtime import socket_io
+from kproxy.errors import BodyTooLarge, ClientGone, UpstreamUnreachable
 from kproxy.runtime.buffer import SpooledBody
-from kproxy.runtime.client import BadRequestBody, ClientGone, ClientStream
+from kproxy.runtime.exchange import Exchange
 from kproxy.runtime.pool import UpstreamConnection
 from kproxy.runtime.socket_io import STREAM_ERRORS
 
@@ -27,7 +25,7 @@ from kproxy.runtime.socket_io import STREAM_ERRORS
 class RequestBodyPump:
     """Moves the client's request body to the target; remembers enough to allow one retry."""
 
-    client: ClientStream
+    exchange: Exchange
     chunked: bool  # the request goes to the target chunked (else by its Content-Length)
     body: SpooledBody | None = None  # --buffer-requests: the whole body, already read
     sent_data: bool = False  # body bytes went to a target: the request can't be replayed
@@ -38,9 +36,9 @@ class RequestBodyPump:
         self.finished = self.body is not None
 
     def end_without_body(self) -> bool:
-        """A request that declared no body is complete as it is (see ClientStream.has_body):
-        no task has to pump it. Returns whether that is so."""
-        if self.body is not None or self.client.has_body:
+        """A request that declared no body is complete as it is (see Exchange.has_body): no
+        task has to pump it. Returns whether that is so."""
+        if self.body is not None or self.exchange.has_body:
             return False  # bytes to send
         self.finished = True
         return True
@@ -58,20 +56,10 @@ class RequestBodyPump:
             await self.watch(cancel)
 
     async def watch(self, cancel: trio.CancelScope) -> None:
-        """Notice a client that leaves while its response is awaited or streamed.
-
-        Go's server keeps reading the connection in the background and cancels the request on
-        EOF (net/http connReader.backgroundRead); kamal-proxy logs that as 499, and the target
-        connection is released at once instead of when the target finally answers. Bytes that
-        arrive instead (a pipelined request) are handed to h11 for later, ending the watch.
-        """
-        try:
-            data = await socket_io.receive(self.client.sock)
-        except STREAM_ERRORS:
-            data = b""
-        if data:
-            self.client.conn.receive_data(data)
-        else:
+        """Notice a client that leaves while its response is awaited or streamed: kamal-proxy
+        logs that as 499, and the target connection is released at once instead of when the
+        target finally answers."""
+        if await self.exchange.watch_client():
             self.error = ClientGone()
             cancel.cancel()
 
@@ -80,27 +68,18 @@ class RequestBodyPump:
             for chunk in self.body.chunks():
                 await _send_upstream(upstream, chunk)
         while not self.finished:
-            try:
-                event = await self.client.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise _body_error(self.client, exc) from exc
-            except STREAM_ERRORS as exc:
-                raise ClientGone() from exc
-            if isinstance(event, h11.Data):
+            data = await self.exchange.receive_body()
+            if data:
                 self.sent_data = True
-                await _send_upstream(
-                    upstream, encode_chunk(event.data) if self.chunked else event.data
-                )
-            elif isinstance(event, h11.EndOfMessage):
+                await _send_upstream(upstream, encode_chunk(data) if self.chunked else data)
+            else:
                 self.finished = True
-            else:  # ConnectionClosed or PAUSED mid-body: the client went away
-                raise ClientGone()
         if self.chunked:
             await _send_upstream(upstream, LAST_CHUNK)  # trailers are dropped
 
 
 async def receive_request_body(
-    client: ClientStream, headers: Sequence[Header], body: SpooledBody
+    exchange: Exchange, headers: Sequence[Header], body: SpooledBody
 ) -> None:
     """--buffer-requests: read the whole request body into ``body`` before any target is
     contacted, answering ``Expect: 100-continue`` here (a body declared too large gets its 413
@@ -111,33 +90,16 @@ async def receive_request_body(
     limit = body.policy.max_body
     if body.policy.declare(declared_length(headers)) is BufferAction.REJECT:
         raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
-    if client.waiting_for_100:
-        await client.answer(client.response.informational(100))
-    while True:
-        try:
-            event = await client.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise _body_error(client, exc) from exc
-        except STREAM_ERRORS as exc:
-            raise ClientGone() from exc
-        if isinstance(event, h11.Data):
-            if body.write(event.data) is BufferAction.REJECT:
-                raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
-            await trio.lowlevel.checkpoint()  # a loop that only reads (see socket_io)
-        elif isinstance(event, h11.EndOfMessage):
-            return  # trailers are dropped, as when streaming
-        else:  # ConnectionClosed mid-body: the client went away
-            raise ClientGone()
-
-
-def _body_error(client: ClientStream, exc: h11.RemoteProtocolError) -> Exception:
-    """A body cut short by the client closing is a client gone (499, as Go's server logs a
-    request whose connection closed), not a malformed body (400)."""
-    return ClientGone() if client.eof else BadRequestBody(str(exc))
+    if exchange.waiting_for_100:
+        await exchange.send_informational(100)
+    while data := await exchange.receive_body():
+        if body.write(data) is BufferAction.REJECT:
+            raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
+        await trio.lowlevel.checkpoint()  # a loop that only reads (see transport)
 
 
 async def _send_upstream(upstream: UpstreamConnection, data: bytes) -> None:
     try:
-        await socket_io.send_all(upstream.sock, data)
+        await upstream.transport.send(data)
     except STREAM_ERRORS as exc:
         raise UpstreamUnreachable(f"connection to target broke while sending: {exc}") from exc

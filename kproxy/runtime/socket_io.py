@@ -1,4 +1,4 @@
-"""The data path's socket reads and writes, on the stdlib socket under a trio stream.
+"""The data path's socket reads and writes, on a stdlib socket (see ``transport``).
 
 ``trio.SocketStream`` wraps each call in a conflict detector and an error-translating context
 manager, and a trio socket's own ``recv``/``send`` in two more layers (a method wrapper and an
@@ -38,15 +38,6 @@ MAX_PARTS: Final = 64  # buffers per send_parts call (Linux's IOV_MAX is 1024)
 STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
-def stdlib_socket(sock: trio.socket.SocketType) -> socket.socket:
-    """The stdlib socket a trio socket wraps. trio keeps it as ``_sock`` and offers no public
-    accessor; a trio that changed this fails here, at the first connection, not silently."""
-    raw = getattr(sock, "_sock", None)
-    if not isinstance(raw, socket.socket):
-        raise RuntimeError("this trio version keeps no stdlib socket under its sockets")
-    return raw
-
-
 async def receive(sock: socket.socket) -> bytes:
     """Up to READ_SIZE bytes; b"" once the peer has closed its side. Yields to the scheduler
     only to wait (see the module's docstring)."""
@@ -61,6 +52,16 @@ async def receive(sock: socket.socket) -> bytes:
             return sock.recv(READ_SIZE)
         except BlockingIOError:
             pass
+
+
+async def peek(sock: socket.socket, size: int) -> bytes:
+    """Up to ``size`` bytes that have arrived, left unread (MSG_PEEK); waits for the first."""
+    await checkpoint_if_cancelled()
+    while True:
+        try:
+            return sock.recv(size, socket.MSG_PEEK)
+        except BlockingIOError:
+            await wait_readable(sock)
 
 
 async def _send(sock: socket.socket, data: bytes | memoryview) -> int:

@@ -6,6 +6,7 @@ import trio
 
 from kproxy.runtime.acceptor import accept_connections
 from kproxy.runtime.log import Logger
+from kproxy.runtime.transport import SocketTransport
 from tests.helpers import LogCapture, guard
 
 
@@ -18,12 +19,12 @@ async def test_a_failing_connection_is_logged_and_the_rest_are_served() -> None:
     port = listener.socket.getsockname()[1]
     slots = trio.CapacityLimiter(1)  # one at a time: a slot not given back stalls the next
 
-    async def handle(stream: trio.SocketStream) -> None:
-        request = await stream.receive_some(100)
+    async def handle(transport: SocketTransport) -> None:
+        request = await transport.receive()
         if request == b"fail":
             raise ValueError("a bug in the handler")
-        await stream.send_all(b"served " + request)
-        await stream.aclose()
+        await transport.send(b"served " + request)
+        await transport.aclose()
 
     answers = []
     async with trio.open_nursery() as nursery:

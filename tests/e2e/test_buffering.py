@@ -68,7 +68,7 @@ async def proxied(
     spool = tmp_path / "spool"
     spool.mkdir()
     assert proxy._http is not None
-    proxy._http.buffer_dir = str(spool)
+    proxy._http.pipeline.buffer_dir = str(spool)
     options = DeploymentOptions(targets=(server.address,), target=TargetOptions(**target))
     await proxy.deploy("web", options)
     return proxy, logs
@@ -600,7 +600,7 @@ async def test_a_post_the_target_received_is_not_sent_again(
     spool = tmp_path / "spool"
     spool.mkdir()
     assert proxy._http is not None
-    proxy._http.buffer_dir = str(spool)
+    proxy._http.pipeline.buffer_dir = str(spool)
     target = TargetOptions(buffer_requests=True, buffer_memory=64 * 1024)
     await proxy.deploy("web", DeploymentOptions(targets=(server.address,), target=target))
     body = b"r" * 300_000

@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from kproxy.runtime.access_log import ClientRequest, RequestLog
+from kproxy.runtime.access_log import RequestLog
+from kproxy.runtime.exchange import RequestHead
 from kproxy.runtime.log import ACCESS_FIELDS, Logger
 from tests.helpers import LogCapture
 
 
 def usual_access_fields() -> dict[str, Any]:
-    request = ClientRequest(
+    request = RequestHead(
         b"GET", b"/p?q=1", [(b"host", b"App.example:80"), (b"user-agent", b"caf\xe9")], b"1.1"
     )
     log = RequestLog.begin(

@@ -1,13 +1,15 @@
-"""One request relayed to one target over a pooled connection.
+"""One exchange relayed to one target over a pooled connection, and the answer back.
 
-The request head is written as is and the response parsed once (``core.upstream_http``); h11
-stays on the client's side only. The request body streams to the target (``request_body``)
-while the response is awaited (so ``Expect: 100-continue`` and early answers work); the
-response streams back as it arrives. Once the body is in, the client connection is watched,
-so a client that leaves ends the exchange (499); for a request without a body, only while the
-target keeps it waiting, by an alarm that looks at the client's socket (``_HangupWatch``).
-Errors before the response head reached the client become UpstreamError (an error page);
-errors after it abort the client connection, because a truncated body must never look complete.
+The relay sees the client only as an :class:`~kproxy.runtime.exchange.Exchange`, so it serves
+any protocol the client speaks. The request head is written as is and the response parsed once
+(``core.upstream_http``); what reaches the client is ``core.relay_rules``' to decide. The
+request body streams to the target (``request_body``) while the response is awaited (so
+``Expect: 100-continue`` and early answers work); the response streams back as it arrives.
+Once the body is in, the client is watched, so a client that leaves ends the exchange (499);
+for a request without a body, only while the target keeps it waiting, by an alarm that looks
+whether the client left (``_HangupWatch``). Errors before the response head reached the client
+become UpstreamError (an error page); errors after it abort the client connection, because a
+truncated body must never look complete.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Final
 import attrs
 import trio
 
+from kproxy.core import relay_rules
 from kproxy.core.buffering import (
     BufferAction,
     BufferPolicy,
@@ -27,36 +30,39 @@ from kproxy.core.buffering import (
 )
 from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import strip_response_hop_by_hop
+from kproxy.core.relay_rules import Interim
 from kproxy.core.upstream_http import (
     NEED_DATA,
     BadResponse,
     Event,
-    Framing,
     Header,
     ResponseHead,
     UpstreamRequest,
 )
-from kproxy.errors import ResponseTooLarge, UpstreamTimeout, UpstreamUnreachable
-from kproxy.runtime import socket_io
+from kproxy.errors import (
+    BadRequestBody,
+    ClientGone,
+    KProxyError,
+    ResponseAborted,
+    ResponseTooLarge,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from kproxy.runtime.alarms import TICK, Alarm
 from kproxy.runtime.buffer import SpooledBody
-from kproxy.runtime.client import BadRequestBody, ClientGone, ClientStream
+from kproxy.runtime.exchange import Exchange
 from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
 from kproxy.runtime.request_body import RequestBodyPump
 from kproxy.runtime.socket_io import STREAM_ERRORS
 from kproxy.runtime.target import Target
+from kproxy.runtime.transport import Transport
 
 EXPECT_CONTINUE_TIMEOUT: Final = 1.0  # seconds; ExpectContinueTimeout of Go's DefaultTransport
-_JOIN_BELOW: Final = 16 * 1024  # bytes: a response smaller than this is joined to be sent
 HANGUP_WATCH_DELAY: Final = 0.05  # seconds a bodiless request's answer may take before the
 # client is looked at for a hang-up: far below anything a person notices, above most answers
 
 
-class ResponseAborted(Exception):
-    """The target broke off after the response head was sent: the client connection is cut."""
-
-
-class _StaleConnection(Exception):
+class _StaleConnection(KProxyError):
     """A reused connection failed before anything of the request could matter: retry once."""
 
 
@@ -66,11 +72,6 @@ class _ConnectionLost(UpstreamUnreachable):
     def __init__(self, message: str, *, request_sent: bool) -> None:
         super().__init__(message)
         self.request_sent = request_sent
-
-
-# Methods a client may repeat without changing the outcome (RFC 9110 §9.2.2); like Go's
-# transport, only these are sent again after the target may already have received them.
-_REPLAYABLE_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
 @attrs.define
@@ -93,7 +94,7 @@ class _HangupWatch(Alarm):
     notices with a background read. No task and no cancel scope of its own: see ``alarms``."""
 
     record: ResponseRecord = attrs.field(kw_only=True)
-    client_fd: int = attrs.field(kw_only=True)
+    exchange: Exchange = attrs.field(kw_only=True)
     target_name: str = attrs.field(kw_only=True)
     timeout_at: float = math.inf
 
@@ -103,17 +104,16 @@ class _HangupWatch(Alarm):
                 f"{self.target_name} sent no response within the target timeout"
             )
             return None
-        if socket_io.hung_up(self.client_fd):
+        if self.exchange.client_gone():
             self.record.interruption = ClientGone()
             return None
         return min(self.timeout_at, now + TICK)
 
 
 async def forward(
-    client: ClientStream,
+    exchange: Exchange,
     request: UpstreamRequest,
     target: Target,
-    scope: trio.CancelScope,
     record: ResponseRecord,
     *,
     body: SpooledBody | None = None,
@@ -123,14 +123,14 @@ async def forward(
     """Relay ``request`` (headers already rewritten) to ``target`` and its answer back.
 
     Raises UpstreamError while nothing was sent to the client, ClientGone, BadRequestBody or
-    ResponseAborted otherwise. ``scope`` is the one the request runs in (the connection's
-    epoch, see HttpServer._serve): a drain or an alarm cancels it; it is marked when upgraded.
+    ResponseAborted otherwise. The exchange's scope is the one the request runs in: a drain
+    or an alarm cancels it; it is marked when upgraded.
     ``body`` is the request body when it was buffered (see receive_request_body);
     ``buffer_dir`` is where a buffered response spills (None: the system temp dir).
     ``cookie_scope`` rewrites the response's Set-Cookie paths (--scope-cookie-paths).
     """
-    pump = RequestBodyPump(client, request.chunked, body)
-    replayable = request.method in _REPLAYABLE_METHODS and not client.has_body
+    pump = RequestBodyPump(exchange, request.chunked, body)
+    replayable = request.method in relay_rules.REPLAYABLE_METHODS and not exchange.has_body
     for fresh in (False, True):  # a pooled connection first; one retry if it proved stale
         try:
             if fresh:
@@ -141,9 +141,9 @@ async def forward(
             raise UpstreamUnreachable(
                 f"cannot connect to {target.name}: {describe_connect_error(exc)}"
             ) from exc
-        relay = _Relay(client, upstream, target, pump, record, buffer_dir, cookie_scope)
+        relay = _Relay(exchange, upstream, target, pump, record, buffer_dir, cookie_scope)
         try:
-            await relay.run(request, scope)
+            await relay.run(request)
             return
         except _StaleConnection:  # only a reused connection can be: at most once
             await upstream.aclose()
@@ -153,7 +153,7 @@ async def forward(
 class _Relay:
     """One exchange on one target connection: the request out, the response back."""
 
-    client: ClientStream
+    exchange: Exchange
     upstream: UpstreamConnection
     target: Target
     pump: RequestBodyPump
@@ -165,7 +165,7 @@ class _Relay:
     hangup_watch: _HangupWatch | None = None
     upgrade: bool = False  # the request asks to switch protocols: a 101 may answer it
 
-    async def run(self, request: UpstreamRequest, scope: trio.CancelScope) -> None:
+    async def run(self, request: UpstreamRequest) -> None:
         """The whole exchange; the connection goes back to the pool only if it ended cleanly."""
         upstream, pump = self.upstream, self.pump
         upstream.start(head_request=request.method == b"HEAD")
@@ -173,7 +173,7 @@ class _Relay:
         release = False
         try:
             try:
-                await socket_io.send_all(upstream.sock, request.head)
+                await upstream.transport.send(request.head)
             except STREAM_ERRORS as exc:
                 raise _ConnectionLost(
                     f"cannot send to {self.target.name}: {exc}", request_sent=False
@@ -182,21 +182,22 @@ class _Relay:
             if pump.end_without_body():  # most requests: no task, no nursery
                 if not self.upgrade:
                     self.hangup_watch = _HangupWatch(
-                        scope,
+                        self.exchange.scope,
                         record=self.record,
-                        client_fd=self.client.fd,
+                        exchange=self.exchange,
                         target_name=self.target.name,
                     )
-                release = await self._relay_response(scope)
+                release = await self._relay_response()
             else:
-                release = await self._relay_with_pump(scope, watch=not self.upgrade)
+                release = await self._relay_with_pump(watch=not self.upgrade)
         except Exception as error:
-            if (
-                isinstance(error, _ConnectionLost)
-                and upstream.reused
-                and self.record.status == 0
-                and (not pump.sent_data or pump.body is not None)  # a buffered body can be resent
-                and (not error.request_sent or request.method in _REPLAYABLE_METHODS)
+            if isinstance(error, _ConnectionLost) and relay_rules.may_resend(
+                request.method,
+                reused=upstream.reused,
+                response_began=self.record.status != 0,
+                body_sent=pump.sent_data,
+                body_buffered=pump.body is not None,
+                request_sent=error.request_sent,
             ):
                 raise _StaleConnection() from error
             release = False
@@ -207,7 +208,7 @@ class _Relay:
             else:
                 await upstream.aclose()
 
-    async def _relay_with_pump(self, scope: trio.CancelScope, *, watch: bool) -> bool:
+    async def _relay_with_pump(self, *, watch: bool) -> bool:
         """The response relayed while a task sends the request body (and then watches the
         client, if ``watch``); returns whether the target connection may be reused."""
         pump = self.pump
@@ -218,7 +219,7 @@ class _Relay:
                 functools.partial(pump.run, watch=watch), self.upstream, nursery.cancel_scope
             )
             try:
-                release = await self._relay_response(scope)
+                release = await self._relay_response()
                 completed = True
             except Exception as exc:  # raised after the nursery: not wrapped in a group
                 error = exc
@@ -244,7 +245,7 @@ class _Relay:
         """
         watch = self.hangup_watch
         if watch is not None:
-            clock = self.client.clock
+            clock = self.exchange.clock
             watch.timeout_at = deadline
             clock.set(watch, min(deadline, trio.current_time() + HANGUP_WATCH_DELAY))
             try:
@@ -279,11 +280,11 @@ class _Relay:
 
     async def _read_head(self) -> ResponseHead:
         """The final response head (or a 101); 1xx answers on the way go to the client."""
-        client, target = self.client, self.target
+        exchange, target = self.exchange, self.target
         deadline = trio.current_time() + target.options.target_timeout
         while True:
             wait = deadline
-            if client.waiting_for_100:
+            if exchange.waiting_for_100:
                 wait = min(deadline, trio.current_time() + EXPECT_CONTINUE_TIMEOUT)
             try:
                 event = await self._next_event_by(wait)
@@ -301,31 +302,33 @@ class _Relay:
                 # The client holds its body for a 100 the target has not sent. Go's transport
                 # sends the body anyway after ExpectContinueTimeout, so ask the client for it.
                 # Sent from this task because only one task may write to the client.
-                await client.answer(client.response.informational(100))
+                await exchange.send_informational(100)
                 continue
             if not isinstance(event, ResponseHead):  # CLOSED: EOF before any byte
                 raise _ConnectionLost(
                     f"{target.name} closed the connection without a response", request_sent=True
                 )
-            if event.status == 101 and not self.upgrade:  # as h11 and Go's ReverseProxy
-                raise UpstreamUnreachable(f"{target.name} switched protocols unasked")
-            if not event.informational or event.status == 101:
+            if not event.informational:
                 return event
-            if event.status == 100 and not client.waiting_for_100:
-                continue  # we already sent one, or the client is sending its body anyway
-            # 100 Continue and friends go to the client as they come (RFC 9110 §15.2).
-            if client.response.http_version >= b"1.1":
+            action = relay_rules.interim_action(
+                event.status, upgrade=self.upgrade, client_waiting_for_100=exchange.waiting_for_100
+            )
+            if action is Interim.SWITCH:
+                return event
+            if action is Interim.REFUSE:
+                raise UpstreamUnreachable(f"{target.name} switched protocols unasked")
+            if action is Interim.FORWARD:  # 100 Continue and friends, as they come
                 headers = strip_response_hop_by_hop(event.headers)
-                await client.answer(client.response.informational(event.status, headers))
+                await exchange.send_informational(event.status, headers)
 
-    async def _relay_response(self, scope: trio.CancelScope) -> bool:
+    async def _relay_response(self) -> bool:
         """Relay the response; returns whether the target connection may be reused."""
-        client, target, record = self.client, self.target, self.record
+        exchange, target, record = self.exchange, self.target, self.record
         head = await self._read_head()
         record.status = head.status
         record.headers = head.headers
         if head.status == 101:
-            await self._splice(head, scope)
+            await self._splice(head)
             return False
         headers = head.headers
         if self.cookie_scope is not None:  # as kamal-proxy's targetResponseWriter.WriteHeader
@@ -333,45 +336,37 @@ class _Relay:
         if target.options.buffer_responses and not response_streams(headers):
             await self._relay_buffered(head, headers)
             return head.keep_alive and not self.upstream.reader.trailing
-        client_headers = strip_response_hop_by_hop(headers)
-        if head.framing is Framing.CHUNKED:  # chunked wins; the length must not go on
-            client_headers = [h for h in client_headers if h[0] != b"content-length"]
-        # Bytes for the client are gathered while the target's bytes already read hold more
-        # of the body, and sent when more must be read: the head, the body and its end
+        # Bytes for the client are queued while the target's bytes already read hold more of
+        # the body, and flushed when more must be read: the head, the body and its end
         # usually go out in one send(2). The target's framing is checked as it is read, so a
         # target that breaks it is caught (ResponseAborted), never relayed as a whole response.
-        # Answered before the client sent the body it announced with Expect: 100-continue,
-        # the connection cannot be reused: the body may or may not follow (RFC 9110 §10.1.1).
-        response = client.response
-        pending = [
-            response.head(
-                head.status, client_headers, reason=head.reason, close=client.waiting_for_100
-            )
-        ]
+        exchange.queue_head(
+            head.status, relay_rules.client_response_headers(headers, head.framing), head.reason
+        )
         record.head_sent = True
         reader = self.upstream.reader
         while True:
             try:
                 event = reader.next_event()
                 if event is NEED_DATA:
-                    await _send_bytes(client, pending)
+                    await exchange.flush()
                     event = await self._next_event()
             except (BadResponse, *STREAM_ERRORS) as exc:
-                await _send_bytes(client, pending)  # what came before the break is the client's
+                await exchange.flush()  # what came before the break is the client's
                 raise ResponseAborted(f"{target.name} broke off the response: {exc}") from exc
             if isinstance(event, bytes):
-                pending.append(response.data(event))
+                exchange.queue_data(event)
                 record.body_bytes += len(event)
             else:  # END: a body ends nowhere else
-                pending.append(response.end())
-                await _send_bytes(client, pending)
+                exchange.queue_end()
+                await exchange.flush()
                 return head.keep_alive and not reader.trailing
 
     async def _relay_buffered(self, head: ResponseHead, headers: list[Header]) -> None:
         """--buffer-responses: take the whole body from the target, then send it on. Until the
         end nothing reached the client, so a target that breaks off gets a clean 502 (and one
         whose body passes --max-response-body a 500) instead of a cut connection."""
-        client, target, record = self.client, self.target, self.record
+        exchange, target, record = self.exchange, self.target, self.record
         options = target.options
         policy = BufferPolicy(options.buffer_memory, options.max_response_body)
         with SpooledBody(policy, self.buffer_dir) as body:
@@ -396,47 +391,32 @@ class _Relay:
                 status=head.status,
                 head_request=self.upstream.reader.head_request,
             )
-            response = client.response
-            close = client.waiting_for_100
-            await client.answer(
-                response.head(head.status, client_headers, reason=head.reason, close=close)
-            )
+            exchange.queue_head(head.status, client_headers, head.reason)
+            await exchange.flush()
             record.head_sent = True
             for chunk in body.chunks():
-                await client.answer(response.data(chunk))
+                exchange.queue_data(chunk)
+                await exchange.flush()
                 record.body_bytes += len(chunk)
-            await client.answer(response.end())
+            exchange.queue_end()
+            await exchange.flush()
 
-    async def _splice(self, head: ResponseHead, scope: trio.CancelScope) -> None:
+    async def _splice(self, head: ResponseHead) -> None:
         """After 101, copy raw bytes both ways until either side closes."""
-        client, upstream = self.client, self.upstream
-        await client.answer(client.response.informational(101, head.headers))
+        exchange, upstream = self.exchange, self.upstream
+        tunnel = await exchange.switch_protocols(head.headers)
         self.record.head_sent = self.record.upgraded = True
-        self.target.mark_upgraded(scope)
-        client_rest, _ = client.conn.trailing_data
+        self.target.mark_upgraded(exchange.scope)
         async with trio.open_nursery() as nursery:
 
-            async def copy(
-                source: trio.SocketStream, sink: trio.SocketStream, first: bytes
-            ) -> None:
+            async def copy(source: Transport, sink: Transport, first: bytes) -> None:
                 try:
-                    if first:
-                        await sink.send_all(first)
-                    while data := await source.receive_some(64 * 1024):
-                        await sink.send_all(data)
+                    await sink.send(first)
+                    while data := await source.receive():
+                        await sink.send(data)
                 except STREAM_ERRORS:
                     pass
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(copy, client.stream, upstream.stream, bytes(client_rest))
-            nursery.start_soon(copy, upstream.stream, client.stream, upstream.reader.trailing)
-
-
-async def _send_bytes(client: ClientStream, pending: list[bytes]) -> None:
-    """Send the bytes gathered in ``pending`` in one write, and empty it. Large ones go as
-    they are (one sendmsg), small ones joined (one buffer is cheaper to hand to the kernel)."""
-    if 1 < len(pending) <= socket_io.MAX_PARTS and sum(map(len, pending)) >= _JOIN_BELOW:
-        await client.answer_parts(pending)
-    else:
-        await client.answer(b"".join(pending))
-    pending.clear()
+            nursery.start_soon(copy, tunnel.transport, upstream.transport, tunnel.first)
+            nursery.start_soon(copy, upstream.transport, tunnel.transport, upstream.reader.trailing)

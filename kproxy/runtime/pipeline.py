@@ -1,0 +1,265 @@
+"""The request pipeline: route, admit, choose a target, relay, answer, log, for one exchange.
+
+It works on an :class:`~kproxy.runtime.exchange.Exchange` only, so any client protocol can
+feed it. The decisions are ``core``'s (routing, header rules, ``relay_rules``); this module
+sequences them and awaits what they ask for. Each request gets one JSON access log line.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+import attrs
+import trio
+
+from kproxy.core import relay_rules
+from kproxy.core.buffering import BufferPolicy, has_request_body
+from kproxy.core.cookies import CookieScope
+from kproxy.core.headers import (
+    build_upstream_request_headers,
+    canonical_host_redirect,
+    header_value,
+    upgrade_type,
+)
+from kproxy.core.pages import CONTENT_TYPE
+from kproxy.core.relay_rules import STATUS_CLIENT_CLOSED
+from kproxy.core.service_map import strip_path_prefix
+from kproxy.errors import (
+    BadRequestBody,
+    ClientGone,
+    NoMatchingService,
+    ResponseAborted,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from kproxy.runtime.access_log import RequestLog, text
+from kproxy.runtime.buffer import SpooledBody
+from kproxy.runtime.exchange import Exchange
+from kproxy.runtime.log import Logger
+from kproxy.runtime.pages import error_page
+from kproxy.runtime.relay import ResponseRecord, forward
+from kproxy.runtime.request_body import receive_request_body
+from kproxy.runtime.router import Router
+from kproxy.runtime.service import Service
+from kproxy.runtime.target import Target
+
+CUT_OFF_ANSWER_TIMEOUT: Final = 5.0  # seconds to deliver the answer to a cut-off request
+
+
+@attrs.define(eq=False)
+class RequestPipeline:
+    """Serves exchanges with the router's services; ``closing`` once the server shuts down
+    (answers then say the connection closes)."""
+
+    router: Router
+    logger: Logger
+    port: int = 0  # the listener's, for the log
+    buffer_dir: str | None = None  # where buffered bodies spill; None = the system temp dir
+    closing: bool = False
+
+    async def handle(self, exchange: Exchange) -> bool:
+        """Serve one request; returns whether its connection may carry another."""
+        log = RequestLog.begin(
+            exchange.request,
+            port=self.port,
+            scheme=exchange.scheme,
+            client_ip=exchange.client_ip,
+            client_port=exchange.client_port,
+            now=trio.current_time(),
+        )
+        keep_open = True
+        try:
+            keep_open = await self._route(exchange, log)
+        finally:
+            self.logger.access(log.line(trio.current_time()))
+        return keep_open
+
+    async def _route(self, exchange: Exchange, log: RequestLog) -> bool:
+        request = exchange.request
+        raw_target = request.target
+        routed = self.router.route(log.fields["host"], log.fields["path"])
+        if routed is None:
+            return await self._fail(exchange, log, NoMatchingService(), ResponseRecord())
+        service, route = routed
+        log.fields["service"] = service.name
+        log.pages = service.pages
+        if (refused := exchange.body_refused()) is not None:  # known bad before any target
+            return await self._fail(exchange, log, BadRequestBody(refused), ResponseRecord())
+        service_options = service.options.service
+        host_header = header_value(request.headers, b"host")
+        if service_options.client_ip_header:
+            log.use_client_ip_header(request.headers, service_options.client_ip_header)
+        location = canonical_host_redirect(
+            host_header,
+            raw_target,
+            canonical_host=service_options.canonical_host,
+            scheme=exchange.scheme,
+        )
+        if location is not None:
+            headers, body = relay_rules.redirect_answer(request.method, location)
+            sent = await exchange.send_whole(301, headers, body)
+            if sent is not None:
+                log.status, log.response_headers, log.response_bytes = 301, headers, len(body)
+            # Read a small unread body first, as Go's server does before closing, so the close
+            # does not reset the connection under a client still sending it.
+            await exchange.discard_body()
+            return False  # the redirect says Connection: close
+        if (
+            service_options.scope_cookie_paths
+            and service_options.strip_path_prefix
+            and route.path_prefix != "/"
+        ):  # kamal-proxy scopes only what it strips (router.go sets MatchedPrefix only then)
+            log.cookie_scope = CookieScope(route.path_prefix, text(host_header))
+        target_options = service.options.target
+        log.add_headers("req_", request.headers, target_options.log_request_headers)
+        log.response_header_names = target_options.log_response_headers
+        upstream_target = raw_target
+        if service_options.strip_path_prefix:
+            upstream_target = strip_path_prefix(raw_target, route.path_prefix)
+        upstream_path = upstream_target.partition(b"?")[0].decode("latin-1")
+        try:
+            if service.is_health_check(request.method, upstream_path) and not service.running:
+                # Paused or stopped: keep load balancers in front of us from dropping the host.
+                log.status = await self._send_simple(exchange, 200, b"OK\n", log=log)
+                return True
+            await service.admit()
+            if target_options.buffer_requests and has_request_body(request.headers):
+                return await self._proxy_buffered(exchange, upstream_target, service, log)
+            target = service.choose_target()
+        except UpstreamError as exc:
+            return await self._fail(exchange, log, exc, ResponseRecord())
+        log.fields["target"] = target.name
+        return await self._proxy(exchange, upstream_target, service, target, log)
+
+    async def _proxy_buffered(
+        self, exchange: Exchange, upstream_target: bytes, service: Service, log: RequestLog
+    ) -> bool:
+        """--buffer-requests: the whole body first, before a target is chosen, so a slow upload
+        occupies no target (nor its drain); the file, if it spilled, goes when this returns."""
+        options = service.options.target
+        policy = BufferPolicy(options.buffer_memory, options.max_request_body)
+        with SpooledBody(policy, self.buffer_dir) as body:
+            try:
+                await receive_request_body(exchange, exchange.request.headers, body)
+                await service.admit()  # it may have been paused or stopped meanwhile
+                target = service.choose_target()
+            except (UpstreamError, ClientGone, BadRequestBody) as exc:
+                return await self._fail(exchange, log, exc, ResponseRecord())
+            log.fields["target"] = target.name
+            return await self._proxy(exchange, upstream_target, service, target, log, body=body)
+
+    async def _proxy(
+        self,
+        exchange: Exchange,
+        upstream_target: bytes,
+        service: Service,
+        target: Target,
+        log: RequestLog,
+        *,
+        body: SpooledBody | None = None,
+    ) -> bool:
+        request = exchange.request
+        headers = build_upstream_request_headers(
+            request.headers,
+            client_ip=log.peer_ip,
+            scheme=exchange.scheme,
+            forward_headers=target.options.forward_headers,
+            target=target.name,
+            now=time.time(),
+            make_request_id=lambda: str(log.fields["request_id"]),
+            upgrade=upgrade_type(request.headers) is not None,
+            forwarded_for=log.forwarded_for,
+        )
+        upstream_request = relay_rules.upstream_request(
+            request.method,
+            upstream_target,
+            headers.headers,
+            target_name=target.name,
+            framing=exchange.body_framing() if body is None else None,
+            buffered_size=body.size if body is not None else None,
+        )
+        record = ResponseRecord()
+        try:
+            try:
+                with target.track(exchange.scope):
+                    await forward(
+                        exchange,
+                        upstream_request,
+                        target,
+                        record,
+                        body=body,
+                        buffer_dir=self.buffer_dir,
+                        cookie_scope=log.cookie_scope,
+                    )
+            except (trio.Cancelled, BaseExceptionGroup) as stopped:
+                # The exchange alone (not the connection, nor the server) was cancelled: the
+                # request is cut off, and answered here, shielded for a bounded time. Anything
+                # else cancelled goes on up. (A nursery in the relay reports its tasks'
+                # Cancelled as a group.)
+                if not _only_cancelled(stopped) or not exchange.cut_off or record.upgraded:
+                    raise
+                raise record.interruption or UpstreamTimeout(
+                    f"request to draining target {target.name} cut off"
+                ) from None
+        except (UpstreamError, ClientGone, BadRequestBody, ResponseAborted) as exc:
+            log.response_headers, log.response_bytes = record.headers, record.body_bytes
+            if not isinstance(exc, ClientGone):  # a client leaving is the access log's news
+                self.logger.info(
+                    "Proxy error",
+                    service=service.name,
+                    target=target.name,
+                    status=_status_for(exc, record),
+                    error=str(exc),
+                )
+            if not exchange.scope.cancel_called:
+                return await self._fail(exchange, log, exc, record)
+            # Cut off: answered outside the cancelled exchange's reach, for a bounded time.
+            with trio.move_on_after(CUT_OFF_ANSWER_TIMEOUT, shield=True):
+                return await self._fail(exchange, log, exc, record)
+            log.status = STATUS_CLIENT_CLOSED  # the answer could not be delivered in time
+            return False
+        log.response_headers, log.response_bytes = record.headers, record.body_bytes
+        log.status = record.status
+        return not record.upgraded
+
+    async def _fail(
+        self, exchange: Exchange, log: RequestLog, exc: Exception, record: ResponseRecord
+    ) -> bool:
+        """Answer (or, past the response head, just log) a failure; returns keep-open."""
+        log.status = _status_for(exc, record)
+        if record.head_sent or isinstance(exc, ClientGone):
+            return False  # a truncated response must end with a cut connection
+        page = error_page(log.status, getattr(exc, "message", ""), log.pages)
+        if not await self._send_simple(exchange, log.status, page, CONTENT_TYPE, log=log):
+            log.status = STATUS_CLIENT_CLOSED  # the error page could not be delivered
+            return False
+        return True
+
+    async def _send_simple(
+        self,
+        exchange: Exchange,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"text/plain",
+        *,
+        log: RequestLog,
+    ) -> int:
+        """Send a complete small response if the client can still take one; returns the status
+        sent, or 0 when nothing could be sent."""
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        sent = await exchange.send_whole(status, headers, body, close=self.closing)
+        if sent is None:
+            return 0
+        log.response_headers, log.response_bytes = headers, sent
+        return status
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
+
+
+def _status_for(exc: Exception, record: ResponseRecord) -> int:
+    return relay_rules.status_for(exc, head_sent=record.head_sent, sent_status=record.status)
