@@ -296,7 +296,7 @@ class HttpServer:
             await service.admit()
             if target_options.buffer_requests and has_request_body(request.headers):
                 return await self._proxy_buffered(client, request, upstream_target, service, log)
-            target = service.choose_target()
+            target = service.choose_target(request)
         except UpstreamError as exc:
             return await self._fail(client, log, exc, ResponseRecord())
         log.fields["target"] = target.name
@@ -318,7 +318,7 @@ class HttpServer:
             try:
                 await receive_request_body(client, request.headers, body)
                 await service.admit()  # it may have been paused or stopped meanwhile
-                target = service.choose_target()
+                target = service.choose_target(request)
             except (UpstreamError, ClientGone, BadRequestBody) as exc:
                 return await self._fail(client, log, exc, ResponseRecord())
             log.fields["target"] = target.name
