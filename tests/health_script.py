@@ -7,7 +7,7 @@ run a 30 s deploy timeout in milliseconds and the assertions can name exact virt
 
 from __future__ import annotations
 
-from typing import TextIO, cast
+from typing import Any, TextIO, cast
 
 import attrs
 import trio
@@ -39,9 +39,9 @@ class HealthScript:
         return sum(1 for _, checked in self.checks if checked == name)
 
 
-def options(*targets: str, **kwargs: object) -> DeploymentOptions:
+def options(*targets: str, **kwargs: Any) -> DeploymentOptions:
     """Default deadlines (30 s deploy, 30 s drain, 1 s interval) unless given."""
-    return DeploymentOptions(targets=targets, **kwargs)  # type: ignore[arg-type]  # attrs kwargs
+    return DeploymentOptions(targets=targets, **kwargs)
 
 
 def target(name: str) -> Target:
