@@ -8,7 +8,7 @@ import trio.testing
 
 from kproxy.core.states import TargetHealth
 from kproxy.runtime.target import Target
-from kproxy.runtime.target_set import TargetSet
+from kproxy.runtime.target_set import TargetSet, drain_targets
 from tests.health_script import CHECK_TIME, HealthScript, logger, target
 from tests.helpers import LogCapture
 
@@ -143,6 +143,7 @@ async def test_drain_lets_tracked_requests_finish(autojump_clock: trio.testing.M
         assert trio.current_time() == 3  # the slower request finished: no need to wait on
     assert len(script.checks) == checks  # the health checks stopped when the drain began
     assert one.health is two.health is TargetHealth.DRAINING
+    assert targets.balancer.choose() is None
     assert one.inflight_count == two.inflight_count == 0
     drained = logs.records("Target drained")
     assert sorted((r["target"], r["cancelled_requests"]) for r in drained) == [(A, 0), (B, 0)]
@@ -194,13 +195,17 @@ async def test_a_drain_outlives_its_waiter(autojump_clock: trio.testing.MockCloc
     assert remote == [([A], 10)]
 
 
-async def test_a_set_that_never_ran_drains_in_the_caller(
+async def test_a_set_that_never_ran_cannot_be_drained_but_its_targets_can(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    targets = _set(HealthScript(), A)
+    targets = _set(HealthScript(), A, B)
+    with pytest.raises(RuntimeError, match="run"):
+        await targets.drain(10)
+    one, two = targets.targets
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: _request(targets.targets[0], seconds=2))
+        nursery.start_soon(lambda: _request(one, seconds=2))
+        nursery.start_soon(lambda: _request(two, seconds=3600))
         await trio.testing.wait_all_tasks_blocked()
-        assert await targets.drain(10) == 0
-        assert trio.current_time() == 2
-    assert targets.drained.is_set()
+        assert await drain_targets(targets.targets, 10) == 1  # a worker's retired targets
+        assert trio.current_time() == 10
+    assert one.health is two.health is TargetHealth.DRAINING

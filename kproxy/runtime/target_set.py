@@ -12,7 +12,8 @@ of rotation would not help anyone; kamal-proxy does the same). A set restored fr
 file starts out healthy, so a single target is not checked at all.
 
 Worker processes build sets with the same code but never run them: their health is the
-supervisor's, copied with :meth:`TargetSet.set_health`.
+supervisor's, copied with :meth:`TargetSet.set_health`, and they drain the retired targets they
+are told to with :func:`drain_targets`.
 """
 
 from __future__ import annotations
@@ -147,18 +148,14 @@ class TargetSet:
     async def drain(self, timeout: float) -> int:
         """Drain (see :meth:`drain_nowait`) and wait for it; returns the requests cut off.
 
-        If run() is going, the drain is its work: cancelling this wait does not stop it. A set
-        that was never run (a worker's) drains in this task.
+        The drain is run()'s work, so cancelling this wait does not stop it.
+
+        Raises:
+            RuntimeError: if run() was never started (a worker's set: see ``drain_targets``).
         """
-        if self._running:
-            self.drain_nowait(timeout)
-        elif not self._stop.is_set():
-            self._stop.set()
-            self._drain_timeout = timeout
-            try:
-                await self._drain(timeout)
-            finally:
-                self.drained.set()
+        if not self._running:
+            raise RuntimeError("drain() needs the set's run() task; see drain_targets")
+        self.drain_nowait(timeout)
         await self.drained.wait()
         return self.cancelled
 
@@ -196,6 +193,9 @@ class TargetSet:
             await trio.sleep(target.options.health_check_interval)
 
     async def _drain(self, timeout: float) -> None:
+        for target in self.targets:  # out of rotation, should the set still be asked
+            self.balancer.set_healthy(target, False)
+
         async def drain_one(target: Target) -> None:
             cancelled = await target.drain(timeout)
             if self.remote_drain is not None:  # the requests are in the workers
