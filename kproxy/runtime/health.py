@@ -1,17 +1,16 @@
-"""Health checks: ``GET <path>`` on a fresh connection; 2xx is healthy, redirects are not."""
+"""Health checks: ``GET <path>`` on a fresh connection; 2xx is healthy, redirects are not.
+
+One check of one target; runtime/target_set.py repeats them and records the outcome.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import attrs
 import h11
 import trio
 
 from kproxy.core.durations import format_duration
-from kproxy.core.states import TargetHealth
 from kproxy.runtime.h11_stream import H11Stream
-from kproxy.runtime.log import Logger
 from kproxy.runtime.pool import describe_connect_error
 from kproxy.runtime.target import Target
 
@@ -65,43 +64,3 @@ async def check_once(target: Target) -> CheckResult:
         finally:
             await connection.aclose()
     return CheckResult(False, f"no response within {format_duration(options.health_check_timeout)}")
-
-
-async def run_health_checks(
-    target: Target,
-    service: str,
-    logger: Logger,
-    *,
-    keep_checking: bool,
-    on_change: Callable[[], None] | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Check now, then every interval, until cancelled via ``target.health_scope``.
-
-    A single-target service stops once healthy: taking its only target out of rotation would
-    not help anyone (kamal-proxy does the same). ``target.last_check`` keeps the latest reason;
-    ``on_change`` is called after each change of health (the supervisor tells its workers).
-    """
-    with target.health_scope:
-        task_status.started()
-        while True:
-            result = await check_once(target)
-            target.last_check = result.reason
-            state = TargetHealth.HEALTHY if result.healthy else TargetHealth.UNHEALTHY
-            if target.set_health(state):
-                if on_change is not None:
-                    on_change()
-                logger.info(
-                    "Target health updated",
-                    service=service,
-                    target=target.name,
-                    healthy=result.healthy,
-                    reason=result.reason,
-                )
-            else:
-                logger.debug(
-                    "Health check", service=service, target=target.name, result=result.reason
-                )
-            if result.healthy and not keep_checking:
-                return
-            await trio.sleep(target.options.health_check_interval)

@@ -126,7 +126,7 @@ class RequestPipeline:
             await service.admit()
             if target_options.buffer_requests and has_request_body(request.headers):
                 return await self._proxy_buffered(exchange, upstream_target, service, log)
-            target = service.choose_target()
+            target = service.choose_target(exchange.request)
         except UpstreamError as exc:
             return await self._fail(exchange, log, exc, ResponseRecord())
         log.fields["target"] = target.name
@@ -143,7 +143,7 @@ class RequestPipeline:
             try:
                 await receive_request_body(exchange, exchange.request.headers, body)
                 await service.admit()  # it may have been paused or stopped meanwhile
-                target = service.choose_target()
+                target = service.choose_target(exchange.request)
             except (UpstreamError, ClientGone, BadRequestBody) as exc:
                 return await self._fail(exchange, log, exc, ResponseRecord())
             log.fields["target"] = target.name

@@ -3,11 +3,15 @@
 Every change follows one pattern: validate, wait (health, drain) under a deadline, then swap
 the ServiceMap value whole and save a snapshot. Requests read ``router.service_map`` once, so
 they always see either the old or the new routing, never a mix.
+
+A service's targets come as a TargetSet (runtime/target_set.py), made by :meth:`Router.target_set`
+and run in the router's nursery: their health checks and drains outlive the command that began
+them. Worker processes build their read-only copy of the routing with the same methods
+(:meth:`Router.target_set`, :meth:`Router.cut_over`, :meth:`Router.withdraw`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
 import attrs
@@ -21,14 +25,14 @@ from kproxy.core.pages import ErrorPages
 from kproxy.core.service_map import Route, ServiceMap
 from kproxy.core.states import TargetHealth
 from kproxy.errors import CommandError, DeployError, DeployTimeout, ServiceNotFound, StateError
-from kproxy.runtime.health import run_health_checks
+from kproxy.runtime.health import check_once
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
 from kproxy.runtime.service import Service
 from kproxy.runtime.state_store import StateStore
 from kproxy.runtime.target import Target
-
-Progress = Callable[[str], Awaitable[None]]
+from kproxy.runtime.target_set import HealthCheck, TargetSet
+from kproxy.runtime.target_set import Progress as Progress  # the commands' type, for proxy.py
 
 SAVE_TIMEOUT: Final = 10.0  # seconds a state save may take (it runs shielded)
 
@@ -57,12 +61,13 @@ class Replicas(Protocol):
 class Router:
     logger: Logger
     store: StateStore | None
-    nursery: trio.Nursery  # owns health loops and drains, which outlive the command that began them
+    nursery: trio.Nursery  # runs the target sets: their checks and drains outlive a command
     services: dict[str, Service] = attrs.field(factory=dict)
     service_map: ServiceMap = attrs.field(factory=ServiceMap.empty)
     _locks: dict[str, trio.Lock] = attrs.field(factory=dict)
     # Set in the supervisor of ``run --workers N``: the workers serve; this router decides.
     replicas: Replicas | None = attrs.field(default=None, kw_only=True)
+    health_check: HealthCheck = attrs.field(default=check_once, kw_only=True)  # tests script it
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -80,7 +85,8 @@ class Router:
         """Health-check the new targets, cut over, drain the old ones.
 
         Cancellation before the cutover leaves everything as it was. After the cutover the
-        drain belongs to the router's nursery and completes even if the caller goes away.
+        drain is the old target set's own task, in the router's nursery: it completes even if
+        the caller goes away.
         """
         self._check_conflicts(name, options)  # fail fast, before any health check
         pages = self._read_pages(options)  # likewise: a bad --error-pages changes nothing
@@ -89,47 +95,54 @@ class Router:
                 statuses = ", ".join(map(str, sorted(pages.templates)))
                 statuses = statuses or "no <status>.html files, the built-in pages stay"
                 await progress(f"{name}: error pages from {pages.directory}: {statuses}")
-            targets = [Target(address, options.target) for address in options.addresses]
+            new = self.target_set(name, _new_targets(options))
             self.logger.info("Deploying", service=name, targets=options.targets)
             try:
-                await self._start_health_checks(name, targets)
+                await self.nursery.start(new.run)  # the health checks begin
                 if options.force:
                     await progress(f"{name}: --force given, not waiting for health checks")
                 else:
-                    await self._wait_healthy(name, targets, options.deploy_timeout, progress)
+                    with trio.move_on_after(options.deploy_timeout) as health_wait:
+                        await new.wait_healthy(progress, options.deploy_timeout)
+                    if health_wait.cancelled_caught:
+                        self.logger.info(
+                            "Deploy failed", service=name, reason="health check timeout"
+                        )
+                        raise DeployTimeout(
+                            f"target failed to become healthy within configured timeout "
+                            f"({format_duration(options.deploy_timeout)})"
+                        )
                 # Another service's deploy may have taken the route meanwhile; no await
                 # separates this check from the cutover.
                 self._check_conflicts(name, options)
             except BaseException:
-                for target in targets:
-                    target.health_scope.cancel()
+                new.close()
                 raise
-            old_targets = self._cut_over(name, options, targets, pages)
+            old = self.cut_over(name, options, new, pages)
             self._publish()
             # The deploy has happened. Start the drain and save before the first await that a
             # vanished control client can cancel (a progress write), or neither would happen:
             # the old targets would keep their health checks and the state file its old targets.
-            drained = self._start_drain(name, old_targets, options.drain_timeout)
+            if old is not None:
+                old.drain_nowait(options.drain_timeout)
             self.logger.info("Deployed", service=name, targets=options.targets)
             save_error = await self._save_quietly()
             await self._sync()  # with workers, the cutover is done once every one has cut over
             await progress(f"{name}: traffic now goes to {', '.join(options.targets)}")
-            await self._wait_drained(name, old_targets, drained, options.drain_timeout, progress)
+            if old is not None:
+                await self._wait_drained(old, options.drain_timeout, progress)
             if save_error is not None:
                 raise CommandError(f"deployed {name}, but {save_error}")
 
     async def remove(self, name: str, progress: Progress = _no_progress) -> None:
         async with self._lock(name):
-            service = self._get(name)
-            del self.services[name]
-            self.service_map = self.service_map.without_service(name)
-            service.close()
+            service = self.withdraw(name)
             self._publish()
             self.logger.info("Removed", service=name)
             timeout = service.options.drain_timeout
-            drained = self._start_drain(name, service.targets, timeout)  # before any await
+            service.active.drain_nowait(timeout)  # before any await, as in deploy
             save_error = await self._save_quietly()
-            await self._wait_drained(name, service.targets, drained, timeout, progress)
+            await self._wait_drained(service.active, timeout, progress)
             if save_error is not None:
                 raise CommandError(f"removed {name}, but {save_error}")
 
@@ -177,10 +190,7 @@ class Router:
     # --- state ------------------------------------------------------------------------------
 
     def state_data(self) -> dict[str, Any]:
-        return snapshot.dump(
-            snapshot.ServiceRecord(s.name, s.options, s.state, s.message, s.max_pause)
-            for s in self.services.values()
-        )
+        return snapshot.dump(s.record() for s in self.services.values())
 
     async def restore(self, records: list[snapshot.ServiceRecord], errors: list[str]) -> None:
         """Bring back saved services (see ``load_state``), serving at once: their targets
@@ -198,19 +208,11 @@ class Router:
                     error=f"routes clash with service {conflict.service}",
                 )
                 continue
-            targets = [Target(a, record.options.target) for a in record.options.addresses]
-            for target in targets:
-                target.set_health(TargetHealth.HEALTHY)
-            service = Service(
-                record.name, record.options, targets, record.state, record.message, record.max_pause
-            )
-            service.pages = self._restore_pages(record.name, record.options)
-            self.services[record.name] = service
-            self.service_map = self.service_map.with_service(
-                record.name, record.options.service.hosts, record.options.service.path_prefixes
-            )
-            if len(targets) > 1:
-                await self._start_health_checks(record.name, targets)
+            targets = self.target_set(record.name, _new_targets(record.options, healthy=True))
+            pages = self._restore_pages(record.name, record.options)
+            self.cut_over(record.name, record.options, targets, pages)
+            self.services[record.name].follow(record.state, record.message, record.max_pause)
+            await self.nursery.start(targets.run)  # a single target is not checked: it serves
             self.logger.info(
                 "Restored",
                 service=record.name,
@@ -234,6 +236,49 @@ class Router:
             raise StateError(
                 f"cannot restore {store.path}: {exc}; move the file away to start with no services"
             ) from exc
+
+    # --- the routing table: the router's commands and the workers' copies use these -------
+
+    def target_set(self, name: str, targets: list[Target]) -> TargetSet:
+        """A target group of service ``name``; the router runs it (``nursery.start(set.run)``),
+        a worker does not (its health is the supervisor's)."""
+        return TargetSet(
+            name,
+            targets,
+            self.logger,
+            check=self.health_check,
+            on_change=self._publish,
+            remote_drain=self.replicas.drain if self.replicas is not None else None,
+        )
+
+    def cut_over(
+        self,
+        name: str,
+        options: DeploymentOptions,
+        targets: TargetSet,
+        pages: ErrorPages = BUILTIN_PAGES,
+    ) -> TargetSet | None:
+        """Route ``name`` to ``targets``, making the service if new; returns the group it
+        replaced. No await: requests see the old service or the new, never a mix."""
+        service = self.services.get(name)
+        old = None
+        if service is None:
+            service = self.services[name] = Service(name, options, targets)
+        else:
+            old = service.replace_active(options, targets)
+        service.pages = pages
+        self.service_map = self.service_map.with_service(
+            name, options.service.hosts, options.service.path_prefixes
+        )
+        return old
+
+    def withdraw(self, name: str) -> Service:
+        """Stop routing to service ``name`` (a remove); its targets are the caller's to drain."""
+        service = self._get(name)
+        del self.services[name]
+        self.service_map = self.service_map.without_service(name)
+        service.close()
+        return service
 
     def close_nowait(self) -> None:
         """Release every pooled upstream connection (the proxy is stopping)."""
@@ -294,111 +339,14 @@ class Router:
             )
             return BUILTIN_PAGES
 
-    async def _start_health_checks(self, name: str, targets: list[Target]) -> None:
-        keep_checking = len(targets) > 1
-        for target in targets:
-            await self.nursery.start(
-                lambda t=target, **kw: run_health_checks(
-                    t, name, self.logger, keep_checking=keep_checking, on_change=self._publish, **kw
-                )
-            )
-
-    async def _wait_healthy(
-        self, name: str, targets: list[Target], timeout: float, progress: Progress
-    ) -> None:
-        deadline = trio.current_time() + timeout
-        await progress(
-            f"{name}: waiting for {', '.join(t.name for t in targets)} to pass "
-            f"{targets[0].options.health_check_path} (timeout {format_duration(timeout)})"
-        )
-        with trio.move_on_at(deadline):
-            while True:
-                pending = [t for t in targets if not t.healthy]
-                if not pending:
-                    await progress(f"{name}: all targets healthy")
-                    return
-                # Wake on the first health change, or every second to report progress.
-                with trio.move_on_after(1.0):
-                    await pending[0].health_changed.wait()
-                for target in pending:
-                    if target.healthy:
-                        await progress(f"{name}: {target.name} is healthy")
-                still = [t for t in targets if not t.healthy]
-                if still and still == pending:
-                    waited = timeout - (deadline - trio.current_time())
-                    await progress(
-                        f"{name}: {still[0].name} not healthy yet ({still[0].last_check}; "
-                        f"{format_duration(round(waited))} of {format_duration(timeout)})"
-                    )
-        self.logger.info("Deploy failed", service=name, reason="health check timeout")
-        raise DeployTimeout(
-            f"target failed to become healthy within configured timeout "
-            f"({format_duration(timeout)})"
-        )
-
-    def _cut_over(
-        self,
-        name: str,
-        options: DeploymentOptions,
-        targets: list[Target],
-        pages: ErrorPages = BUILTIN_PAGES,
-    ) -> list[Target]:
-        service = self.services.get(name)
-        if service is None:
-            service = self.services[name] = Service(name, options, targets)
-            old: list[Target] = []
-        else:
-            old = service.replace_targets(options, targets)
-        service.pages = pages  # no await since the targets changed: requests see both or neither
-        self.service_map = self.service_map.with_service(
-            name, options.service.hosts, options.service.path_prefixes
-        )
-        return old
-
-    def _start_drain(self, name: str, targets: list[Target], timeout: float) -> trio.Event:
-        """Drain old targets in the router's nursery, so it outlives the command; returns an
-        event set when every one is drained."""
-        done = trio.Event()
-        if not targets:
-            done.set()
-            return done
-
-        async def drain_one(target: Target) -> None:
-            cancelled = await target.drain(timeout)
-            if self.replicas is not None:  # the requests are in the workers
-                cancelled += await self.replicas.drain([target], timeout)
-            self.logger.info(
-                "Target drained", service=name, target=target.name, cancelled_requests=cancelled
-            )
-
-        async def drain_all() -> None:
-            try:
-                async with trio.open_nursery() as nursery:
-                    for target in targets:
-                        nursery.start_soon(drain_one, target)
-            finally:
-                done.set()
-
-        self.nursery.start_soon(drain_all)
-        return done
-
-    async def _wait_drained(
-        self,
-        name: str,
-        targets: list[Target],
-        drained: trio.Event,
-        timeout: float,
-        progress: Progress,
-    ) -> None:
+    async def _wait_drained(self, old: TargetSet, timeout: float, progress: Progress) -> None:
         """Report the drain and wait for it; cancelling this wait leaves the drain running."""
-        if not targets:
-            return
         await progress(
-            f"{name}: draining {', '.join(t.name for t in targets)} "
+            f"{old.service}: draining {', '.join(t.name for t in old.targets)} "
             f"(timeout {format_duration(timeout)})"
         )
-        await drained.wait()
-        await progress(f"{name}: old targets drained")
+        await old.drained.wait()
+        await progress(f"{old.service}: old targets drained")
 
     async def _wait_in_flight(self, service: Service, timeout: float, progress: Progress) -> None:
         await progress(
@@ -435,3 +383,12 @@ class Router:
         except CommandError as exc:
             return str(exc)
         return None
+
+
+def _new_targets(options: DeploymentOptions, *, healthy: bool = False) -> list[Target]:
+    """The deploy's targets: checked before they serve, or, restored, serving at once."""
+    targets = [Target(address, options.target) for address in options.addresses]
+    if healthy:
+        for target in targets:
+            target.set_health(TargetHealth.HEALTHY)
+    return targets

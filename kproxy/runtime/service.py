@@ -1,28 +1,40 @@
-"""A deployed service: its active targets, round-robin choice, and the pause gate."""
+"""A deployed service: its target groups, the choice of a target per request, the pause gate.
+
+The shape of kamal-proxy's Service (internal/server/service.go). Today a service has one group,
+``active``. Issue 12 adds a ``rollout`` group beside it (chosen per request by the rollout
+split, core/rollout.py) and read targets inside a group's balancer; ``choose_target`` takes the
+request so that those choices have what they need.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from kproxy.core.options import DEFAULT_PAUSE_TIMEOUT, DeploymentOptions
 from kproxy.core.pages import ErrorPages
+from kproxy.core.snapshot import ServiceRecord
 from kproxy.core.states import ServiceState
 from kproxy.errors import NoHealthyTargets, PauseExpired, ServiceUnavailable
 from kproxy.runtime.target import Target
+from kproxy.runtime.target_set import TargetSet
+
+if TYPE_CHECKING:  # the data path's request head; only its fields are read
+    from kproxy.runtime.exchange import RequestHead
 
 
 @attrs.define(eq=False)
 class Service:
     name: str
     options: DeploymentOptions
-    targets: list[Target]
+    active: TargetSet  # the group requests go to (a rollout group joins it in issue 12)
     state: ServiceState = ServiceState.RUNNING
     message: str = ""  # shown on the 503 page while stopped
     max_pause: float = DEFAULT_PAUSE_TIMEOUT
     # Set while running; a new event replaces it on every pause or stop.
     _running: trio.Event = attrs.field(factory=trio.Event)
-    _next: int = 0
     removed: bool = False  # set by close(); routing no longer reaches the service
     # --error-pages, read and parsed at deploy; replaced with the targets at the cutover.
     pages: ErrorPages = attrs.field(factory=ErrorPages, kw_only=True)
@@ -31,20 +43,27 @@ class Service:
         if self.state is ServiceState.RUNNING:
             self._running.set()
 
-    def replace_targets(self, options: DeploymentOptions, targets: list[Target]) -> list[Target]:
+    @property
+    def targets(self) -> list[Target]:
+        """The active group's targets, in deploy order."""
+        return self.active.targets
+
+    def replace_active(self, options: DeploymentOptions, targets: TargetSet) -> TargetSet:
         """The cutover: one assignment, so every request after it sees the new targets."""
-        old, self.targets, self.options = self.targets, targets, options
+        old, self.active, self.options = self.active, targets, options
         return old
 
-    def choose_target(self) -> Target:
-        """Round robin over the healthy targets."""
-        targets = self.targets
-        for offset in range(len(targets)):
-            target = targets[(self._next + offset) % len(targets)]
-            if target.healthy:
-                self._next = (self._next + offset + 1) % len(targets)
-                return target
-        raise NoHealthyTargets(f"service {self.name} has no healthy target")
+    def choose_target(self, request: RequestHead) -> Target:
+        """Round robin over the active group's healthy targets (``request`` is for issue 12's
+        read targets and rollout group: see the module doc)."""
+        target = self.active.balancer.choose()
+        if target is None:
+            raise NoHealthyTargets(f"service {self.name} has no healthy target")
+        return target
+
+    def record(self) -> ServiceRecord:
+        """What the state file keeps of the service (and what workers are sent)."""
+        return ServiceRecord(self.name, self.options, self.state, self.message, self.max_pause)
 
     @property
     def running(self) -> bool:
@@ -64,6 +83,17 @@ class Service:
                 await self._running.wait()
                 continue
             raise PauseExpired(f"service {self.name} stayed paused for longer than max-pause")
+
+    def follow(self, state: ServiceState, message: str, max_pause: float) -> None:
+        """Take on a saved or published state (restore, and workers following the supervisor)."""
+        if (state, message, max_pause) == (self.state, self.message, self.max_pause):
+            return
+        if state is ServiceState.RUNNING:
+            self.resume()
+        elif state is ServiceState.PAUSED:
+            self.pause(max_pause)
+        else:
+            self.stop(message)
 
     def pause(self, max_pause: float) -> None:
         self._hold(ServiceState.PAUSED)
@@ -92,7 +122,4 @@ class Service:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Let in-flight requests finish (pause and stop), without cancelling any."""
-        with trio.move_on_after(timeout):
-            for target in list(self.targets):
-                await target.wait_idle(timeout)
-        return all(t.inflight_count == 0 for t in self.targets)
+        return await self.active.wait_idle(timeout)

@@ -26,7 +26,6 @@ import attrs
 import trio
 
 from kproxy._version import __version__
-from kproxy.core import snapshot
 from kproxy.core import worker_protocol as wp
 from kproxy.errors import KProxyError
 from kproxy.runtime.control_server import open_control_listener, unlink_socket
@@ -97,7 +96,7 @@ class Workers:
         assert self.router is not None
         views = [
             wp.ServiceView(
-                snapshot.ServiceRecord(s.name, s.options, s.state, s.message, s.max_pause),
+                s.record(),
                 tuple(wp.TargetView(t.serial, t.name, t.health) for t in s.targets),
             )
             for s in self.router.services.values()

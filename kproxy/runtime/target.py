@@ -1,4 +1,7 @@
-"""One target of a service: health, its connection pool, and the requests it is serving."""
+"""One target of a service: health, its connection pool, and the requests it is serving.
+
+Its health checks and its place in a balancer belong to its group: runtime/target_set.py.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +25,6 @@ class Target:
     health: TargetHealth = TargetHealth.ADDING
     last_check: str = "not checked yet"  # the latest health check's outcome, for progress
     pool: ConnectionPool = attrs.field(init=False)
-    # Replaced (events can't be cleared) whenever health changes, so deploys can wait on it.
-    health_changed: trio.Event = attrs.field(factory=trio.Event)
-    # Cancelling this stops the target's health-check loop.
-    health_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _inflight: set[trio.CancelScope] = attrs.field(factory=set)
     _upgraded: set[trio.CancelScope] = attrs.field(factory=set)
     _idle: trio.Event = attrs.field(factory=trio.Event)
@@ -46,12 +45,12 @@ class Target:
         return len(self._inflight)
 
     def set_health(self, health: TargetHealth) -> bool:
-        """Record a new health state; returns whether it changed."""
+        """Record a new health state; returns whether it changed (a draining target stays so).
+
+        Its target set calls this (``TargetSet.set_health``), keeping its balancer in step."""
         if self.health is TargetHealth.DRAINING or health is self.health:
             return False
         self.health = health
-        self.health_changed.set()
-        self.health_changed = trio.Event()
         return True
 
     def track(self, scope: trio.CancelScope) -> _Tracked:
@@ -88,8 +87,7 @@ class Target:
         Upgraded connections are closed at the start: they may last for hours. Returns how many
         requests were cancelled when the deadline passed.
         """
-        self.health = TargetHealth.DRAINING
-        self.health_scope.cancel()
+        self.health = TargetHealth.DRAINING  # its set has stopped checking it
         for scope in self._upgraded:
             scope.cancel()
         cancelled = 0

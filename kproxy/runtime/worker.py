@@ -22,15 +22,13 @@ import trio
 from kproxy.core import worker_protocol as wp
 from kproxy.core.options import DeploymentOptions, RunOptions, parse_target
 from kproxy.core.pages import ErrorPages
-from kproxy.core.service_map import ServiceMap
-from kproxy.core.states import ServiceState
 from kproxy.runtime.listen import open_reuseport_listeners
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
 from kproxy.runtime.proxy import Proxy
 from kproxy.runtime.router import Router
-from kproxy.runtime.service import Service
 from kproxy.runtime.target import Target
+from kproxy.runtime.target_set import drain_targets
 
 RECEIVE_SIZE = 65536  # bytes per read from the channel
 
@@ -82,11 +80,15 @@ class Worker(Proxy):
 
     def apply(self, router: Router, message: wp.Message) -> int:
         """Replace the replica with a ``state`` message's; returns its version. No await:
-        requests see the whole old state or the whole new one."""
+        requests see the whole old state or the whole new one.
+
+        The routing is built as the supervisor's router built it (``Router.target_set``,
+        ``cut_over``, ``withdraw``); only health comes from the message, not from checks."""
         version, views = wp.read_state(message)
-        services: dict[str, Service] = {}
+        names = {view.record.name for view in views}
+        for name in [name for name in router.services if name not in names]:
+            router.withdraw(name)
         live: dict[int, Target] = {}
-        service_map = ServiceMap.empty()
         for view in views:
             record = view.record
             targets = []
@@ -95,35 +97,23 @@ class Worker(Proxy):
                 if target is None:
                     target = Target(parse_target(seen.address), record.options.target)
                     target.serial = seen.serial
-                target.health = seen.health
                 targets.append(target)
                 live[seen.serial] = target
             service = router.services.get(record.name)
-            if service is None or service.removed:
-                service = Service(
-                    record.name, record.options, targets, record.state, record.message,
-                    record.max_pause,
-                )  # fmt: skip
-                service.pages = self._pages(record.name, record.options)
-            else:
-                if service.targets != targets or service.options != record.options:
-                    # A deploy: its --error-pages are read again, as the supervisor did.
-                    service.pages = self._pages(record.name, record.options)
-                    service.replace_targets(record.options, targets)
-                _follow_state(service, record.state, record.message, record.max_pause)
-            services[record.name] = service
-            service_map = service_map.with_service(
-                record.name, record.options.service.hosts, record.options.service.path_prefixes
-            )
-        for name, service in router.services.items():
-            if name not in services:
-                service.close()
+            if service is None or service.targets != targets or service.options != record.options:
+                # A deploy: its --error-pages are read again, as the supervisor did.
+                pages = self._pages(record.name, record.options)
+                router.cut_over(
+                    record.name, record.options, router.target_set(record.name, targets), pages
+                )
+                service = router.services[record.name]
+            for target, seen in zip(targets, view.targets, strict=True):
+                service.active.set_health(target, seen.health)
+            service.follow(record.state, record.message, record.max_pause)
         for serial, target in self._live.items():
             if serial not in live:
                 self._retired[serial] = target
         self._live = live
-        router.services = services
-        router.service_map = service_map
         return version
 
     def _pages(self, name: str, options: DeploymentOptions) -> ErrorPages:
@@ -136,16 +126,7 @@ class Worker(Proxy):
     async def drain(self, serials: list[int], timeout: float) -> int:
         """Drain the retired targets named (others were never here, or are gone)."""
         targets = [self._retired.pop(s) for s in serials if s in self._retired]
-        cancelled = 0
-
-        async def drain_one(target: Target) -> None:
-            nonlocal cancelled
-            cancelled += await target.drain(timeout)
-
-        async with trio.open_nursery() as nursery:
-            for target in targets:
-                nursery.start_soon(drain_one, target)
-        return cancelled
+        return await drain_targets(targets, timeout)
 
     async def follow(self, nursery: trio.Nursery) -> None:
         """Handle the supervisor's messages until it goes away or says to stop."""
@@ -183,17 +164,6 @@ class Worker(Proxy):
             idle = await service.wait_idle(float(message["timeout"]))
         assert self.channel is not None
         await self.channel.send({"type": "idle", "id": message["id"], "idle": idle})
-
-
-def _follow_state(service: Service, state: ServiceState, message: str, max_pause: float) -> None:
-    if (state, message, max_pause) == (service.state, service.message, service.max_pause):
-        return
-    if state is ServiceState.RUNNING:
-        service.resume()
-    elif state is ServiceState.PAUSED:
-        service.pause(max_pause)
-    else:
-        service.stop(message)
 
 
 async def serve_worker(sock: socket.socket, index: int, options: RunOptions) -> None:
