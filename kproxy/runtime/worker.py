@@ -9,7 +9,7 @@ Its upstream connection pools are its own. It exits when the supervisor goes awa
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import os
 import socket
@@ -31,35 +31,7 @@ from kproxy.runtime.proxy import Proxy
 from kproxy.runtime.router import Router
 from kproxy.runtime.service import Service
 from kproxy.runtime.target import Target
-
-RECEIVE_SIZE = 65536  # bytes per read from the channel
-
-
-@attrs.define(eq=False)
-class Channel:
-    """The worker's end of the socketpair: whole messages in, whole messages out."""
-
-    stream: trio.SocketStream
-    _reader: wp.MessageReader = attrs.field(factory=wp.MessageReader)
-    _send_lock: trio.Lock = attrs.field(factory=trio.Lock)
-
-    async def receive(self) -> wp.Message | None:
-        """The next message, or None once the supervisor has gone."""
-        while (message := self._reader.next_message()) is None:
-            if self._reader.closed:
-                return None
-            try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            self._reader.receive_data(data)
-        return message
-
-    async def send(self, message: wp.Message) -> None:
-        async with self._send_lock:
-            # The supervisor may have gone: receive() sees it, and the worker exits.
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.stream.send_all(wp.encode(message))
+from kproxy.runtime.worker_channel import WorkerChannel
 
 
 @attrs.define(eq=False)
@@ -68,7 +40,7 @@ class Worker(Proxy):
 
     started_message: ClassVar[str] = "Worker started"
 
-    channel: Channel | None = None
+    channel: WorkerChannel | None = None
     initial: wp.Message | None = None  # the first state, applied before the first accept
     _live: dict[int, Target] = attrs.field(factory=dict)  # serial → target, as routed
     _retired: dict[int, Target] = attrs.field(factory=dict)  # replaced; waiting for "drain"
@@ -147,42 +119,44 @@ class Worker(Proxy):
                 nursery.start_soon(drain_one, target)
         return cancelled
 
-    async def follow(self, nursery: trio.Nursery) -> None:
-        """Handle the supervisor's messages until it goes away or says to stop."""
+    async def follow(self, nursery: trio.Nursery, message: wp.Message) -> None:
+        """Take one of the supervisor's events (the channel's ``handle_event``): the first
+        state starts serving, in ``nursery``; "shutdown" and "abort" end it."""
         assert self.channel is not None
-        channel = self.channel
-        while (message := await channel.receive()) is not None:
-            kind = message["type"]
-            if kind == "state":
-                version = self.apply(self.router, message)
-                await channel.send({"type": "ack", "version": version})
-            elif kind == "drain":
-                nursery.start_soon(self._answer_drain, message)
-            elif kind == "idle":
-                nursery.start_soon(self._answer_idle, message)
-            elif kind == "shutdown":  # keep reading meanwhile: "abort" cuts the grace short
-                nursery.start_soon(self._shut_down, float(message["grace"]), nursery.cancel_scope)
-            elif kind == "abort":
-                return
+        kind = message["type"]
+        if kind == "state":
+            if self._router is None:  # the first state: applied before the first accept
+                self.initial = message
+                await nursery.start(self.serve)
+                self.channel.send_nowait({"type": "ack", "version": message["version"]})
+                self.channel.send_nowait({"type": "ready", "pid": os.getpid()})
             else:
-                raise wp.ChannelError(f"unknown message type {kind!r}")
+                version = self.apply(self.router, message)
+                self.channel.send_nowait({"type": "ack", "version": version})
+        elif kind == "shutdown":  # events go on meanwhile: "abort" cuts the grace short
+            nursery.start_soon(self._shut_down, float(message["grace"]), nursery.cancel_scope)
+        elif kind == "abort":
+            nursery.cancel_scope.cancel()
+        else:
+            raise wp.ChannelError(f"unknown message type {kind!r}")
+
+    async def answer(self, message: wp.Message) -> wp.Message:
+        """Answer one of the supervisor's requests (the channel's ``handle_request``)."""
+        kind = message["type"]
+        if kind == "drain":
+            serials = [int(s) for s in message["targets"]]
+            return {"cancelled": await self.drain(serials, message["timeout"])}
+        if kind == "idle":
+            service = self.router.services.get(str(message["service"]))
+            idle = True
+            if service is not None:
+                idle = await service.wait_idle(float(message["timeout"]))
+            return {"idle": idle}
+        raise wp.ChannelError(f"unknown message type {kind!r}")
 
     async def _shut_down(self, grace: float, done: trio.CancelScope) -> None:
         await self.shutdown(grace)
         done.cancel()
-
-    async def _answer_drain(self, message: wp.Message) -> None:
-        cancelled = await self.drain([int(s) for s in message["targets"]], message["timeout"])
-        assert self.channel is not None
-        await self.channel.send({"type": "drained", "id": message["id"], "cancelled": cancelled})
-
-    async def _answer_idle(self, message: wp.Message) -> None:
-        service = self.router.services.get(str(message["service"]))
-        idle = True
-        if service is not None:
-            idle = await service.wait_idle(float(message["timeout"]))
-        assert self.channel is not None
-        await self.channel.send({"type": "idle", "id": message["id"], "idle": idle})
 
 
 def _follow_state(service: Service, state: ServiceState, message: str, max_pause: float) -> None:
@@ -198,18 +172,16 @@ def _follow_state(service: Service, state: ServiceState, message: str, max_pause
 
 async def serve_worker(sock: socket.socket, index: int, options: RunOptions) -> None:
     """Run one worker until the supervisor says stop (or goes away)."""
-    channel = Channel(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
     # Every line of a worker carries ``worker``: its number, 1…N (kept across restarts).
     logger = Logger(debug_enabled=options.debug, context={"worker": index})
-    initial = await channel.receive()
-    if initial is None:
-        return
-    worker = Worker(options, logger, channel=channel, initial=initial)
+    worker = Worker(options, logger)
     async with trio.open_nursery() as nursery:
-        await nursery.start(worker.serve)
-        await channel.send({"type": "ack", "version": initial["version"]})
-        await channel.send({"type": "ready", "pid": os.getpid()})
-        await worker.follow(nursery)
+        worker.channel = WorkerChannel(
+            trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
+            handle_request=worker.answer,
+            handle_event=functools.partial(worker.follow, nursery),
+        )
+        await worker.channel.serve()  # until the supervisor goes away
         nursery.cancel_scope.cancel()
 
 
