@@ -19,22 +19,19 @@ import json
 import socket
 import subprocess
 import sys
-from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import trio
 
-from kproxy._version import __version__
 from kproxy.core import snapshot
 from kproxy.core import worker_protocol as wp
+from kproxy.core.options import RunOptions
 from kproxy.errors import KProxyError
-from kproxy.runtime.control_server import open_control_listener, unlink_socket
 from kproxy.runtime.listen import reserve_port
 from kproxy.runtime.log import Logger
-from kproxy.runtime.proxy import SHUTDOWN_GRACE, Proxy, _hold_nursery
+from kproxy.runtime.proxy import Frontend, Proxy
 from kproxy.runtime.router import Router
-from kproxy.runtime.state_store import StateStore
 from kproxy.runtime.target import Target
 from kproxy.runtime.worker_channel import WorkerChannel
 
@@ -160,58 +157,40 @@ class Workers:
 
 
 @attrs.define(eq=False)
-class Supervisor(Proxy):
-    """``Proxy`` for ``run --workers N`` (N > 1): same commands, HTTP served by N processes."""
+class WorkerPool:
+    """The ``Frontend`` of ``run --workers N``: N worker processes take the HTTP connections,
+    each kept running; this process holds the port for them (runtime/listen.py)."""
 
+    options: RunOptions
+    logger: Logger
     workers: Workers = attrs.field(factory=Workers)
+    http_port: int = 0
+    _reserved: list[socket.socket] = attrs.field(factory=list)
     _stopping: bool = False
 
-    async def serve(
-        self, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Run until cancelled; ``task_status.started(self)`` once every worker serves."""
-        store = StateStore(Path(self.options.state_dir)) if self.options.state_dir else None
-        saved = Router.load_state(store) if store is not None else ([], [])
-        reserved: list[socket.socket] = []
-        control = None
-        try:
-            if self.options.socket_path:  # first, as in Proxy.serve
-                control = await open_control_listener(self.options.socket_path)
-            reserved = await reserve_port(self.options.bind, self.options.http_port)
-            self.http_port = reserved[0].getsockname()[1]
-            async with trio.open_nursery() as nursery:
-                router = self._router = Router(self.logger, store, nursery, replicas=self.workers)
-                self.workers.router, self.workers.logger = router, self.logger
-                await router.restore(*saved)
-                await self._start_workers(nursery)
-                if control is not None:
-                    connections = await nursery.start(_hold_nursery)
-                    nursery.start_soon(self._accept_control, control, connections)
-                self.logger.info(
-                    self.started_message,
-                    http_port=self.http_port,
-                    socket=self.options.socket_path,
-                    state_dir=self.options.state_dir,
-                    version=__version__,
-                    workers=self.options.workers,
-                )
-                task_status.started(self)
-        finally:
-            if self._router is not None:
-                self._router.close_nowait()
-            for sock in reserved:
-                sock.close()
-            if control is not None:
-                control.socket.close()
-                unlink_socket(self.options.socket_path)
+    async def open(self) -> int:
+        self._reserved = await reserve_port(self.options.bind, self.options.http_port)
+        self.http_port = self._reserved[0].getsockname()[1]
+        return self.http_port
 
-    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Stop taking commands; each worker stops accepting and gives its in-flight requests
-        up to ``grace`` seconds. Cancelling this cuts them off at once."""
-        self._stopping = True
-        for scope in self._accepting:
-            scope.cancel()
-        self.logger.info("Shutting down", grace_seconds=grace, workers=len(self.workers.links))
+    def replicas(self, router: Router) -> Workers:
+        self.workers.router, self.workers.logger = router, self.logger
+        return self.workers
+
+    async def start(
+        self, router: Router, nursery: trio.Nursery, connections: trio.Nursery
+    ) -> dict[str, Any]:
+        """Start every worker; returns once each serves."""
+        await self._start_workers(nursery)
+        return {"workers": self.options.workers}
+
+    def begin_shutdown(self) -> dict[str, Any]:
+        self._stopping = True  # workers that exit now are not started again
+        return {"workers": len(self.workers.links)}
+
+    async def shutdown(self, grace: float) -> None:
+        """Each worker stops accepting and gives its in-flight requests up to ``grace``
+        seconds. Cancelling this cuts them off at once."""
         links = list(self.workers.links.values())
         for link in links:
             link.send_nowait({"type": "shutdown", "grace": grace})
@@ -223,6 +202,10 @@ class Supervisor(Proxy):
         finally:
             for link in links:
                 link.send_nowait({"type": "abort"})
+
+    def close(self) -> None:
+        for sock in self._reserved:
+            sock.close()
 
     # --- workers ----------------------------------------------------------------------------
 
@@ -329,6 +312,19 @@ class Supervisor(Proxy):
         except wp.ChannelError as exc:  # a bug: drop this worker; a new one starts
             self.logger.error("Worker channel broken", worker=link.index, error=str(exc))
         done.cancel()
+
+
+def _worker_pool(proxy: Proxy) -> Frontend:
+    return WorkerPool(proxy.options, proxy.logger)
+
+
+@attrs.define(eq=False)
+class Supervisor(Proxy):
+    """``Proxy`` for ``run --workers N`` (N > 1): same commands, HTTP served by N processes."""
+
+    frontend: Frontend = attrs.field(
+        default=attrs.Factory(_worker_pool, takes_self=True), kw_only=True
+    )
 
 
 @attrs.define(eq=False)

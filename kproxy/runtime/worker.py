@@ -24,14 +24,18 @@ from kproxy.core.options import DeploymentOptions, RunOptions, parse_target
 from kproxy.core.pages import ErrorPages
 from kproxy.core.service_map import ServiceMap
 from kproxy.core.states import ServiceState
-from kproxy.runtime.listen import open_reuseport_listeners
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
-from kproxy.runtime.proxy import Proxy
+from kproxy.runtime.proxy import Frontend, Listeners, Proxy
 from kproxy.runtime.router import Router
 from kproxy.runtime.service import Service
 from kproxy.runtime.target import Target
 from kproxy.runtime.worker_channel import WorkerChannel
+
+
+def _shared_port(worker: Worker) -> Frontend:
+    """Listeners on the supervisor's port, the first state applied before the first accept."""
+    return Listeners(worker.options, worker.logger, reuseport=True, prepare=worker._prepare)
 
 
 @attrs.define(eq=False)
@@ -45,10 +49,11 @@ class Worker(Proxy):
     _live: dict[int, Target] = attrs.field(factory=dict)  # serial → target, as routed
     _retired: dict[int, Target] = attrs.field(factory=dict)  # replaced; waiting for "drain"
 
-    async def _open_listeners(self) -> list[trio.SocketListener]:
-        return await open_reuseport_listeners(self.options.bind, self.options.http_port)
+    frontend: Frontend = attrs.field(
+        default=attrs.Factory(_shared_port, takes_self=True), kw_only=True
+    )
 
-    async def _prepare(self, router: Router, nursery: trio.Nursery) -> None:
+    def _prepare(self, router: Router) -> None:
         if self.initial is not None:
             self.apply(router, self.initial)
 
