@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -19,10 +18,9 @@ def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     return trio.SocketStream(one), trio.SocketStream(two)
 
 
-@asynccontextmanager
-async def serving(*channels: WorkerChannel) -> AsyncIterator[list[BaseException]]:
-    """Run each channel's ``serve``; closing its stream when it ends (the peer sees EOF).
-    Yields the errors ``serve`` raised, filled in as they happen."""
+def serve_all(nursery: trio.Nursery, *channels: WorkerChannel) -> list[BaseException]:
+    """Run each channel's ``serve`` in ``nursery``, closing its stream when it ends (so the peer
+    sees EOF); returns the list ``serve`` puts its errors in, filled in as they happen."""
     errors: list[BaseException] = []
 
     async def serve(channel: WorkerChannel) -> None:
@@ -33,11 +31,9 @@ async def serving(*channels: WorkerChannel) -> AsyncIterator[list[BaseException]
         finally:
             await channel.stream.aclose()
 
-    async with trio.open_nursery() as nursery:
-        for channel in channels:
-            nursery.start_soon(serve, channel)
-        yield errors
-        nursery.cancel_scope.cancel()
+    for channel in channels:
+        nursery.start_soon(serve, channel)
+    return errors
 
 
 def answer_with(name: str, delay: float = 0) -> Callable[[wp.Message], Awaitable[wp.Message]]:
@@ -48,20 +44,20 @@ def answer_with(name: str, delay: float = 0) -> Callable[[wp.Message], Awaitable
     return handle
 
 
-async def test_either_side_asks_and_gets_the_answer() -> None:
+async def test_either_side_asks_and_gets_the_answer(nursery: trio.Nursery) -> None:
     with trio.fail_after(GUARD):
         one, two = socket_pair()
         supervisor = WorkerChannel(one, handle_request=answer_with("supervisor"))
         worker = WorkerChannel(two, handle_request=answer_with("worker"))
-        async with serving(supervisor, worker) as errors:
-            answers: dict[str, wp.Message | None] = {}
+        errors = serve_all(nursery, supervisor, worker)
+        answers: dict[str, wp.Message | None] = {}
 
-            async def ask(name: str, channel: WorkerChannel) -> None:
-                answers[name] = await channel.ask({"type": "q", "n": len(name)}, timeout=5)
+        async def ask(name: str, channel: WorkerChannel) -> None:
+            answers[name] = await channel.ask({"type": "q", "n": len(name)}, timeout=5)
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(ask, "down", supervisor)
-                nursery.start_soon(ask, "up", worker)
+        async with trio.open_nursery() as asking:
+            asking.start_soon(ask, "down", supervisor)
+            asking.start_soon(ask, "up", worker)
         assert answers == {
             "down": {"from": "worker", "echo": 4},
             "up": {"from": "supervisor", "echo": 2},
@@ -69,27 +65,31 @@ async def test_either_side_asks_and_gets_the_answer() -> None:
         assert errors == []
 
 
-async def test_requests_run_side_by_side_and_answers_find_their_askers() -> None:
+async def test_requests_run_side_by_side_and_answers_find_their_askers(
+    nursery: trio.Nursery,
+) -> None:
     with trio.fail_after(GUARD):
         one, two = socket_pair()
         asker = WorkerChannel(one)
         answerer = WorkerChannel(two, handle_request=answer_with("worker"))
-        async with serving(asker, answerer):
-            order: list[int] = []
+        serve_all(nursery, asker, answerer)
+        order: list[int] = []
 
-            async def ask(n: int, delay: float) -> None:
-                answer = await asker.ask({"type": "q", "n": n, "delay": delay}, timeout=5)
-                assert answer == {"from": "worker", "echo": n}
-                order.append(n)
+        async def ask(n: int, delay: float) -> None:
+            answer = await asker.ask({"type": "q", "n": n, "delay": delay}, timeout=5)
+            assert answer == {"from": "worker", "echo": n}
+            order.append(n)
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(ask, 1, 0.5)  # the slow one does not hold the fast one
-                await trio.sleep(0.1)
-                nursery.start_soon(ask, 2, 0)
+        async with trio.open_nursery() as asking:
+            asking.start_soon(ask, 1, 0.5)  # the slow one does not hold the fast one
+            await trio.sleep(0.1)
+            asking.start_soon(ask, 2, 0)
         assert order == [2, 1]
 
 
-async def test_events_are_handled_in_order_before_the_next_message() -> None:
+async def test_events_are_handled_in_order_before_the_next_message(
+    nursery: trio.Nursery,
+) -> None:
     """Rule 2: a request sent after an event finds the event handled, even a slow one."""
     with trio.fail_after(GUARD):
         one, two = socket_pair()
@@ -105,64 +105,65 @@ async def test_events_are_handled_in_order_before_the_next_message() -> None:
 
         sender = WorkerChannel(one)
         receiver = WorkerChannel(two, handle_request=on_request, handle_event=on_event)
-        async with serving(sender, receiver):
-            sender.send_nowait({"type": "e", "n": 1})
-            sender.send_nowait(wp.encode({"type": "e", "n": 2}))  # already encoded: the same
-            assert await sender.ask({"type": "q"}, timeout=5) == {"seen": 2}
+        serve_all(nursery, sender, receiver)
+        sender.send_nowait({"type": "e", "n": 1})
+        sender.send_nowait(wp.encode({"type": "e", "n": 2}))  # already encoded: the same
+        assert await sender.ask({"type": "q"}, timeout=5) == {"seen": 2}
         assert seen == ["event 1", "event 2", "request"]
 
 
-async def test_an_unanswered_ask_times_out_and_its_late_answer_is_dropped() -> None:
+async def test_an_unanswered_ask_times_out_and_its_late_answer_is_dropped(
+    nursery: trio.Nursery,
+) -> None:
     with trio.fail_after(GUARD):
         one, two = socket_pair()
         asker = WorkerChannel(one)
         answerer = WorkerChannel(two, handle_request=answer_with("worker"))
-        async with serving(asker, answerer) as errors:
-            began = trio.current_time()
-            assert await asker.ask({"type": "q", "n": 1, "delay": 0.5}, timeout=0.1) is None
-            assert trio.current_time() - began < 0.4
-            await trio.sleep(0.6)  # the answer arrives now, for nobody
-            assert await asker.ask({"type": "q", "n": 2}, timeout=5) == {
-                "from": "worker",
-                "echo": 2,
-            }
+        errors = serve_all(nursery, asker, answerer)
+        began = trio.current_time()
+        assert await asker.ask({"type": "q", "n": 1, "delay": 0.5}, timeout=0.1) is None
+        assert trio.current_time() - began < 0.4
+        await trio.sleep(0.6)  # the answer arrives now, for nobody
+        answer = await asker.ask({"type": "q", "n": 2}, timeout=5)
+        assert answer == {"from": "worker", "echo": 2}
         assert errors == []
 
 
-async def test_when_the_peer_goes_away_asks_return_none_and_serve_returns() -> None:
+async def test_when_the_peer_goes_away_asks_return_none_and_serve_returns(
+    nursery: trio.Nursery,
+) -> None:
     with trio.fail_after(GUARD):
         one, two = socket_pair()
-        asker = WorkerChannel(one)
         handled = trio.Event()
 
         async def never_answer(message: wp.Message) -> wp.Message:
             handled.set()
             await trio.sleep_forever()
-            raise AssertionError("unreachable")
 
         answerer = WorkerChannel(two, handle_request=never_answer)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(asker.serve)
-            nursery.start_soon(answerer.serve)
-            answers: list[wp.Message | None] = []
+        nursery.start_soon(answerer.serve)
 
-            async def ask() -> None:
-                answers.append(await asker.ask({"type": "q"}, timeout=30))
-
-            nursery.start_soon(ask)
+        async def die_mid_request() -> None:
             await handled.wait()
-            await answerer.stream.aclose()  # the worker dies mid-request
-            await wait_closed(asker)
-            assert answers == [None]
-            assert await asker.ask({"type": "q"}, timeout=30) is None  # at once
-            asker.send_nowait({"type": "e"})  # dropped, without an error
-            nursery.cancel_scope.cancel()
+            await answerer.stream.aclose()
+
+        nursery.start_soon(die_mid_request)
+        asker = WorkerChannel(one)
+        ended = trio.Event()
+
+        async def serve_asker() -> None:
+            await asker.serve()  # returns, with no error: the peer went away
+            ended.set()
+
+        nursery.start_soon(serve_asker)
+        began = trio.current_time()
+        assert await asker.ask({"type": "q"}, timeout=30) is None
+        assert trio.current_time() - began < 5  # at the hang-up, not the timeout
+        await ended.wait()
+        assert asker.closed
+        assert await asker.ask({"type": "q"}, timeout=30) is None  # at once
+        asker.send_nowait({"type": "e"})  # dropped, without an error
         await asker.stream.aclose()
-
-
-async def wait_closed(channel: WorkerChannel) -> None:
-    while not channel.closed:  # noqa: ASYNC110  # closed is a flag, with no event to wait on
-        await trio.sleep(0.01)
 
 
 @pytest.mark.parametrize(
