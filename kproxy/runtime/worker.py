@@ -1,8 +1,9 @@
 """A worker process of ``kproxy run --workers N``: serves HTTP with a replica of the state.
 
 Started by the supervisor as ``python -m kproxy.runtime.worker FD CONFIG`` with one end of a
-socketpair on FD. The worker listens on the supervisor's port with SO_REUSEPORT, routes with
-the state the supervisor sends (core/worker_protocol.py), and drains the targets it is told to.
+socketpair on FD, its channel (runtime/worker_channel.py). The worker listens on the
+supervisor's port with SO_REUSEPORT, routes with the state the supervisor sends
+(core/worker_protocol.py), and drains the targets it is asked to.
 It has no control socket, no state file and no health checks: those are the supervisor's.
 Its upstream connection pools are its own. It exits when the supervisor goes away.
 """

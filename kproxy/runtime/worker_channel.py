@@ -103,6 +103,7 @@ class WorkerChannel:
         finally:
             self.closed = True
             self._outbox.close()
+            self._queued.close()
             for question in self._questions.values():
                 question.answered.set()
         if self._error is not None:
@@ -143,9 +144,10 @@ class WorkerChannel:
         self.send_nowait(wp.reply(message["id"], answer))
 
     async def _write(self) -> None:
-        async with self._queued:
-            async for data in self._queued:
-                try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return  # the peer went away: the reader sees it and ends the channel
+        # The queue stays open after a failed write, so send_nowait never raises: ``closed``
+        # (set when the reader sees the peer go) is what stops the queueing.
+        async for data in self._queued:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the peer went away: the reader sees it and ends the channel
