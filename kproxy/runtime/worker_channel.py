@@ -56,7 +56,7 @@ class WorkerChannel:
     stream: trio.SocketStream
     handle_request: RequestHandler = refuse
     handle_event: EventHandler = refuse
-    closed: bool = False
+    closed: bool = attrs.field(default=False, init=False)  # the peer has gone (or serve ended)
     _outbox: trio.MemorySendChannel[bytes] = attrs.field(init=False)
     _queued: trio.MemoryReceiveChannel[bytes] = attrs.field(init=False)
     _questions: dict[int, _Question] = attrs.field(factory=dict)
