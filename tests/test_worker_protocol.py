@@ -39,12 +39,31 @@ def test_eof_is_reported_once_the_buffer_is_empty() -> None:
     assert reader.closed
 
 
-@pytest.mark.parametrize("line", [b"not json\n", b"[1, 2]\n", b'{"kind": "ack"}\n'])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not json\n",
+        b"[1, 2]\n",
+        b'{"kind": "ack"}\n',
+        b'{"type": "drain", "id": "1"}\n',
+        b'{"type": "reply", "id": 1}\n',
+        b'{"type": "reply", "answer": {}}\n',
+        b'{"type": "reply", "id": 1, "answer": []}\n',
+    ],
+)
 def test_what_is_not_a_message_raises(line: bytes) -> None:
     reader = wp.MessageReader()
     reader.receive_data(line)
     with pytest.raises(wp.ChannelError):
         reader.next_message()
+
+
+def test_requests_and_replies_carry_the_askers_id() -> None:
+    reader = wp.MessageReader()
+    reader.receive_data(wp.encode(wp.request({"type": "idle", "service": "web"}, 7)))
+    reader.receive_data(wp.encode(wp.reply(7, {"idle": True})))
+    assert reader.next_message() == {"type": "idle", "service": "web", "id": 7}
+    assert reader.next_message() == {"type": "reply", "id": 7, "answer": {"idle": True}}
 
 
 def test_an_endless_line_raises(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,14 +1,20 @@
 """The supervisor ⇄ worker channel of ``kproxy run --workers N``: one JSON object per line.
 
-Rule 1: the supervisor is the only writer of state. A worker holds a replica, replaced whole by
-every ``state`` message, and answers each with ``ack`` carrying its version.
-Rule 2: messages on one channel are handled in order, so a ``drain`` sent after a ``state``
-finds its targets already out of the worker's routing.
+Every message has a ``type``. Either side may send three kinds (runtime/worker_channel.py):
+an **event** (no ``id``) expects nothing back; a **request** carries an ``id`` its sender chose
+(each side numbers its own) and gets one ``reply`` (``id``: the request's, ``answer``: an
+object), unless the channel closes first or the asker stops waiting.
 
-supervisor → worker: ``state`` (version, services), ``drain`` (id, targets, timeout),
-``idle`` (id, service, timeout), ``shutdown`` (grace), ``abort``.
-worker → supervisor: ``ready`` (pid), ``ack`` (version), ``drained`` (id, cancelled),
-``idle`` (id, idle).
+Rule 1: the supervisor is the only writer of state. A worker holds a replica, replaced whole by
+every ``state`` event, and answers each with an ``ack`` event carrying its version.
+Rule 2: events are handled one at a time, in the order sent, before the next message is read,
+so a ``drain`` request sent after a ``state`` finds its targets already out of the worker's
+routing. Requests run side by side: their replies may come in any order.
+
+supervisor → worker: events ``state`` (version, services), ``shutdown`` (grace), ``abort``;
+requests ``drain`` (targets, timeout) → (cancelled), ``idle`` (service, timeout) → (idle).
+worker → supervisor: events ``ready`` (pid), ``ack`` (version); no requests yet (certificates,
+ACME tokens and metrics will be).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from kproxy.core import snapshot
 from kproxy.core.states import TargetHealth
 
 MAX_MESSAGE: Final = 64 * 1024 * 1024  # bytes: a state message holds every service's options
+REPLY: Final = "reply"  # the type of a request's answer
 
 Message = dict[str, Any]
 
@@ -33,6 +40,15 @@ class ChannelError(ValueError):
 
 def encode(message: Message) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def request(message: Message, request_id: int) -> Message:
+    """``message`` as a request: its answer comes back in a ``reply`` with this id."""
+    return {**message, "id": request_id}
+
+
+def reply(request_id: int, answer: Message) -> Message:
+    return {"type": REPLY, "id": request_id, "answer": answer}
 
 
 @attrs.define
@@ -62,6 +78,12 @@ class MessageReader:
             raise ChannelError(f"not JSON: {exc}") from None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise ChannelError("a message is an object with a 'type'")
+        if "id" in message and type(message["id"]) is not int:
+            raise ChannelError("a request's or reply's id is an integer")
+        if message["type"] == REPLY and not (
+            "id" in message and isinstance(message.get("answer"), dict)
+        ):
+            raise ChannelError("a reply has an id and an answer object")
         return message
 
 

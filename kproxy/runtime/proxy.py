@@ -1,13 +1,20 @@
 """The proxy as one object: ``await nursery.start(proxy.serve)``, then command it from code.
 
-``serve`` owns the root nursery: the HTTP listeners, the control socket, and the router's
-background work (health checks, drains). Cancelling it stops everything.
+``serve`` owns the root nursery: the control socket, the router's background work (health
+checks, drains) and the frontend that takes the HTTP connections. Cancelling it stops
+everything. The frontend is what differs between the three roles a proxy process plays:
+
+- one process (``kproxy run``, embedding): ``Listeners``, serving HTTP here;
+- the supervisor of ``run --workers N`` (runtime/supervisor.py): ``WorkerPool``, N processes;
+- one of those workers (runtime/worker.py): ``Listeners`` on the shared port, with the state
+  the supervisor sends; its options have no control socket and no state directory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 
 import attrs
 import trio
@@ -30,8 +37,9 @@ from kproxy.runtime.control_server import (
     unlink_socket,
 )
 from kproxy.runtime.http_server import HttpServer
+from kproxy.runtime.listen import open_reuseport_listeners
 from kproxy.runtime.log import Logger
-from kproxy.runtime.router import Progress, Router, _no_progress
+from kproxy.runtime.router import Progress, Replicas, Router, _no_progress
 from kproxy.runtime.state_store import StateStore
 
 SHUTDOWN_GRACE: Final = 10.0  # seconds in-flight requests get after SIGTERM
@@ -41,6 +49,101 @@ async def _hold_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
     async with trio.open_nursery() as nursery:
         task_status.started(nursery)
         await trio.sleep_forever()
+
+
+class Frontend(Protocol):
+    """What takes the HTTP connections of a ``Proxy`` (see the module doc). ``Proxy.serve``
+    calls ``open``, ``replicas`` and ``start`` in that order, and ``close`` as it ends;
+    ``Proxy.shutdown`` calls ``begin_shutdown``, logs, then awaits ``shutdown``."""
+
+    async def open(self) -> int:
+        """Take the HTTP port (after the control socket, before the router); returns it."""
+
+    def replicas(self, router: Router) -> Replicas | None:
+        """Who must follow ``router``'s changes: None when this process serves the requests."""
+
+    async def start(
+        self, router: Router, nursery: trio.Nursery, connections: trio.Nursery
+    ) -> dict[str, Any]:
+        """Begin serving with ``router`` (the restored one), in ``nursery``, client connections
+        in ``connections``; returns the fields the start-up log line adds."""
+
+    def begin_shutdown(self) -> dict[str, Any]:
+        """Shutdown begins (stop accepting, if that needs no wait); returns the fields the
+        "Shutting down" line adds."""
+
+    async def shutdown(self, grace: float) -> None:
+        """Give in-flight requests up to ``grace`` seconds; cancelling this cuts them off."""
+
+    def close(self) -> None:
+        """Release the port: ``serve`` is ending, however it ends."""
+
+
+@attrs.define(eq=False)
+class Listeners:
+    """The ``Frontend`` that serves HTTP in this process, on its own listening sockets."""
+
+    options: RunOptions
+    logger: Logger
+    reuseport: bool = False  # a worker's: the port is shared with the other workers
+    prepare: Callable[[Router], None] | None = None  # runs before the first accept
+    http_port: int = 0
+    http: HttpServer | None = None
+    _listeners: list[trio.SocketListener] = attrs.field(factory=list)
+    _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    async def open(self) -> int:
+        if self.reuseport:
+            self._listeners = await open_reuseport_listeners(
+                self.options.bind, self.options.http_port
+            )
+        else:
+            self._listeners = await trio.open_tcp_listeners(
+                self.options.http_port, host=self.options.bind or None
+            )
+        self.http_port = self._listeners[0].socket.getsockname()[1]
+        return self.http_port
+
+    def replicas(self, router: Router) -> None:
+        return None
+
+    async def start(
+        self, router: Router, nursery: trio.Nursery, connections: trio.Nursery
+    ) -> dict[str, Any]:
+        if self.prepare is not None:
+            self.prepare(router)
+        slots = self.options.max_connections or default_max_connections()
+        http = self.http = HttpServer(
+            router,
+            self.logger,
+            port=self.http_port,
+            connection_slots=trio.CapacityLimiter(slots),
+        )
+        nursery.start_soon(self._accept, http, connections)
+        return {}
+
+    async def _accept(self, http: HttpServer, connections: trio.Nursery) -> None:
+        with self._accepting:
+            await http.serve_listeners(self._listeners, connections)  # bounded: see HttpServer
+        # shutdown() stopped us: close the ports so new clients are refused, not left queued.
+        self.close()
+
+    def begin_shutdown(self) -> dict[str, Any]:
+        self._accepting.cancel()
+        return {}
+
+    async def shutdown(self, grace: float) -> None:
+        if self.http is not None:
+            await self.http.shutdown(grace)
+
+    def close(self) -> None:
+        # Listeners are closed here, not by serve_listeners, which leaves them open.
+        for listener in self._listeners:
+            listener.socket.close()
+
+
+def _listeners(proxy: Proxy) -> Frontend:
+    return Listeners(proxy.options, proxy.logger)
 
 
 @attrs.define(eq=False)
@@ -57,9 +160,11 @@ class Proxy:
     options: RunOptions
     logger: Logger = attrs.field(factory=Logger)
     http_port: int = 0  # the bound port, known once serve() has started
+    frontend: Frontend = attrs.field(
+        default=attrs.Factory(_listeners, takes_self=True), kw_only=True
+    )
     _router: Router | None = None
-    _http: HttpServer | None = None
-    _accepting: list[trio.CancelScope] = attrs.field(factory=list)  # one per accept loop
+    _accepting: list[trio.CancelScope] = attrs.field(factory=list)  # the control socket's
     started_message: ClassVar[str] = "Server started"
 
     async def serve(
@@ -68,28 +173,20 @@ class Proxy:
         """Run until cancelled. ``task_status.started(self)`` once requests are accepted."""
         store = StateStore(Path(self.options.state_dir)) if self.options.state_dir else None
         saved = Router.load_state(store) if store is not None else ([], [])
-        listeners: list[trio.SocketListener] = []
+        frontend = self.frontend
         control = None
         try:
             # The control socket first: a second proxy on the same socket is refused before
             # it takes any port.
             if self.options.socket_path:
                 control = await open_control_listener(self.options.socket_path)
-            listeners = await self._open_listeners()
-            self.http_port = listeners[0].socket.getsockname()[1]
+            self.http_port = await frontend.open()
             async with trio.open_nursery() as nursery:
                 router = self._router = Router(self.logger, store, nursery)
+                router.replicas = frontend.replicas(router)
                 await router.restore(*saved)
-                await self._prepare(router, nursery)
-                slots = self.options.max_connections or default_max_connections()
-                http = self._http = HttpServer(
-                    router,
-                    self.logger,
-                    port=self.http_port,
-                    connection_slots=trio.CapacityLimiter(slots),
-                )
                 connections = await nursery.start(_hold_nursery)
-                nursery.start_soon(self._accept, http, listeners, connections)
+                fields = await frontend.start(router, nursery, connections)
                 if control is not None:
                     nursery.start_soon(self._accept_control, control, connections)
                 self.logger.info(
@@ -98,32 +195,21 @@ class Proxy:
                     socket=self.options.socket_path,
                     state_dir=self.options.state_dir,
                     version=__version__,
+                    **fields,
                 )
                 task_status.started(self)
         finally:
             if self._router is not None:
                 self._router.close_nowait()
-            # Listeners are closed here, not by serve_listeners, which leaves them open.
-            for listener in [*listeners, *([control] if control is not None else [])]:
-                listener.socket.close()
+            frontend.close()
             if control is not None:
+                control.socket.close()
                 unlink_socket(self.options.socket_path)
 
-    async def _open_listeners(self) -> list[trio.SocketListener]:
-        return await trio.open_tcp_listeners(self.options.http_port, host=self.options.bind or None)
-
-    async def _prepare(self, router: Router, nursery: trio.Nursery) -> None:
-        """Set up the router before the first request is accepted (a worker's first state)."""
-
-    async def _accept(
-        self, http: HttpServer, listeners: list[trio.SocketListener], connections: trio.Nursery
-    ) -> None:
-        with trio.CancelScope() as scope:
-            self._accepting.append(scope)
-            await http.serve_listeners(listeners, connections)  # bounded: see HttpServer
-        # shutdown() stopped us: close the ports so new clients are refused, not left queued.
-        for listener in listeners:
-            listener.socket.close()
+    @property
+    def _http(self) -> HttpServer | None:
+        """This process's HTTP server, once serving (tests shorten its deadlines)."""
+        return self.frontend.http if isinstance(self.frontend, Listeners) else None
 
     async def _accept_control(
         self, listener: trio.SocketListener, connections: trio.Nursery
@@ -137,13 +223,14 @@ class Proxy:
         listener.socket.close()
 
     async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Stop accepting; give in-flight requests up to ``grace`` seconds. The caller then
-        cancels the scope that runs ``serve``."""
+        """Stop taking commands and connections; give in-flight requests up to ``grace``
+        seconds (cancelling this cuts them off at once). The caller then cancels the scope
+        that runs ``serve``."""
         for scope in self._accepting:
             scope.cancel()
-        self.logger.info("Shutting down", grace_seconds=grace)
-        if self._http is not None:
-            await self._http.shutdown(grace)
+        fields = self.frontend.begin_shutdown()
+        self.logger.info("Shutting down", grace_seconds=grace, **fields)
+        await self.frontend.shutdown(grace)
 
     # --- commands, from code or from the control socket -----------------------------------
 

@@ -3,9 +3,10 @@
 The supervisor owns what must be single: the control socket, the state file, the health checks
 and the router that decides (runtime/router.py, unchanged). It serves no HTTP. Each worker
 (runtime/worker.py) listens on the same port with SO_REUSEPORT and routes with a replica of the
-router's state, sent whole after every change (core/worker_protocol.py). The router waits, through
-the ``Replicas`` hooks implemented here, until every worker has applied a cutover, and sums the
-drains the workers report, so a command's answer means the same as with one process.
+router's state, sent whole after every change over the worker's channel (runtime/worker_channel.py,
+core/worker_protocol.py). The router waits, through the ``Replicas`` hooks implemented here,
+until every worker has applied a cutover, and sums the drains the workers report, so a
+command's answer means the same as with one process.
 
 A worker that exits is started again with the current state. SIGTERM asks every worker to
 finish its requests within the grace period; a second signal cuts them off.
@@ -14,27 +15,24 @@ finish its requests within the grace period; a second signal cuts them off.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import socket
 import subprocess
 import sys
-from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import trio
 
-from kproxy._version import __version__
 from kproxy.core import worker_protocol as wp
+from kproxy.core.options import RunOptions
 from kproxy.errors import KProxyError
-from kproxy.runtime.control_server import open_control_listener, unlink_socket
 from kproxy.runtime.listen import reserve_port
 from kproxy.runtime.log import Logger
-from kproxy.runtime.proxy import SHUTDOWN_GRACE, Proxy, _hold_nursery
+from kproxy.runtime.proxy import Frontend, Proxy
 from kproxy.runtime.router import Router
-from kproxy.runtime.state_store import StateStore
 from kproxy.runtime.target import Target
+from kproxy.runtime.worker_channel import WorkerChannel
 
 WORKER_START_TIMEOUT: Final = 30.0  # seconds from spawning a worker to its "ready"
 SYNC_TIMEOUT: Final = 10.0  # seconds a worker may take to apply a state before it is not waited for
@@ -42,7 +40,7 @@ REPLY_MARGIN: Final = 5.0  # seconds past a drain's or pause's own timeout to wa
 EXIT_TIMEOUT: Final = 2.0  # seconds a worker gets to exit once told to, before SIGKILL
 RESTART_DELAY: Final = (0.1, 1.0)  # seconds: first restart, and the cap when crash-looping
 STABLE_AFTER: Final = 10.0  # seconds a worker must run for a crash loop to count as over
-RECEIVE_SIZE: Final = 65536  # bytes per read from a worker's channel
+RECEIVE_SIZE: Final = 65536  # bytes per read from a worker's stdout
 
 
 @attrs.define(eq=False)
@@ -51,24 +49,34 @@ class WorkerLink:
 
     index: int
     process: trio.Process
-    stream: trio.SocketStream
-    outbox: trio.MemorySendChannel[bytes]
-    inbox: trio.MemoryReceiveChannel[bytes]
+    channel: WorkerChannel
+    logger: Logger
     pid: int = 0
     acked: int = -1  # the latest state version the worker applied
     alive: bool = True
     ready: trio.Event = attrs.field(factory=trio.Event)  # also set when it dies first
     changed: trio.Event = attrs.field(factory=trio.Event)  # replaced on each ack or death
-    replies: dict[int, wp.Message | None] = attrs.field(factory=dict)
-    answered: dict[int, trio.Event] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self.channel.handle_event = self._follow
 
     def send_nowait(self, message: wp.Message | bytes) -> None:
-        if not self.alive:
-            return
-        data = message if isinstance(message, bytes) else wp.encode(message)
         # A worker going away at this very moment gets nothing: its replacement gets the state.
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            self.outbox.send_nowait(data)
+        if self.alive:
+            self.channel.send_nowait(message)
+
+    async def _follow(self, message: wp.Message) -> None:
+        """Take one of the worker's events (the channel's ``handle_event``)."""
+        kind = message["type"]
+        if kind == "ack":
+            self.acked = max(self.acked, int(message["version"]))
+            self.wake()
+        elif kind == "ready":
+            self.pid = int(message["pid"])
+            self.logger.info("Worker ready", worker=self.index, pid=self.pid)
+            self.ready.set()
+        else:
+            raise wp.ChannelError(f"unknown message type {kind!r}")
 
     def wake(self) -> None:
         self.changed.set()
@@ -77,8 +85,6 @@ class WorkerLink:
     def died(self) -> None:
         self.alive = False
         self.ready.set()
-        for event in self.answered.values():
-            event.set()
         self.wake()
 
 
@@ -90,7 +96,6 @@ class Workers:
     logger: Logger | None = None
     links: dict[int, WorkerLink] = attrs.field(factory=dict)  # by worker number
     version: int = 0
-    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
     def state_message(self) -> bytes:
         assert self.router is not None
@@ -129,15 +134,7 @@ class Workers:
         answers: list[wp.Message] = []
 
         async def ask(link: WorkerLink) -> None:
-            request_id = next(self._ids)
-            answered = link.answered[request_id] = trio.Event()
-            link.send_nowait({**message, "id": request_id})
-            try:
-                with trio.move_on_after(timeout):
-                    await answered.wait()
-            finally:
-                del link.answered[request_id]
-                answer = link.replies.pop(request_id, None)
+            answer = await link.channel.ask(message, timeout)
             if answer is not None:
                 answers.append(answer)
 
@@ -159,58 +156,40 @@ class Workers:
 
 
 @attrs.define(eq=False)
-class Supervisor(Proxy):
-    """``Proxy`` for ``run --workers N`` (N > 1): same commands, HTTP served by N processes."""
+class WorkerPool:
+    """The ``Frontend`` of ``run --workers N``: N worker processes take the HTTP connections,
+    each kept running; this process holds the port for them (runtime/listen.py)."""
 
+    options: RunOptions
+    logger: Logger
     workers: Workers = attrs.field(factory=Workers)
+    http_port: int = 0
+    _reserved: list[socket.socket] = attrs.field(factory=list)
     _stopping: bool = False
 
-    async def serve(
-        self, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Run until cancelled; ``task_status.started(self)`` once every worker serves."""
-        store = StateStore(Path(self.options.state_dir)) if self.options.state_dir else None
-        saved = Router.load_state(store) if store is not None else ([], [])
-        reserved: list[socket.socket] = []
-        control = None
-        try:
-            if self.options.socket_path:  # first, as in Proxy.serve
-                control = await open_control_listener(self.options.socket_path)
-            reserved = await reserve_port(self.options.bind, self.options.http_port)
-            self.http_port = reserved[0].getsockname()[1]
-            async with trio.open_nursery() as nursery:
-                router = self._router = Router(self.logger, store, nursery, replicas=self.workers)
-                self.workers.router, self.workers.logger = router, self.logger
-                await router.restore(*saved)
-                await self._start_workers(nursery)
-                if control is not None:
-                    connections = await nursery.start(_hold_nursery)
-                    nursery.start_soon(self._accept_control, control, connections)
-                self.logger.info(
-                    self.started_message,
-                    http_port=self.http_port,
-                    socket=self.options.socket_path,
-                    state_dir=self.options.state_dir,
-                    version=__version__,
-                    workers=self.options.workers,
-                )
-                task_status.started(self)
-        finally:
-            if self._router is not None:
-                self._router.close_nowait()
-            for sock in reserved:
-                sock.close()
-            if control is not None:
-                control.socket.close()
-                unlink_socket(self.options.socket_path)
+    async def open(self) -> int:
+        self._reserved = await reserve_port(self.options.bind, self.options.http_port)
+        self.http_port = self._reserved[0].getsockname()[1]
+        return self.http_port
 
-    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Stop taking commands; each worker stops accepting and gives its in-flight requests
-        up to ``grace`` seconds. Cancelling this cuts them off at once."""
-        self._stopping = True
-        for scope in self._accepting:
-            scope.cancel()
-        self.logger.info("Shutting down", grace_seconds=grace, workers=len(self.workers.links))
+    def replicas(self, router: Router) -> Workers:
+        self.workers.router, self.workers.logger = router, self.logger
+        return self.workers
+
+    async def start(
+        self, router: Router, nursery: trio.Nursery, connections: trio.Nursery
+    ) -> dict[str, Any]:
+        """Start every worker; returns once each serves."""
+        await self._start_workers(nursery)
+        return {"workers": self.options.workers}
+
+    def begin_shutdown(self) -> dict[str, Any]:
+        self._stopping = True  # workers that exit now are not started again
+        return {"workers": len(self.workers.links)}
+
+    async def shutdown(self, grace: float) -> None:
+        """Each worker stops accepting and gives its in-flight requests up to ``grace``
+        seconds. Cancelling this cuts them off at once."""
         links = list(self.workers.links.values())
         for link in links:
             link.send_nowait({"type": "shutdown", "grace": grace})
@@ -222,6 +201,10 @@ class Supervisor(Proxy):
         finally:
             for link in links:
                 link.send_nowait({"type": "abort"})
+
+    def close(self) -> None:
+        for sock in self._reserved:
+            sock.close()
 
     # --- workers ----------------------------------------------------------------------------
 
@@ -274,7 +257,7 @@ class Supervisor(Proxy):
                 link.died()
                 if self.workers.links.get(index) is link:
                     del self.workers.links[index]
-                link.stream.socket.close()  # the worker sees EOF and exits at once
+                link.channel.stream.socket.close()  # the worker sees EOF and exits at once
                 status = await _reap(link.process)
                 with trio.move_on_after(EXIT_TIMEOUT, shield=True):
                     await output.run()  # the worker's last lines, up to its exit
@@ -315,58 +298,32 @@ class Supervisor(Proxy):
             raise
         finally:
             theirs.close()
-        send, receive = trio.open_memory_channel[bytes](float("inf"))
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-        link = WorkerLink(index, process, stream, send, receive)
+        link = WorkerLink(index, process, WorkerChannel(stream), self.logger)
         link.send_nowait(self.workers.state_message())  # its first state: the current one
         self.workers.links[index] = link
         return link
 
     async def _talk(self, link: WorkerLink, done: trio.CancelScope) -> None:
         """Carry the link's messages both ways until the worker goes away."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write, link)
-            await self._read(link)
-            nursery.cancel_scope.cancel()
+        try:
+            await link.channel.serve()
+        except wp.ChannelError as exc:  # a bug: drop this worker; a new one starts
+            self.logger.error("Worker channel broken", worker=link.index, error=str(exc))
         done.cancel()
 
-    @staticmethod
-    async def _write(link: WorkerLink) -> None:
-        with link.inbox:
-            async for data in link.inbox:
-                try:
-                    await link.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
 
-    async def _read(self, link: WorkerLink) -> None:
-        reader = wp.MessageReader()
-        while True:
-            try:
-                message = reader.next_message()
-            except wp.ChannelError as exc:  # a bug: drop this worker; a new one starts
-                self.logger.error("Worker channel broken", worker=link.index, error=str(exc))
-                return
-            if message is None:
-                if reader.closed:
-                    return
-                try:
-                    data = await link.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                reader.receive_data(data)
-                continue
-            kind = message["type"]
-            if kind == "ack":
-                link.acked = max(link.acked, int(message["version"]))
-                link.wake()
-            elif kind == "ready":
-                link.pid = int(message["pid"])
-                self.logger.info("Worker ready", worker=link.index, pid=link.pid)
-                link.ready.set()
-            elif int(message.get("id", 0)) in link.answered:
-                link.replies[int(message["id"])] = message
-                link.answered[int(message["id"])].set()
+def _worker_pool(proxy: Proxy) -> Frontend:
+    return WorkerPool(proxy.options, proxy.logger)
+
+
+@attrs.define(eq=False)
+class Supervisor(Proxy):
+    """``Proxy`` for ``run --workers N`` (N > 1): same commands, HTTP served by N processes."""
+
+    frontend: Frontend = attrs.field(
+        default=attrs.Factory(_worker_pool, takes_self=True), kw_only=True
+    )
 
 
 @attrs.define(eq=False)

@@ -1,15 +1,16 @@
 """A worker process of ``kproxy run --workers N``: serves HTTP with a replica of the state.
 
 Started by the supervisor as ``python -m kproxy.runtime.worker FD CONFIG`` with one end of a
-socketpair on FD. The worker listens on the supervisor's port with SO_REUSEPORT, routes with
-the state the supervisor sends (core/worker_protocol.py), and drains the targets it is told to.
+socketpair on FD, its channel (runtime/worker_channel.py). The worker listens on the
+supervisor's port with SO_REUSEPORT, routes with the state the supervisor sends
+(core/worker_protocol.py), and drains the targets it is asked to.
 It has no control socket, no state file and no health checks: those are the supervisor's.
 Its upstream connection pools are its own. It exits when the supervisor goes away.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import os
 import socket
@@ -22,42 +23,18 @@ import trio
 from kproxy.core import worker_protocol as wp
 from kproxy.core.options import DeploymentOptions, RunOptions, parse_target
 from kproxy.core.pages import ErrorPages
-from kproxy.runtime.listen import open_reuseport_listeners
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
-from kproxy.runtime.proxy import Proxy
+from kproxy.runtime.proxy import Frontend, Listeners, Proxy
 from kproxy.runtime.router import Router
 from kproxy.runtime.target import Target
 from kproxy.runtime.target_set import drain_targets
+from kproxy.runtime.worker_channel import WorkerChannel
 
-RECEIVE_SIZE = 65536  # bytes per read from the channel
 
-
-@attrs.define(eq=False)
-class Channel:
-    """The worker's end of the socketpair: whole messages in, whole messages out."""
-
-    stream: trio.SocketStream
-    _reader: wp.MessageReader = attrs.field(factory=wp.MessageReader)
-    _send_lock: trio.Lock = attrs.field(factory=trio.Lock)
-
-    async def receive(self) -> wp.Message | None:
-        """The next message, or None once the supervisor has gone."""
-        while (message := self._reader.next_message()) is None:
-            if self._reader.closed:
-                return None
-            try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            self._reader.receive_data(data)
-        return message
-
-    async def send(self, message: wp.Message) -> None:
-        async with self._send_lock:
-            # The supervisor may have gone: receive() sees it, and the worker exits.
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.stream.send_all(wp.encode(message))
+def _shared_port(worker: Worker) -> Frontend:
+    """Listeners on the supervisor's port, the first state applied before the first accept."""
+    return Listeners(worker.options, worker.logger, reuseport=True, prepare=worker._prepare)
 
 
 @attrs.define(eq=False)
@@ -66,15 +43,16 @@ class Worker(Proxy):
 
     started_message: ClassVar[str] = "Worker started"
 
-    channel: Channel | None = None
+    channel: WorkerChannel | None = None
     initial: wp.Message | None = None  # the first state, applied before the first accept
     _live: dict[int, Target] = attrs.field(factory=dict)  # serial → target, as routed
     _retired: dict[int, Target] = attrs.field(factory=dict)  # replaced; waiting for "drain"
 
-    async def _open_listeners(self) -> list[trio.SocketListener]:
-        return await open_reuseport_listeners(self.options.bind, self.options.http_port)
+    frontend: Frontend = attrs.field(
+        default=attrs.Factory(_shared_port, takes_self=True), kw_only=True
+    )
 
-    async def _prepare(self, router: Router, nursery: trio.Nursery) -> None:
+    def _prepare(self, router: Router) -> None:
         if self.initial is not None:
             self.apply(router, self.initial)
 
@@ -128,58 +106,58 @@ class Worker(Proxy):
         targets = [self._retired.pop(s) for s in serials if s in self._retired]
         return await drain_targets(targets, timeout)
 
-    async def follow(self, nursery: trio.Nursery) -> None:
-        """Handle the supervisor's messages until it goes away or says to stop."""
+    async def follow(self, nursery: trio.Nursery, message: wp.Message) -> None:
+        """Take one of the supervisor's events (the channel's ``handle_event``): the first
+        state starts serving, in ``nursery``; "shutdown" and "abort" end it."""
         assert self.channel is not None
-        channel = self.channel
-        while (message := await channel.receive()) is not None:
-            kind = message["type"]
-            if kind == "state":
-                version = self.apply(self.router, message)
-                await channel.send({"type": "ack", "version": version})
-            elif kind == "drain":
-                nursery.start_soon(self._answer_drain, message)
-            elif kind == "idle":
-                nursery.start_soon(self._answer_idle, message)
-            elif kind == "shutdown":  # keep reading meanwhile: "abort" cuts the grace short
-                nursery.start_soon(self._shut_down, float(message["grace"]), nursery.cancel_scope)
-            elif kind == "abort":
-                return
+        kind = message["type"]
+        if kind == "state":
+            if self._router is None:  # the first state: applied before the first accept
+                self.initial = message
+                await nursery.start(self.serve)
+                self.channel.send_nowait({"type": "ack", "version": message["version"]})
+                self.channel.send_nowait({"type": "ready", "pid": os.getpid()})
             else:
-                raise wp.ChannelError(f"unknown message type {kind!r}")
+                version = self.apply(self.router, message)
+                self.channel.send_nowait({"type": "ack", "version": version})
+        elif kind == "shutdown":  # events go on meanwhile: "abort" cuts the grace short
+            nursery.start_soon(self._shut_down, float(message["grace"]), nursery.cancel_scope)
+        elif kind == "abort":
+            nursery.cancel_scope.cancel()
+        else:
+            raise wp.ChannelError(f"unknown message type {kind!r}")
+
+    async def answer(self, message: wp.Message) -> wp.Message:
+        """Answer one of the supervisor's requests (the channel's ``handle_request``)."""
+        kind = message["type"]
+        if kind == "drain":
+            serials = [int(s) for s in message["targets"]]
+            return {"cancelled": await self.drain(serials, message["timeout"])}
+        if kind == "idle":
+            service = self.router.services.get(str(message["service"]))
+            idle = True
+            if service is not None:
+                idle = await service.wait_idle(float(message["timeout"]))
+            return {"idle": idle}
+        raise wp.ChannelError(f"unknown message type {kind!r}")
 
     async def _shut_down(self, grace: float, done: trio.CancelScope) -> None:
         await self.shutdown(grace)
         done.cancel()
 
-    async def _answer_drain(self, message: wp.Message) -> None:
-        cancelled = await self.drain([int(s) for s in message["targets"]], message["timeout"])
-        assert self.channel is not None
-        await self.channel.send({"type": "drained", "id": message["id"], "cancelled": cancelled})
-
-    async def _answer_idle(self, message: wp.Message) -> None:
-        service = self.router.services.get(str(message["service"]))
-        idle = True
-        if service is not None:
-            idle = await service.wait_idle(float(message["timeout"]))
-        assert self.channel is not None
-        await self.channel.send({"type": "idle", "id": message["id"], "idle": idle})
-
 
 async def serve_worker(sock: socket.socket, index: int, options: RunOptions) -> None:
     """Run one worker until the supervisor says stop (or goes away)."""
-    channel = Channel(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
     # Every line of a worker carries ``worker``: its number, 1…N (kept across restarts).
     logger = Logger(debug_enabled=options.debug, context={"worker": index})
-    initial = await channel.receive()
-    if initial is None:
-        return
-    worker = Worker(options, logger, channel=channel, initial=initial)
+    worker = Worker(options, logger)
     async with trio.open_nursery() as nursery:
-        await nursery.start(worker.serve)
-        await channel.send({"type": "ack", "version": initial["version"]})
-        await channel.send({"type": "ready", "pid": os.getpid()})
-        await worker.follow(nursery)
+        worker.channel = WorkerChannel(
+            trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
+            handle_request=worker.answer,
+            handle_event=functools.partial(worker.follow, nursery),
+        )
+        await worker.channel.serve()  # until the supervisor goes away
         nursery.cancel_scope.cancel()
 
 
