@@ -37,10 +37,10 @@ class RequestHead:
 
 @attrs.frozen
 class Tunnel:
-    """A client connection handed over after a 101: raw bytes both ways from now on."""
+    """One side of a connection handed over after a 101: raw bytes both ways from now on."""
 
     transport: Transport
-    first: bytes  # what the client sent after its request, already read
+    first: bytes  # what that side sent after the HTTP exchange, already read
 
 
 class Exchange(Protocol):

@@ -50,12 +50,12 @@ from kproxy.errors import (
 )
 from kproxy.runtime.alarms import TICK, Alarm
 from kproxy.runtime.buffer import SpooledBody
-from kproxy.runtime.exchange import Exchange
+from kproxy.runtime.exchange import Exchange, Tunnel
 from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
 from kproxy.runtime.request_body import RequestBodyPump
 from kproxy.runtime.socket_io import STREAM_ERRORS
 from kproxy.runtime.target import Target
-from kproxy.runtime.transport import Transport
+from kproxy.runtime.tunnel import splice
 
 EXPECT_CONTINUE_TIMEOUT: Final = 1.0  # seconds; ExpectContinueTimeout of Go's DefaultTransport
 HANGUP_WATCH_DELAY: Final = 0.05  # seconds a bodiless request's answer may take before the
@@ -402,21 +402,9 @@ class _Relay:
             await exchange.flush()
 
     async def _splice(self, head: ResponseHead) -> None:
-        """After 101, copy raw bytes both ways until either side closes."""
+        """After 101, the client's connection and the target's are one tunnel."""
         exchange, upstream = self.exchange, self.upstream
         tunnel = await exchange.switch_protocols(head.headers)
         self.record.head_sent = self.record.upgraded = True
         self.target.mark_upgraded(exchange.scope)
-        async with trio.open_nursery() as nursery:
-
-            async def copy(source: Transport, sink: Transport, first: bytes) -> None:
-                try:
-                    await sink.send(first)
-                    while data := await source.receive():
-                        await sink.send(data)
-                except STREAM_ERRORS:
-                    pass
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(copy, tunnel.transport, upstream.transport, tunnel.first)
-            nursery.start_soon(copy, upstream.transport, tunnel.transport, upstream.reader.trailing)
+        await splice(tunnel, Tunnel(upstream.transport, upstream.reader.trailing))
