@@ -11,10 +11,13 @@ in this process (threads, not under valgrind) answers ``/tiny`` (3 bytes) and ``
 SIGTERM stops the proxy and callgrind writes its total. Each case runs twice: ``--warmup``
 requests, and ``--warmup`` + ``--requests``; the difference of the two totals divided by
 ``--requests`` is the cost of one request, with start-up, deploy and shutdown cancelled out.
-Three things keep it deterministic (the same commit measures the same within ~0.5 %):
+Three things make it repeatable:
 requests go at a fixed pace and both runs keep the connection open equally long (timed work
 cancels out, see :func:`send_paced`); the client and the upstream send only once the proxy
-waits in ``epoll_wait`` (:func:`wait_until_idle`); ``PYTHONHASHSEED`` is fixed.
+waits in ``epoll_wait`` (:func:`wait_until_idle`); ``PYTHONHASHSEED`` is fixed. What still
+varies is how often the proxy's timers wake it (its alarm clock's 50 ms tick drifts with the
+work between ticks, and its log flushes): on a loaded machine repeated runs of one commit
+differed by up to ~4 % (tiny body) and ~1.5 % (64 KiB), so compare medians of a few runs.
 """
 
 from __future__ import annotations
