@@ -17,7 +17,7 @@ cancels out, see :func:`send_paced`); the client and the upstream send only once
 waits in ``epoll_wait`` (:func:`wait_until_idle`); ``PYTHONHASHSEED`` is fixed. What still
 varies is how often the proxy's timers wake it (its alarm clock's 50 ms tick drifts with the
 work between ticks, and its log flushes): on a loaded machine repeated runs of one commit
-differed by up to ~4 % (tiny body) and ~1.5 % (64 KiB), so compare medians of a few runs.
+differed by up to ~4 % either way of their median, so compare medians of a few runs.
 """
 
 from __future__ import annotations
