@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from kproxy.core import commands as cmd
-from kproxy.core.reference import help_text
+from kproxy.core.help import help_text
 from kproxy.errors import KProxyError, UsageError
 from kproxy.runtime.log import Logger
 from kproxy.runtime.proxy import Proxy

@@ -17,7 +17,7 @@ import attrs
 
 from kproxy._version import KAMAL_PROXY_COMPAT, __version__
 from kproxy.core import options as opt
-from kproxy.core.durations import format_duration, parse_bool, parse_duration, parse_int
+from kproxy.core.flag_values import format_duration, parse_bool, parse_duration, parse_int
 from kproxy.core.service_map import normalize_path_prefix
 from kproxy.errors import UsageError
 

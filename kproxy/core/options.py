@@ -14,7 +14,7 @@ from typing import Final
 
 import attrs
 
-from kproxy.core.durations import format_duration
+from kproxy.core.flag_values import format_duration
 from kproxy.core.service_map import normalize_host, normalize_path_prefix
 
 DEFAULT_HTTP_PORT: Final = 80

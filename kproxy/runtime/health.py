@@ -8,7 +8,7 @@ import attrs
 import h11
 import trio
 
-from kproxy.core.durations import format_duration
+from kproxy.core.flag_values import format_duration
 from kproxy.core.states import TargetHealth
 from kproxy.runtime.h11_stream import H11Stream
 from kproxy.runtime.log import Logger

@@ -14,6 +14,7 @@ import trio
 
 from kproxy._version import KAMAL_PROXY_COMPAT, __version__
 from kproxy.core import commands as cmd
+from kproxy.core.help import help_text
 from kproxy.core.listing import ServiceInfo, json_line, table_lines
 from kproxy.core.options import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -21,7 +22,6 @@ from kproxy.core.options import (
     DeploymentOptions,
     RunOptions,
 )
-from kproxy.core.reference import help_text
 from kproxy.errors import CommandError, KProxyError
 from kproxy.runtime.acceptor import default_max_connections
 from kproxy.runtime.control_server import (
