@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 import attrs
 import trio
 
-from kproxy.core import commands as cmd
+from kproxy.core import command_parser as cmd
 from kproxy.core.help import help_text
 from kproxy.errors import KProxyError, UsageError
 from kproxy.runtime.log import Logger

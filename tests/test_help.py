@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kproxy.core.commands import COMMANDS
+from kproxy.core.command_parser import COMMANDS
 from kproxy.core.help import END_MARKER, START_MARKER, markdown_reference
 
 README = Path(__file__).parents[1] / "README.md"

@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from kproxy._version import KAMAL_PROXY_COMPAT, __version__
-from kproxy.core import commands as cmd
+from kproxy.core import command_parser as cmd
 from kproxy.core.help import help_text
 from kproxy.core.listing import ServiceInfo, json_line, table_lines
 from kproxy.core.options import (

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from kproxy import KProxyError, Proxy, RunOptions
-from kproxy.core import commands as cmd
+from kproxy.core import command_parser as cmd
 from kproxy.runtime.log import Logger
 from tests.helpers import (
     control,

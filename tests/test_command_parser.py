@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import attrs
 import pytest
 
-from kproxy.core import commands as cmd
+from kproxy.core import command_parser as cmd
 from kproxy.core import options as opt
 from kproxy.errors import UsageError
 
