@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Sequence
 import attrs
 import trio
 
-from kproxy.core import command_parser as cmd
+from kproxy.core import commands as cmd
+from kproxy.core.command_parser import default_socket_path, parse_command
 from kproxy.core.help import help_text
 from kproxy.errors import KProxyError, UsageError
 from kproxy.runtime.log import Logger
@@ -33,7 +34,7 @@ def run_cli(argv: list[str]) -> int:
     env = dict(os.environ)
     try:
         socket_path, words = _take_socket_flag(argv, env)
-        command = cmd.parse_command(words, env)
+        command = parse_command(words, env)
     except UsageError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
@@ -68,7 +69,7 @@ def _take_socket_flag(argv: list[str], env: dict[str, str]) -> tuple[str, list[s
         i += 1
     if words[:1] == ["run"] and socket_path:
         words.append(f"--socket={socket_path}")
-    return socket_path or cmd.default_socket_path(env), words
+    return socket_path or default_socket_path(env), words
 
 
 def _run_proxy(command: cmd.Run) -> int:

@@ -1,4 +1,4 @@
-"""The command table and its parser, against kamal-proxy v0.9's cobra/pflag behaviour.
+"""The command parser (and the flag syntax under it), against kamal-proxy v0.9's cobra/pflag.
 
 Every case is a command line (split into words) and the Command it must become, or a fragment
 of the UsageError it must raise. Kamal's own command lines are at the top: they must parse.
@@ -6,13 +6,15 @@ of the UsageError it must raise. Kamal's own command lines are at the top: they 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import attrs
 import pytest
 
-from kproxy.core import command_parser as cmd
+from kproxy.core import command_parser as parser
+from kproxy.core import command_table as table
+from kproxy.core import commands as cmd
+from kproxy.core import flag_parser
 from kproxy.core import options as opt
 from kproxy.errors import UsageError
 
@@ -20,7 +22,7 @@ T = "--target=127.0.0.1:3000"  # the required flag, for cases about something el
 
 
 def parse(*words: str, env: Mapping[str, str] | None = None) -> cmd.Command:
-    return cmd.parse_command(list(words), env)
+    return parser.parse_command(list(words), env)
 
 
 def deploy(*words: str) -> opt.DeploymentOptions:
@@ -31,7 +33,7 @@ def deploy(*words: str) -> opt.DeploymentOptions:
 
 def error(*words: str, env: Mapping[str, str] | None = None) -> str:
     with pytest.raises(UsageError) as info:
-        cmd.parse_command(list(words), env)
+        parser.parse_command(list(words), env)
     return str(info.value)
 
 
@@ -50,7 +52,7 @@ KAMAL_DEPLOY = [
 
 
 def test_kamal_deploy_line_parses() -> None:
-    command = cmd.parse_command(KAMAL_DEPLOY)
+    command = parser.parse_command(KAMAL_DEPLOY)
     assert command == cmd.Deploy(
         "app-web",
         opt.DeploymentOptions(
@@ -85,7 +87,7 @@ def test_kamal_deploy_line_parses() -> None:
 def test_kamal_deploy_line_with_buffering_parses(
     extra: list[str], target: opt.TargetOptions
 ) -> None:
-    command = cmd.parse_command([*KAMAL_DEPLOY, *extra])
+    command = parser.parse_command([*KAMAL_DEPLOY, *extra])
     assert isinstance(command, cmd.Deploy)
     log_headers = ("Cache-Control", "Last-Modified", "User-Agent")
     assert command.options.target == attrs.evolve(target, log_request_headers=log_headers)
@@ -104,7 +106,7 @@ def test_kamal_deploy_line_with_buffering_parses(
     ],
 )
 def test_kamal_other_lines_parse(words: list[str], expected: cmd.Command) -> None:
-    assert cmd.parse_command(words) == expected
+    assert parser.parse_command(words) == expected
 
 
 # --- Every command ----------------------------------------------------------------------------
@@ -140,7 +142,7 @@ def test_kamal_other_lines_parse(words: list[str], expected: cmd.Command) -> Non
     ],
 )
 def test_commands(words: list[str], expected: cmd.Command) -> None:
-    assert cmd.parse_command(words) == expected
+    assert parser.parse_command(words) == expected
 
 
 def test_deploy_defaults_match_kamal_proxy() -> None:
@@ -214,7 +216,7 @@ def test_deploy_every_supported_flag() -> None:
     ],
 )
 def test_rollout_commands_parse_then_are_refused(words: list[str]) -> None:
-    assert error(*words) == cmd.ROLLOUT_UNSUPPORTED
+    assert error(*words) == table.ROLLOUT_UNSUPPORTED
 
 
 @pytest.mark.parametrize(
@@ -252,7 +254,7 @@ def test_rollout_commands_are_still_validated(words: list[str], fragment: str) -
     ],
 )
 def test_help_flag_anywhere_shows_the_commands_help(words: list[str], topic: str) -> None:
-    assert cmd.parse_command(words) == cmd.Help(topic)
+    assert parser.parse_command(words) == cmd.Help(topic)
 
 
 def test_help_after_double_dash_is_an_argument() -> None:
@@ -261,129 +263,6 @@ def test_help_after_double_dash_is_an_argument() -> None:
 
 def test_help_for_an_unknown_command_is_refused_at_parse_time() -> None:
     assert "help: unknown command 'bogus'" in error("help", "bogus")
-
-
-# --- Flag syntax ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "words",
-    [
-        ["--drain-timeout=5s"],
-        ["--drain-timeout", "5s"],
-        ["--drain-timeout=1s", "--drain-timeout=5s"],  # the last one wins, as in pflag
-    ],
-)
-def test_equals_and_space_forms_are_the_same(words: list[str]) -> None:
-    assert parse("pause", "web", *words) == cmd.Pause("web", drain_timeout=5.0)
-
-
-def test_flags_and_positionals_mix_in_any_order() -> None:
-    assert parse("stop", "--message=m", "web", "--drain-timeout=1s") == cmd.Stop("web", 1.0, "m")
-
-
-@pytest.mark.parametrize(
-    ("words", "targets"),
-    [
-        (["--target", "a:1,b:2", "--target", "c:3"], ("a:1", "b:2", "c:3")),
-        (["--target=a:1", "--target=b:2"], ("a:1", "b:2")),
-        (["--target=a:1, b:2"], ("a:1", "b:2")),
-        (["--target=a:1,,b:2,"], ("a:1", "b:2")),
-        (["--target=a:1,a:1", "--target=a:1"], ("a:1",)),  # duplicates collapse
-    ],
-)
-def test_list_flags_repeat_and_split_on_commas(words: list[str], targets: tuple[str, ...]) -> None:
-    assert deploy(*words).targets == targets
-
-
-@pytest.mark.parametrize(
-    ("flag", "force"),
-    [
-        ("--force", True),
-        ("--force=true", True),
-        ("--force=1", True),
-        ("--force=T", True),
-        ("--force=false", False),
-        ("--force=0", False),
-        ("--force=F", False),
-    ],
-)
-def test_booleans_take_their_value_after_equals(flag: str, force: bool) -> None:
-    assert deploy(T, flag).force is force
-
-
-@pytest.mark.parametrize("value", ["false", "true"])
-def test_boolean_value_after_a_space_is_a_positional(value: str) -> None:
-    message = error("deploy", "app", T, "--force", value)
-    assert f"unexpected argument {value!r}" in message
-    assert f"--force={value}" in message
-
-
-def test_invalid_boolean_value() -> None:
-    assert 'invalid --force: invalid boolean "yes"' in error("deploy", "app", T, "--force=yes")
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [("500ms", 0.5), ("1m30s", 90.0), ("2h", 7200.0), ("1.5s", 1.5), ("10s", 10.0)],
-)
-def test_durations_in_go_syntax(value: str, seconds: float) -> None:
-    assert deploy(T, f"--deploy-timeout={value}").deploy_timeout == seconds
-
-
-@pytest.mark.parametrize(
-    ("value", "fragment"),
-    [
-        ("30", 'invalid --deploy-timeout: invalid duration "30": missing unit'),
-        ("1.5", 'invalid --deploy-timeout: invalid duration "1.5": missing unit'),
-        ("abc", 'invalid --deploy-timeout: invalid duration "abc"'),
-        ("5x", 'invalid --deploy-timeout: invalid duration "5x"'),
-        ("", 'invalid --deploy-timeout: invalid duration ""'),
-        ("0", "--deploy-timeout must be greater than zero, got 0s"),  # "0" is Go's one bare number
-        ("-1s", "--deploy-timeout must be greater than zero, got -1s"),
-    ],
-)
-def test_bad_durations(value: str, fragment: str) -> None:
-    assert fragment in error("deploy", "app", T, f"--deploy-timeout={value}")
-
-
-@pytest.mark.parametrize(
-    ("value", "port"), [("4000", 4000), ("0x1f90", 8080), ("0", None), ("1_000", 1000)]
-)
-def test_integers_in_go_syntax(value: str, port: int | None) -> None:
-    assert deploy(T, f"--health-check-port={value}").target.health_check_port == port
-
-
-@pytest.mark.parametrize(
-    ("value", "fragment"),
-    [
-        ("80s", 'invalid --health-check-port: invalid integer "80s"'),
-        ("", 'invalid --health-check-port: invalid integer ""'),
-        ("-1", "invalid --health-check-port -1: the port must be 1-65535"),
-        ("70000", "invalid --health-check-port 70000: the port must be 1-65535"),
-    ],
-)
-def test_bad_integers(value: str, fragment: str) -> None:
-    assert fragment in error("deploy", "app", T, f"--health-check-port={value}")
-
-
-def test_double_dash_ends_the_flags() -> None:
-    assert parse("stop", "--message=m", "--", "-web") == cmd.Stop("-web", 30.0, "m")
-    assert parse("remove", "--", "web") == cmd.Remove("web")
-
-
-def test_a_value_may_start_with_dashes() -> None:
-    # pflag takes the next word as the value, whatever it looks like
-    assert parse("stop", "web", "--message", "--back soon--") == cmd.Stop(
-        "web", 30.0, "--back soon--"
-    )
-
-
-def test_the_socket_flag_is_global() -> None:
-    assert parse("remove", "web", "--socket=/run/k.sock") == cmd.Remove("web")
-    run = parse("run", "--socket", "/run/k.sock")
-    assert isinstance(run, cmd.Run)
-    assert run.options.socket_path == "/run/k.sock"
 
 
 # --- Errors -----------------------------------------------------------------------------------
@@ -588,30 +467,30 @@ def test_tls_on_the_root_path_passes_the_rules(prefixes: list[str]) -> None:
     assert message == "deploy: --tls is not supported by kproxy yet; run the command without it"
 
 
-def _unsupported(spec: cmd.CommandSpec) -> list[cmd.Flag]:
+def _unsupported(spec: table.CommandSpec) -> list[table.Flag]:
     return [f for f in spec.flags if not f.supported]
 
 
-def _non_default(flag: cmd.Flag) -> str:
+def _non_default(flag: table.Flag) -> str:
     match flag.kind:
-        case cmd.Kind.BOOL:
+        case table.Kind.BOOL:
             return f"--{flag.name}=false" if flag.default else f"--{flag.name}"
-        case cmd.Kind.DURATION:
+        case table.Kind.DURATION:
             return f"--{flag.name}=17s"
-        case cmd.Kind.INT:
+        case table.Kind.INT:
             return f"--{flag.name}=17"
         case _:
             return f"--{flag.name}=x.example:17"
 
 
-def _default(flag: cmd.Flag) -> str:
+def _default(flag: table.Flag) -> str:
     match flag.kind:
-        case cmd.Kind.BOOL:
+        case table.Kind.BOOL:
             return f"--{flag.name}={str(flag.default).lower()}"
-        case cmd.Kind.DURATION:
+        case table.Kind.DURATION:
             assert isinstance(flag.default, float)
             return f"--{flag.name}={flag.default}s"
-        case cmd.Kind.INT:
+        case table.Kind.INT:
             return f"--{flag.name}={flag.default}"
         case _:
             return f"--{flag.name}="
@@ -626,8 +505,8 @@ _COMPANIONS = {
 }
 
 
-@pytest.mark.parametrize("flag", _unsupported(cmd.COMMANDS["deploy"]), ids=lambda f: f.name)
-def test_unsupported_deploy_flags_are_refused_by_name(flag: cmd.Flag) -> None:
+@pytest.mark.parametrize("flag", _unsupported(table.COMMANDS["deploy"]), ids=lambda f: f.name)
+def test_unsupported_deploy_flags_are_refused_by_name(flag: table.Flag) -> None:
     words = [
         "deploy",
         "app",
@@ -641,13 +520,13 @@ def test_unsupported_deploy_flags_are_refused_by_name(flag: cmd.Flag) -> None:
     )
 
 
-@pytest.mark.parametrize("flag", _unsupported(cmd.COMMANDS["deploy"]), ids=lambda f: f.name)
-def test_unsupported_deploy_flags_with_their_default_are_accepted(flag: cmd.Flag) -> None:
+@pytest.mark.parametrize("flag", _unsupported(table.COMMANDS["deploy"]), ids=lambda f: f.name)
+def test_unsupported_deploy_flags_with_their_default_are_accepted(flag: table.Flag) -> None:
     assert deploy(T, *_COMPANIONS.get(flag.name, []), _default(flag)).targets == ("127.0.0.1:3000",)
 
 
 def test_every_not_yet_supported_flag_is_known() -> None:
-    names = {f.name for spec in cmd.COMMANDS.values() for f in _unsupported(spec)}
+    names = {f.name for spec in table.COMMANDS.values() for f in _unsupported(spec)}
     assert names == {
         "read-target", "writer-affinity-timeout", "read-target-websockets", "tls", "tls-staging",
         "tls-certificate-path", "tls-private-key-path", "tls-redirect",
@@ -675,8 +554,8 @@ def test_unsupported_run_option_from_the_environment_names_the_variable() -> Non
     )
 
 
-def _parsed(*words: str) -> cmd.Parsed:
-    return cmd._parse_flags(cmd.COMMANDS["deploy"], ["app", T, *words], {})
+def _parsed(*words: str) -> flag_parser.Parsed:
+    return flag_parser.parse_flags(table.COMMANDS["deploy"], ["app", T, *words], {})
 
 
 @pytest.mark.parametrize(
@@ -691,7 +570,7 @@ def _parsed(*words: str) -> cmd.Parsed:
     ],
 )
 def test_forward_headers_default_is_true_unless_tls(words: list[str], forward: bool) -> None:
-    assert cmd._forward_headers(_parsed(*words)) is forward
+    assert parser._forward_headers(_parsed(*words)) is forward
 
 
 def test_forward_headers_reaches_the_options() -> None:
@@ -827,7 +706,7 @@ def test_run_port_zero_picks_a_free_port() -> None:
     ],
 )
 def test_default_socket_path(env: dict[str, str], path: str) -> None:
-    assert cmd.default_socket_path(env) == path
+    assert parser.default_socket_path(env) == path
     assert run(env=env).socket_path == path
 
 
@@ -846,105 +725,7 @@ def test_socket_flag_beats_the_environment() -> None:
     ],
 )
 def test_default_state_dir(env: dict[str, str], path: str) -> None:
-    assert cmd.default_state_dir(env) == path
-
-
-# --- usage() ----------------------------------------------------------------------------------
-
-
-def _flag_line(text: str, name: str) -> str:
-    lines = [line for line in text.splitlines() if re.match(rf"\s+--{name}\b(?!-)", line)]
-    assert len(lines) == 1, (name, lines)
-    return lines[0]
-
-
-def test_usage_lists_every_command() -> None:
-    text = cmd.usage()
-    for name, spec in cmd.COMMANDS.items():
-        assert f"  {name:<16} {spec.summary}" in text
-
-
-@pytest.mark.parametrize("name", list(cmd.COMMANDS))
-def test_usage_of_each_command_lists_its_flags(name: str) -> None:
-    text = cmd.usage(name)
-    assert text.startswith(f"Usage: {name}")
-    for flag in (*cmd.COMMANDS[name].flags, *cmd.GLOBAL_FLAGS):
-        line = _flag_line(text, flag.name)
-        assert flag.help in line
-        assert line.endswith(" (required)") is flag.required
-        assert line.endswith(" (not supported yet)") is not flag.supported
-
-
-@pytest.mark.parametrize(
-    ("name", "flag", "shown"),
-    [
-        ("deploy", "target", "--target strings"),
-        ("deploy", "deploy-timeout", "--deploy-timeout duration"),
-        ("deploy", "deploy-timeout", "(default 30s)"),
-        ("deploy", "drain-timeout", "(default 30s)"),
-        ("deploy", "health-check-interval", "(default 1s)"),
-        ("deploy", "health-check-timeout", "(default 5s)"),
-        ("deploy", "target-timeout", "(default 30s)"),
-        ("deploy", "writer-affinity-timeout", "(default 3s)"),
-        ("deploy", "health-check-path", '(default "/up")'),
-        ("deploy", "strip-path-prefix", "(default true)"),
-        ("deploy", "tls-redirect", "(default true)"),
-        ("deploy", "buffer-memory", "(default 1048576)"),
-        ("deploy", "health-check-port", "--health-check-port int"),
-        ("pause", "max-pause", "(default 30s)"),
-        ("run", "http-port", "(default 80)"),
-        ("run", "https-port", "(default 443)"),
-    ],
-)
-def test_usage_shows_defaults_in_go_style(name: str, flag: str, shown: str) -> None:
-    assert shown in _flag_line(cmd.usage(name), flag)
-
-
-@pytest.mark.parametrize(
-    ("name", "flag"),
-    [("deploy", "force"), ("deploy", "host"), ("deploy", "health-check-port"), ("list", "json")],
-)
-def test_usage_hides_zero_defaults(name: str, flag: str) -> None:
-    assert "(default " not in _flag_line(cmd.usage(name), flag)
-
-
-def test_usage_shows_one_default_for_forward_headers() -> None:
-    line = _flag_line(cmd.usage("deploy"), "forward-headers")
-    assert line.count("(default") == 1
-    assert "(default true unless --tls)" in line
-
-
-def test_usage_markers() -> None:
-    text = cmd.usage("deploy")
-    assert _flag_line(text, "target").endswith("(required)")
-    assert _flag_line(text, "tls").endswith("(not supported yet)")
-    assert "(not supported yet)" not in _flag_line(text, "force")
-
-
-@pytest.mark.parametrize(("alias", "name"), [("ls", "list")])
-def test_usage_follows_aliases(alias: str, name: str) -> None:
-    assert cmd.usage(alias) == cmd.usage(name)
-
-
-def test_usage_of_help_shows_its_argument_is_optional() -> None:
-    assert cmd.usage("help").startswith("Usage: help [command] [flags]")
-
-
-def test_usage_of_rollout_lists_the_subcommands() -> None:
-    text = cmd.usage("rollout")
-    assert all(f"rollout {sub}" in text for sub in ("deploy", "set", "stop"))
-
-
-def test_usage_of_an_unknown_command() -> None:
-    with pytest.raises(UsageError, match="unknown command 'bogus'"):
-        cmd.usage("bogus")
-
-
-@pytest.mark.parametrize("words", [["help"], ["help", "deploy"], ["help", "rollout", "set"]])
-def test_every_help_topic_the_parser_accepts_has_a_usage(words: list[str]) -> None:
-    command = cmd.parse_command(words)
-    assert isinstance(command, cmd.Help)
-    assert cmd.usage(command.topic)
+    assert parser.default_state_dir(env) == path
 
 
 # --- --canonical-host, --client-ip-header, --scope-cookie-paths ---------------------------------

@@ -1,247 +1,34 @@
-"""The command table and its parser: one definition for the CLI, the control channel and help.
+"""The command parser: a command line, split into words, becomes one Command value.
 
-A command line (already split into words) becomes one frozen Command value. The flags, their
-defaults and their validation rules follow kamal-proxy v0.9's cobra/pflag definitions
-(internal/cmd/*.go): ``--flag=value`` and ``--flag value``, repeatable comma lists, booleans
-only as ``--flag`` or ``--flag=false``, Go durations. Flags whose feature kproxy does not have
-yet are parsed and validated, then refused by name: never accepted and silently ignored.
+The command is looked up in the command table (``command_table.py``), its flags are read
+with pflag's syntax (``flag_parser.py``), then kamal-proxy v0.9's rules run in cobra's order,
+so a line with several mistakes gets kamal-proxy's error; flags whose feature kproxy does not
+have yet are refused by name. The builders turn the flag values into the option objects
+(``options.py``) inside a command value (``commands.py``).
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
-import attrs
-
-from kproxy._version import KAMAL_PROXY_COMPAT, __version__
 from kproxy.core import options as opt
-from kproxy.core.flag_values import format_duration, parse_bool, parse_duration, parse_int
+from kproxy.core.command_table import ALIASES, COMMANDS, ROLLOUT_UNSUPPORTED, CommandSpec
+from kproxy.core.commands import (
+    Command,
+    Deploy,
+    Help,
+    List,
+    Pause,
+    Remove,
+    Resume,
+    Run,
+    Stop,
+    Version,
+)
+from kproxy.core.flag_parser import Parsed, parse_flags
 from kproxy.core.service_map import normalize_path_prefix
 from kproxy.errors import UsageError
-
-FlagValue = str | bool | float | int | tuple[str, ...]
-
-
-class Kind(enum.Enum):
-    STRING = "string"
-    LIST = "strings"  # repeatable, and each value may be a comma-separated list
-    BOOL = "bool"
-    DURATION = "duration"
-    INT = "int"
-
-
-@attrs.frozen
-class Flag:
-    name: str
-    kind: Kind
-    default: FlagValue
-    help: str
-    supported: bool = True  # False: parsed and validated, refused while its feature is missing
-    required: bool = False
-    env: bool = False  # a run option: also read from KPROXY_X, KAMAL_PROXY_X, then X
-
-
-@attrs.frozen
-class CommandSpec:
-    name: str
-    summary: str
-    args: tuple[str, ...] = ()
-    flags: tuple[Flag, ...] = ()
-    optional_args: bool = False  # the positionals may be left out (``help`` with no topic)
-
-    def flag(self, name: str) -> Flag | None:
-        return next((f for f in (*self.flags, *GLOBAL_FLAGS) if f.name == name), None)
-
-
-S, L, B, D, N = Kind.STRING, Kind.LIST, Kind.BOOL, Kind.DURATION, Kind.INT
-
-GLOBAL_FLAGS: Final = (
-    Flag("socket", S, "", "Control socket path (env KPROXY_SOCKET, KAMAL_PROXY_SOCKET)"),
-)
-
-_DEPLOY_FLAGS: Final = (
-    Flag("target", L, (), "Target host:port(s) to deploy", required=True),
-    Flag("host", L, (), "Host(s) to serve this service on (empty for any host)"),
-    Flag("path-prefix", L, (), "Serve the service below these path prefix(es)"),
-    Flag("strip-path-prefix", B, True, "With --path-prefix, strip the prefix before forwarding"),
-    Flag("deploy-timeout", D, opt.DEFAULT_DEPLOY_TIMEOUT, "How long new targets may take to become healthy"),
-    Flag("drain-timeout", D, opt.DEFAULT_DRAIN_TIMEOUT, "How long in-flight requests to old targets may take"),
-    Flag("health-check-path", S, opt.DEFAULT_HEALTH_CHECK_PATH, "Path to check for health"),
-    Flag("health-check-interval", D, opt.DEFAULT_HEALTH_CHECK_INTERVAL, "Interval between health checks"),
-    Flag("health-check-timeout", D, opt.DEFAULT_HEALTH_CHECK_TIMEOUT, "Time each health check must complete in"),
-    Flag("health-check-port", N, 0, "Port to check for health (default: the target's port)"),
-    Flag("health-check-host", S, "", "Host header for health checks (default: the target's address)"),
-    Flag("target-timeout", D, opt.DEFAULT_TARGET_TIMEOUT, "How long to wait for a target's response head"),
-    Flag("forward-headers", B, True, "Keep incoming X-Forwarded-* headers (default true unless --tls)"),
-    Flag("log-request-header", L, (), "Extra request header to log (repeatable)"),
-    Flag("log-response-header", L, (), "Extra response header to log (repeatable)"),
-    Flag("force", B, False, "Cut over at once, without waiting for health checks"),
-    Flag("read-target", L, (), "Read-only target host:port(s)", supported=False),
-    Flag("writer-affinity-timeout", D, opt.DEFAULT_WRITER_AFFINITY_TIMEOUT, "Time after a write before reads go to read targets", supported=False),
-    Flag("read-target-websockets", B, False, "Route WebSockets to read targets", supported=False),
-    Flag("tls", B, False, "Serve this service over TLS (requires --host)", supported=False),
-    Flag("tls-staging", B, False, "Use Let's Encrypt's staging environment", supported=False),
-    Flag("tls-certificate-path", S, "", "Custom TLS certificate (PEM)", supported=False),
-    Flag("tls-private-key-path", S, "", "Custom TLS private key (PEM)", supported=False),
-    Flag("tls-redirect", B, True, "Redirect HTTP to HTTPS when TLS is on", supported=False),
-    Flag("canonical-host", S, "", "Redirect the other hosts to this one"),
-    Flag("buffer-requests", B, False, "Receive whole request bodies before forwarding"),
-    Flag("buffer-responses", B, False, "Receive whole responses before forwarding"),
-    Flag("buffer-memory", N, opt.DEFAULT_BUFFER_MEMORY, "Memory per buffer before spilling to disk (bytes)"),
-    Flag("max-request-body", N, 0, "Largest request body when buffering (bytes, 0 = unlimited)"),
-    Flag("max-response-body", N, 0, "Largest response body when buffering (bytes, 0 = unlimited)"),
-    Flag("error-pages", S, "", "Directory of custom error pages"),
-    Flag("client-ip-header", S, "", "Header that carries the real client IP"),
-    Flag("scope-cookie-paths", B, False, "Rewrite Set-Cookie paths under the path prefix"),
-)  # fmt: skip
-
-COMMANDS: Final = {
-    spec.name: spec
-    for spec in (
-        CommandSpec("run", "Run the proxy", flags=(
-            Flag("bind", S, "", "Address to listen on (default: all addresses)", env=True),
-            Flag("http-port", N, opt.DEFAULT_HTTP_PORT, "Port to serve HTTP on", env=True),
-            Flag("https-port", N, opt.DEFAULT_HTTPS_PORT, "Port to serve HTTPS on (used once a service has TLS)", env=True),
-            Flag("metrics-port", N, 0, "Port for Prometheus metrics (0 = off)", supported=False, env=True),
-            Flag("debug", B, False, "Include debugging logs", env=True),
-            Flag("max-connections", N, 0, "Most simultaneous client connections; more wait (0 = 10000, fewer if ulimit -n is low)", env=True),
-            Flag("workers", N, 0, "Processes serving HTTP on the shared ports (0 = one per core; 1 = this process alone)", env=True),
-            Flag("state-dir", S, "", "Directory for the state file (env KPROXY_STATE_DIR; default ~/.config/kproxy)", env=True),
-        )),
-        CommandSpec("deploy", "Deploy targets for a service; returns when traffic is cut over and the old targets drained", ("service",), _DEPLOY_FLAGS),
-        CommandSpec("remove", "Remove a service", ("service",)),
-        CommandSpec("pause", "Hold new requests for a service until resumed", ("service",), (
-            Flag("drain-timeout", D, opt.DEFAULT_DRAIN_TIMEOUT, "How long in-flight requests may take to complete"),
-            Flag("max-pause", D, opt.DEFAULT_PAUSE_TIMEOUT, "How long a request may be held before it gets 504"),
-        )),
-        CommandSpec("stop", "Stop a service: requests get 503 (maintenance mode)", ("service",), (
-            Flag("drain-timeout", D, opt.DEFAULT_DRAIN_TIMEOUT, "How long in-flight requests may take to complete"),
-            Flag("message", S, "", "Message shown on the 503 page"),
-        )),
-        CommandSpec("resume", "Resume a paused or stopped service", ("service",)),
-        CommandSpec("list", "List the services", flags=(Flag("json", B, False, "Print one JSON line"),)),
-        CommandSpec("rollout deploy", "Deploy a rollout target", ("service",), (
-            Flag("target", L, (), "Target host:port(s) to deploy", required=True),
-            Flag("read-target", L, (), "Read-only target host:port(s)"),
-            Flag("deploy-timeout", D, opt.DEFAULT_DEPLOY_TIMEOUT, "How long new targets may take to become healthy"),
-            Flag("drain-timeout", D, opt.DEFAULT_DRAIN_TIMEOUT, "How long in-flight requests may take"),
-        )),
-        CommandSpec("rollout set", "Send a share of traffic to the rollout target", ("service",), (
-            Flag("percent", N, 0, "Percentage of requests for the rollout target"),
-            Flag("list", L, (), "Values (e.g. account ids) always sent to the rollout target"),
-        )),
-        CommandSpec("rollout stop", "Stop sending traffic to the rollout target", ("service",)),
-        CommandSpec("help", "Show help for a command", ("command",), (
-            Flag("markdown", B, False, "Print every command's reference as Markdown"),
-        ), optional_args=True),
-        CommandSpec("version", "Show the version"),
-    )
-}  # fmt: skip
-
-ALIASES: Final = {"ls": "list"}
-ROLLOUT_UNSUPPORTED: Final = "rollout is not supported by kproxy yet"
-
-
-# --- Command values -------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Deploy:
-    service: str
-    options: opt.DeploymentOptions
-
-
-@attrs.frozen
-class Remove:
-    service: str
-
-
-@attrs.frozen
-class Pause:
-    service: str
-    drain_timeout: float = attrs.field(
-        default=opt.DEFAULT_DRAIN_TIMEOUT, validator=opt.not_negative("drain-timeout")
-    )
-    max_pause: float = attrs.field(
-        default=opt.DEFAULT_PAUSE_TIMEOUT, validator=opt.positive("max-pause")
-    )
-
-
-@attrs.frozen
-class Stop:
-    service: str
-    drain_timeout: float = attrs.field(
-        default=opt.DEFAULT_DRAIN_TIMEOUT, validator=opt.not_negative("drain-timeout")
-    )
-    message: str = ""
-
-
-@attrs.frozen
-class Resume:
-    service: str
-
-
-@attrs.frozen
-class List:
-    json: bool = False
-
-
-@attrs.frozen
-class Help:
-    topic: str = ""
-    markdown: bool = False
-
-
-@attrs.frozen
-class Version:
-    pass
-
-
-@attrs.frozen
-class Run:
-    options: opt.RunOptions
-
-
-Command = Deploy | Remove | Pause | Stop | Resume | List | Help | Version | Run
-
-
-# --- Parsing ----------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Parsed:
-    spec: CommandSpec
-    args: tuple[str, ...]
-    values: Mapping[str, FlagValue]
-    given: frozenset[str]  # flags set on the command line (or, for run, by the environment)
-    sources: Mapping[str, str] = attrs.field(factory=dict)  # flag → environment variable
-
-    def text(self, name: str) -> str:
-        value = self.values[name]
-        assert isinstance(value, str)
-        return value
-
-    def strings(self, name: str) -> tuple[str, ...]:
-        value = self.values[name]
-        assert isinstance(value, tuple)
-        return value
-
-    def seconds(self, name: str) -> float:
-        value = self.values[name]
-        assert isinstance(value, float | int)
-        return float(value)
-
-    def integer(self, name: str) -> int:
-        value = self.values[name]
-        assert isinstance(value, int)
-        return value
-
-    def flag(self, name: str) -> bool:
-        value = self.values[name]
-        assert isinstance(value, bool)
-        return value
 
 
 def parse_command(words: Sequence[str], env: Mapping[str, str] | None = None) -> Command:
@@ -268,7 +55,7 @@ def parse_command(words: Sequence[str], env: Mapping[str, str] | None = None) ->
     spec, rest = _find_spec(words)
     if _asks_for_help(rest):
         return Help(spec.name)
-    parsed = _parse_flags(spec, rest, env)
+    parsed = parse_flags(spec, rest, env)
     try:
         _PRE_RUN.get(spec.name, _no_rules)(parsed)
         _check_required(parsed)
@@ -307,111 +94,10 @@ def _asks_for_help(words: Sequence[str]) -> bool:
     return any(word in ("-h", "--help") for word in words[:end])
 
 
-def _parse_flags(spec: CommandSpec, words: Sequence[str], env: Mapping[str, str]) -> Parsed:
-    values: dict[str, FlagValue] = {f.name: f.default for f in (*spec.flags, *GLOBAL_FLAGS)}
-    given: set[str] = set()
-    lists: dict[str, list[str]] = {}
-    args: list[str] = []
-    after_bool: dict[int, str] = {}  # positional index → the bare boolean flag just before it
-    bare_bool = ""
-    i = 0
-    while i < len(words):
-        word = words[i]
-        i += 1
-        if word == "--":
-            args.extend(words[i:])
-            break
-        if not word.startswith("-") or word == "-":
-            if bare_bool:
-                after_bool[len(args)] = bare_bool
-            args.append(word)
-            bare_bool = ""
-            continue
-        bare_bool = ""
-        if not word.startswith("--"):
-            raise UsageError(
-                f"{spec.name}: unknown shorthand flag {word!r}; kproxy flags are long, like --target"
-            )
-        name, has_value, raw = word[2:].partition("=")
-        found = spec.flag(name)
-        if found is None:
-            raise UsageError(f"{spec.name}: unknown flag --{name} (see 'help {spec.name}')")
-        flag = found
-        if not has_value:
-            if flag.kind is Kind.BOOL:
-                raw, bare_bool = "true", name
-            elif i < len(words):
-                raw, i = words[i], i + 1
-            else:
-                raise UsageError(f"{spec.name}: flag --{name} needs a value")
-        if flag.kind is Kind.LIST:
-            items = [item.strip() for item in raw.split(",")]
-            lists.setdefault(name, []).extend(item for item in items if item)
-            values[name] = tuple(lists[name])
-        else:
-            values[name] = _convert(spec, flag, raw, "")
-        given.add(name)
-    # Run options the command line left out come from the environment (a flag beats it, and
-    # an unusable variable behind a flag does no harm).
-    sources: dict[str, str] = {}
-    for flag in spec.flags:
-        if flag.env and flag.name not in given and (from_env := _env_value(flag.name, env)):
-            key, raw = from_env
-            values[flag.name] = _convert(spec, flag, raw, key)
-            given.add(flag.name)
-            sources[flag.name] = key
-    _check_arg_count(spec, args, after_bool)
-    return Parsed(spec, tuple(args), values, frozenset(given), sources)
-
-
-def _check_arg_count(spec: CommandSpec, args: Sequence[str], after_bool: Mapping[int, str]) -> None:
-    want = " ".join(f"<{a}>" for a in spec.args)
-    usage_hint = f"usage: {spec.name} {want}".rstrip()
-    if len(args) > len(spec.args) and not spec.optional_args:
-        extra = len(spec.args)
-        message = f"{spec.name}: unexpected argument {args[extra]!r}"
-        if bare := after_bool.get(extra):
-            message += (
-                f" (a boolean flag takes its value after '=': --{bare}={args[extra]},"
-                f" not --{bare} {args[extra]})"
-            )
-        raise UsageError(f"{message}; {usage_hint}")
-    if len(args) < len(spec.args) and not spec.optional_args:
-        missing = " ".join(f"<{a}>" for a in spec.args[len(args) :])
-        raise UsageError(f"{spec.name}: missing {missing}; {usage_hint}")
-
-
-def _env_value(name: str, env: Mapping[str, str]) -> tuple[str, str] | None:
-    """The first of KPROXY_X, KAMAL_PROXY_X and X that is set and not empty, as (key, value)."""
-    key = name.upper().replace("-", "_")
-    for candidate in (f"KPROXY_{key}", f"KAMAL_PROXY_{key}", key):
-        if env.get(candidate):
-            return candidate, env[candidate]
-    return None
-
-
 def _env_note(parsed: Parsed, message: str) -> str:
     """Point at the environment when the flag an error names was set there."""
     keys = [key for name, key in parsed.sources.items() if f"--{name} " in f"{message} "]
     return f" (set by ${keys[0]})" if keys else ""
-
-
-def _convert(spec: CommandSpec, flag: Flag, raw: str, env_key: str) -> FlagValue:
-    try:
-        match flag.kind:
-            case Kind.BOOL:
-                return parse_bool(raw)
-            case Kind.DURATION:
-                return parse_duration(raw)
-            case Kind.INT:
-                return parse_int(raw)
-            case Kind.LIST:
-                return tuple(item.strip() for item in raw.split(",") if item.strip())
-            case Kind.STRING:
-                return raw
-    except ValueError as exc:
-        source = f"${env_key} (for --{flag.name})" if env_key else f"--{flag.name}"
-        raise UsageError(f"{spec.name}: invalid {source}: {exc}") from None
 
 
 # --- Validation rules, in cobra's order -------------------------------------------------------
@@ -598,67 +284,3 @@ def default_state_dir(env: Mapping[str, str]) -> str:
     """``~/.config/kproxy``; ``--state-dir`` and KPROXY_STATE_DIR are read as run options."""
     home = env.get("HOME") or "/root"
     return f"{home.rstrip('/')}/.config/kproxy"
-
-
-# --- Help text ------------------------------------------------------------------------------
-
-
-def default_text(flag: Flag) -> str:
-    """A flag's default as pflag shows it ("30s", "true", quoted strings), or "" for zero values
-    and flags whose help explains their default."""
-    if flag.default in ((), "", 0, False) or "(default" in flag.help:
-        return ""
-    match flag.kind:
-        case Kind.DURATION:
-            assert isinstance(flag.default, float)
-            return format_duration(flag.default)
-        case Kind.BOOL:
-            return str(flag.default).lower()
-        case Kind.STRING:
-            return f'"{flag.default}"'
-        case _:
-            return str(flag.default)
-
-
-def _show_default(flag: Flag) -> str:
-    """pflag's ``(default …)`` suffix."""
-    shown = default_text(flag)
-    return f" (default {shown})" if shown else ""
-
-
-def usage(name: str = "") -> str:
-    """Help text for one command, or the command list when ``name`` is empty.
-
-    Raises:
-      UsageError: for an unknown command name.
-    """
-    if not name:
-        lines = [
-            f"kproxy {__version__}: zero-downtime deploy proxy (kamal-proxy {KAMAL_PROXY_COMPAT} compatible)",
-            "",
-            "Commands:",
-        ]
-        lines += [f"  {s.name:<16} {s.summary}" for s in COMMANDS.values()]
-        lines += ["", "Run 'help <command>' for its flags."]
-        return "\n".join(lines)
-    if name == "rollout":
-        lines = ["Usage: rollout <deploy|set|stop> <service> [flags]", "", "Subcommands:"]
-        lines += [f"  {n:<16} {s.summary}" for n, s in COMMANDS.items() if n.startswith("rollout ")]
-        return "\n".join([*lines, "", ROLLOUT_UNSUPPORTED])
-    spec = COMMANDS.get(ALIASES.get(name, name))
-    if spec is None:
-        raise UsageError(f"unknown command {name!r}; try 'help'")
-    args = " ".join(f"[{a}]" if spec.optional_args else f"<{a}>" for a in spec.args)
-    lines = [
-        f"Usage: {spec.name} {args} [flags]".replace("  ", " "),
-        "",
-        spec.summary,
-        "",
-        "Flags:",
-    ]
-    for flag in (*spec.flags, *GLOBAL_FLAGS):
-        kind = "" if flag.kind is Kind.BOOL else f" {flag.kind.value}"
-        note = " (required)" if flag.required else ""
-        note += "" if flag.supported else " (not supported yet)"
-        lines.append(f"  --{flag.name}{kind}".ljust(40) + f"{flag.help}{_show_default(flag)}{note}")
-    return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Per-service options, set at deploy time, and their validation.
 
-These are the values behind the ``deploy`` flags (see ``command_parser.py`` for the flag table). The
+These are the values behind the ``deploy`` flags (see ``command_table.py`` for the flag table). The
 same objects are used by the control channel, the state file and embedders, so one
 ``validate()`` guards all three doors.
 """

@@ -1,0 +1,71 @@
+"""The commands as values: what the parser builds and the proxy executes.
+
+Each is frozen; ``Command`` is their union. The CLI, the control channel and embedders
+(``kproxy.parse_command``, or these classes directly) all hand the runtime one of these.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from kproxy.core import options as opt
+
+
+@attrs.frozen
+class Deploy:
+    service: str
+    options: opt.DeploymentOptions
+
+
+@attrs.frozen
+class Remove:
+    service: str
+
+
+@attrs.frozen
+class Pause:
+    service: str
+    drain_timeout: float = attrs.field(
+        default=opt.DEFAULT_DRAIN_TIMEOUT, validator=opt.not_negative("drain-timeout")
+    )
+    max_pause: float = attrs.field(
+        default=opt.DEFAULT_PAUSE_TIMEOUT, validator=opt.positive("max-pause")
+    )
+
+
+@attrs.frozen
+class Stop:
+    service: str
+    drain_timeout: float = attrs.field(
+        default=opt.DEFAULT_DRAIN_TIMEOUT, validator=opt.not_negative("drain-timeout")
+    )
+    message: str = ""
+
+
+@attrs.frozen
+class Resume:
+    service: str
+
+
+@attrs.frozen
+class List:
+    json: bool = False
+
+
+@attrs.frozen
+class Help:
+    topic: str = ""
+    markdown: bool = False
+
+
+@attrs.frozen
+class Version:
+    pass
+
+
+@attrs.frozen
+class Run:
+    options: opt.RunOptions
+
+
+Command = Deploy | Remove | Pause | Stop | Resume | List | Help | Version | Run
