@@ -11,7 +11,8 @@ The control protocol is specified in protocol.md.
 from typing import TYPE_CHECKING, Any
 
 from kproxy._version import __version__
-from kproxy.core.commands import Command, parse_command
+from kproxy.core.command_parser import parse_command
+from kproxy.core.commands import Command
 from kproxy.core.listing import ServiceInfo
 from kproxy.core.options import DeploymentOptions, RunOptions, ServiceOptions, TargetOptions
 from kproxy.errors import (

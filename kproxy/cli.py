@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 
@@ -19,7 +18,8 @@ import attrs
 import trio
 
 from kproxy.core import commands as cmd
-from kproxy.core.reference import help_text
+from kproxy.core.command_parser import default_socket_path, parse_command
+from kproxy.core.help import help_text
 from kproxy.errors import KProxyError, UsageError
 from kproxy.runtime.log import Logger
 from kproxy.runtime.proxy import Proxy
@@ -34,7 +34,7 @@ def run_cli(argv: list[str]) -> int:
     env = dict(os.environ)
     try:
         socket_path, words = _take_socket_flag(argv, env)
-        command = cmd.parse_command(words, env)
+        command = parse_command(words, env)
     except UsageError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
@@ -69,7 +69,7 @@ def _take_socket_flag(argv: list[str], env: dict[str, str]) -> tuple[str, list[s
         i += 1
     if words[:1] == ["run"] and socket_path:
         words.append(f"--socket={socket_path}")
-    return socket_path or cmd.default_socket_path(env), words
+    return socket_path or default_socket_path(env), words
 
 
 def _run_proxy(command: cmd.Run) -> int:
@@ -120,12 +120,46 @@ async def _cancel_on_signal(
 
 
 def _send(socket_path: str, words: list[str]) -> int:
-    """Send one command line; stream the answer; map OK/ERR to the exit status."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    """Send one command line; stream the answer; map OK/ERR to the exit status.
+
+    Ctrl-C closes the socket, which is what cancels the command (a deploy before its
+    cutover). The wait for the answer therefore runs under trio with SIGINT taken by a signal
+    receiver: its wakeup fd wakes the wait even when the signal lands just before it blocks.
+    A plain blocking ``recv`` misses that case: Python runs signal handlers between
+    bytecodes, so a SIGINT arriving after the last check and before the ``recv`` system call
+    leaves the client blocked until the proxy answers (for a deploy, up to its timeout).
+    """
     try:
-        sock.connect(socket_path)
+        return trio.run(_converse_until_interrupted, socket_path, shlex.join(words) + "\n")
+    except KeyboardInterrupt:  # before the signal receiver was in place, or after it closed
+        return _interrupted()
+
+
+async def _converse_until_interrupted(socket_path: str, line: str) -> int:
+    codes: list[int] = []
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_first_signal, signals, nursery.cancel_scope)
+            codes.append(await _converse(socket_path, line.encode()))
+            nursery.cancel_scope.cancel()
+    return codes[0] if codes else _interrupted()
+
+
+async def _cancel_on_first_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for _ in signals:
+        scope.cancel()
+        return
+
+
+def _interrupted() -> int:
+    print("Error: interrupted; the proxy cancels the command", file=sys.stderr)
+    return 130
+
+
+async def _converse(socket_path: str, line: bytes) -> int:
+    try:
+        stream = await trio.open_unix_socket(socket_path)
     except OSError as exc:
-        sock.close()
         print(
             f"Error: cannot reach the proxy at {socket_path} ({exc.strerror or exc}); "
             "is 'kproxy run' running? (choose the socket with --socket or KPROXY_SOCKET)",
@@ -133,26 +167,41 @@ def _send(socket_path: str, words: list[str]) -> int:
         )
         return 1
     try:
-        with sock, sock.makefile("rb") as answers:
-            sock.sendall((shlex.join(words) + "\n").encode())
-            sock.shutdown(socket.SHUT_WR)
-            for raw in answers:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                if line.startswith("  "):
-                    print(line[2:], flush=True)
-                elif line == "OK" or line.startswith("OK "):
-                    if line[3:]:
-                        print(line[3:], flush=True)
-                    return 0
-                elif line.startswith("ERR"):
-                    print(f"Error: {line[4:]}", file=sys.stderr)
-                    return 1
-    except KeyboardInterrupt:
-        # Closing the socket is what cancels the command (a deploy before its cutover).
-        print("Error: interrupted; the proxy cancels the command", file=sys.stderr)
-        return 130
-    except OSError as exc:
-        print(f"Error: lost the connection to the proxy ({exc})", file=sys.stderr)
+        async with stream:
+            await stream.send_all(line)
+            await stream.send_eof()
+            async for answer in _lines(stream):
+                code = _show(answer.decode("utf-8", "replace"))
+                if code is not None:
+                    return code
+    except trio.BrokenResourceError as exc:
+        print(f"Error: lost the connection to the proxy ({exc.__cause__ or exc})", file=sys.stderr)
         return 1
     print("Error: the proxy closed the connection without an answer", file=sys.stderr)
     return 1
+
+
+async def _lines(stream: trio.SocketStream) -> AsyncIterator[bytes]:
+    """The lines of the answer, as they arrive; a last one may lack its newline."""
+    pending = b""
+    while chunk := await stream.receive_some():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
+def _show(line: str) -> int | None:
+    """Print one answer line; the exit status once the answer is complete."""
+    if line.startswith("  "):
+        print(line[2:], flush=True)
+    elif line == "OK" or line.startswith("OK "):
+        if line[3:]:
+            print(line[3:], flush=True)
+        return 0
+    elif line.startswith("ERR"):
+        print(f"Error: {line[4:]}", file=sys.stderr)
+        return 1
+    return None

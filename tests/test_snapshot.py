@@ -132,7 +132,10 @@ def _broken(change: dict[str, Any]) -> dict[str, Any]:
         (_broken({"options": KeyError}), "service 'plain' skipped: missing field 'options'"),
         (_broken({"options.target": KeyError}), "service 'plain' skipped: missing field 'target'"),
         (_broken({"options.target.health_check_path": "up"}), "invalid --health-check-path 'up'"),
-        (_broken({"options.target.bogus": 1}), "service 'plain' skipped: "),
+        (
+            _broken({"options.target.bogus": 1}),
+            "service 'plain' skipped: unknown option 'options.target.bogus' in the state file",
+        ),
         (_broken({"options.deploy_timeout": -1}), "--deploy-timeout must be greater than zero"),
         (_broken({"options.deploy_timeout": None}), "service 'plain' skipped: "),
         (_broken({"options.service.hosts": ["a b"]}), 'invalid host "a b"'),
@@ -174,3 +177,44 @@ def test_optional_state_fields_default() -> None:
         "",
         opt.DEFAULT_PAUSE_TIMEOUT,
     )
+
+
+NEWER = (
+    "in the state file (written by a newer kproxy?); start that kproxy again to keep the "
+    "service as it was, or deploy the service again with this version, which drops the entry "
+    "at its next save"
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"options.target.health_check_method": "HEAD"},
+         "unknown option 'options.target.health_check_method'"),
+        ({"options.service.tls": True}, "unknown option 'options.service.tls'"),
+        ({"options.rollout": {"percent": 10}}, "unknown option 'options.rollout'"),
+        ({"options.read_targets": ["r:1"], "options.service.tls": True,
+          "options.target.health_check_method": "HEAD"},
+         "unknown options 'options.read_targets', 'options.service.tls', "
+         "'options.target.health_check_method'"),
+        # Named even when a known option is also bad: the unknown one says why.
+        ({"options.service.tls": True, "options.targets": ["foo bar"]},
+         "unknown option 'options.service.tls'"),
+    ],
+)  # fmt: skip
+def test_an_option_this_version_does_not_know_is_named(
+    change: dict[str, Any], message: str
+) -> None:
+    good = through_json(snapshot.dump(RECORDS))["services"]
+    data = {"version": FORMAT_VERSION, "services": [*good, _broken(change)]}
+    records, errors = snapshot.load(data)
+    assert records == RECORDS
+    assert errors == [f"service 'plain' skipped: {message} {NEWER}"]
+
+
+def test_keys_beside_the_options_are_not_checked() -> None:
+    # The worker channel (worker_protocol.py) sends entries with its own "targets" key.
+    entry = _broken({"targets": [[1, "127.0.0.1:3000", "healthy"]]})
+    records, errors = snapshot.load({"version": FORMAT_VERSION, "services": [entry]})
+    assert errors == []
+    assert records == [RECORDS[1]]

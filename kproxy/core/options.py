@@ -1,6 +1,6 @@
 """Per-service options, set at deploy time, and their validation.
 
-These are the values behind the ``deploy`` flags (see ``commands.py`` for the flag table). The
+These are the values behind the ``deploy`` flags (see ``command_table.py`` for the flag table). The
 same objects are used by the control channel, the state file and embedders, so one
 ``validate()`` guards all three doors.
 """
@@ -14,7 +14,7 @@ from typing import Final
 
 import attrs
 
-from kproxy.core.durations import format_duration
+from kproxy.core.flag_values import format_duration
 from kproxy.core.service_map import normalize_host, normalize_path_prefix
 
 DEFAULT_HTTP_PORT: Final = 80

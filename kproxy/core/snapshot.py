@@ -1,6 +1,12 @@
 """The state file's content: services ⇄ JSON-ready dicts, with a format version.
 
 One service that cannot be restored is reported and skipped; it never takes the others down.
+
+Options a newer kproxy added are refused by name rather than ignored: the format version only
+changes when old files cannot be read, so an additive option arrives under the same version,
+and dropping it could serve the service differently from how it was deployed (other hosts,
+other targets). Keys beside ``options`` in an entry are not checked: the worker channel
+(``worker_protocol.py``) adds its own there.
 """
 
 from __future__ import annotations
@@ -90,6 +96,13 @@ def _load_service(entry: Mapping[str, Any]) -> ServiceRecord:
     if not isinstance(entry, Mapping):
         raise TypeError(f"expected an object, got {type(entry).__name__}")
     options = entry["options"]
+    if unknown := _unknown_options(options):
+        names = ", ".join(repr(name) for name in unknown)
+        raise ValueError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {names} in the state file "
+            "(written by a newer kproxy?); start that kproxy again to keep the service as it was, "
+            "or deploy the service again with this version, which drops the entry at its next save"
+        )
     return ServiceRecord(
         name=validate_service_name(entry["name"]),
         options=DeploymentOptions(
@@ -104,6 +117,24 @@ def _load_service(entry: Mapping[str, Any]) -> ServiceRecord:
         message=str(entry.get("message", "")),
         max_pause=float(entry.get("max_pause", DEFAULT_PAUSE_TIMEOUT)),
     )
+
+
+def _unknown_options(options: object) -> list[str]:
+    """The paths of the keys under ``options`` that these option classes do not have."""
+    unknown: list[str] = []
+    for path, fields, cls in (
+        ("options", options, DeploymentOptions),
+        ("options.service", _get(options, "service"), ServiceOptions),
+        ("options.target", _get(options, "target"), TargetOptions),
+    ):
+        if isinstance(fields, Mapping):
+            known = attrs.fields_dict(cls)
+            unknown += [f"{path}.{key}" for key in fields if key not in known]
+    return unknown
+
+
+def _get(options: object, key: str) -> object:
+    return options.get(key) if isinstance(options, Mapping) else None
 
 
 def _tuples(fields: Mapping[str, Any]) -> dict[str, Any]:

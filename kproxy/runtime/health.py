@@ -9,7 +9,7 @@ import attrs
 import h11
 import trio
 
-from kproxy.core.durations import format_duration
+from kproxy.core.flag_values import format_duration
 from kproxy.runtime.h11_stream import H11Stream
 from kproxy.runtime.pool import describe_connect_error
 from kproxy.runtime.target import Target

@@ -20,7 +20,9 @@ import attrs
 import trio
 
 from kproxy._version import KAMAL_PROXY_COMPAT, __version__
+from kproxy.core import command_parser
 from kproxy.core import commands as cmd
+from kproxy.core.help import help_text
 from kproxy.core.listing import ServiceInfo, json_line, table_lines
 from kproxy.core.options import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -28,7 +30,6 @@ from kproxy.core.options import (
     DeploymentOptions,
     RunOptions,
 )
-from kproxy.core.reference import help_text
 from kproxy.errors import CommandError, KProxyError
 from kproxy.runtime.acceptor import default_max_connections
 from kproxy.runtime.control_server import (
@@ -333,7 +334,7 @@ class Proxy:
     async def execute_words(self, words: tuple[str, ...], progress: Progress) -> str:
         """The control channel's entry: parse, execute, and never let a bug kill the proxy."""
         try:
-            return await self.execute(cmd.parse_command(words), progress)
+            return await self.execute(command_parser.parse_command(words), progress)
         except KProxyError:
             raise
         except Exception as exc:

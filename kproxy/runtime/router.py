@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from kproxy.core import snapshot
-from kproxy.core.durations import format_duration
+from kproxy.core.flag_values import format_duration
 from kproxy.core.listing import ServiceInfo
 from kproxy.core.options import DeploymentOptions
 from kproxy.core.pages import ErrorPages

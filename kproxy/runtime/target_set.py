@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from kproxy.core.balancer import RoundRobin
-from kproxy.core.durations import format_duration
+from kproxy.core.flag_values import format_duration
 from kproxy.core.states import TargetHealth
 from kproxy.runtime.health import CheckResult, check_once
 from kproxy.runtime.log import Logger

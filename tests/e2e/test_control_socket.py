@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from kproxy import KProxyError, Proxy, RunOptions
-from kproxy.core import commands as cmd
+from kproxy.core import command_parser
 from kproxy.runtime.log import Logger
 from tests.helpers import (
     control,
@@ -253,7 +253,7 @@ async def test_unexpected_exceptions_become_internal_errors(
                 patch.setattr(Proxy, "execute", broken_execute)
                 first = await client.command("list")
             with monkeypatch.context() as patch:
-                patch.setattr(cmd, "parse_command", broken_parse)
+                patch.setattr(command_parser, "parse_command", broken_parse)
                 second = await client.command("list")
             third = await client.command("list")
     assert first[0].startswith("ERR internal error: RuntimeError('kaboom')")

@@ -14,7 +14,8 @@ import pytest
 import trio
 
 from kproxy import DeploymentOptions, Proxy, RunOptions, TargetOptions
-from kproxy.core.commands import Run, parse_command
+from kproxy.core.command_parser import parse_command
+from kproxy.core.commands import Run
 from kproxy.errors import UsageError
 from kproxy.runtime.acceptor import default_max_connections
 from kproxy.runtime.h11_stream import H11Stream

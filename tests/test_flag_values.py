@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kproxy.core.durations import format_duration, parse_bool, parse_duration, parse_int
+from kproxy.core.flag_values import format_duration, parse_bool, parse_duration, parse_int
 
 MAX_DURATION_NS = 2**63 - 1
 
