@@ -180,8 +180,9 @@ async def _send(conn: h11.Connection, transport: Transport, *events: h11.Event) 
 
 @attrs.define(eq=False)
 class HttpTarget:
-    """A target that answers every request 200 with ``<name> <path>``, except ``/slow``,
-    which it never answers: it waits for the proxy to close the connection and notes when.
+    """A target that answers every request 200 with ``<name> <path>``, ``/sleep/<seconds>``
+    after that long, except ``/slow``, which it never answers: it waits for the proxy to close
+    the connection and notes when.
     With ``keep_alive`` False it closes each connection after one response, unannounced (as
     a target does with a connection idle past its keep-alive timeout)."""
 
@@ -206,6 +207,8 @@ class HttpTarget:
                         pass
                     self.hung_up.append(trio.current_time())
                     return
+                if path.startswith("/sleep/"):
+                    await trio.sleep(float(path.removeprefix("/sleep/")))
                 body = f"{self.name} {path}".encode()
                 headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
                 response = h11.Response(status_code=200, headers=headers)

@@ -5,7 +5,7 @@ connection, the router's health check is a ``HealthScript`` and its connector a
 ``MemoryNetwork`` of ``HttpTarget`` tasks (tests/memory_transport.py). So a 10 s drain runs in
 milliseconds and the assertions name exact virtual times. Deadlines the server keeps with its
 alarm clock go off within one ``TICK`` after they pass; the rest are exact. The same behaviour
-over real sockets, on the wall clock, is in tests/e2e (test_zero_downtime, test_pause,
+over real sockets, on the wall clock, is in tests/e2e (test_deploy, test_pause,
 test_data_path).
 """
 
@@ -130,6 +130,25 @@ async def test_a_drain_cuts_off_a_request_at_the_drain_timeout_with_a_504(
     assert await client.get("/next") == (200, f"{TWO} /next".encode())
 
 
+async def test_a_drain_lets_a_request_finish_within_the_drain_timeout(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    await rig.router.deploy("web", options(ONE))
+    client, _ = await rig.connect()
+    await client.send_request("/sleep/4")
+    await trio.testing.wait_all_tasks_blocked()
+    began = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.router.deploy, "web", options(TWO, drain_timeout=10))
+        assert await client.receive_response() == (200, f"{ONE} /sleep/4".encode())
+        assert trio.current_time() == began + 4
+    assert trio.current_time() == began + 4  # the deploy's drain ended with the request
+    drained = await rig.records("Target drained")
+    assert [(r["target"], r["cancelled_requests"]) for r in drained] == [(ONE, 0)]
+    assert [line["status"] for line in await rig.records("Request")] == [200]
+    assert await client.get("/next") == (200, f"{TWO} /next".encode())
+
+
 async def test_the_target_timeout_answers_504(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -189,21 +208,39 @@ async def test_resume_releases_a_held_request_at_once(
     assert line["status"] == 200
 
 
+async def test_a_stop_answers_a_held_request_503_at_once(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    await rig.router.deploy("web", options(ONE))
+    await rig.router.pause("web", drain_timeout=30, max_pause=30)
+    client, _ = await rig.connect()
+    await client.send_request("/held")
+    await trio.sleep(2)
+    stopped = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.router.stop, "web", 30, "Back soon")
+        status, body = await client.receive_response()
+        assert trio.current_time() == stopped  # the newest command wins, at once
+    assert status == 503
+    assert b"Back soon" in body
+    assert rig.targets[ONE].requests == []
+
+
 async def test_a_client_that_hangs_up_on_a_slow_target_is_logged_499(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
     await rig.router.deploy("web", options(ONE))
     client, done = await rig.connect()
     await client.send_request("/slow")
+    # A bodiless request's client is looked at every tick while the target keeps it waiting,
+    # from HANGUP_WATCH_DELAY on; the target connection closes when it is seen gone.
+    assert HANGUP_WATCH_DELAY < 1
     await trio.sleep(1)
     hung_up = trio.current_time()
     await client.transport.aclose()
     await done.wait()
-    # A bodiless request's client is looked at every tick while the target keeps it waiting
-    # (from HANGUP_WATCH_DELAY on); the target connection closes when it is seen gone.
     [noticed] = rig.targets[ONE].hung_up
-    assert hung_up < noticed <= hung_up + TICK + 1e-9
-    assert HANGUP_WATCH_DELAY < 1
+    assert hung_up <= noticed <= hung_up + TICK + 1e-9
     [line] = await rig.records("Request")
     assert (line["status"], line["target"]) == (499, ONE)
     assert await rig.records("Proxy error") == []  # a client leaving is the access log's news
