@@ -30,7 +30,7 @@ from kproxy.errors import BadRequestBody, ClientGone
 from kproxy.runtime.alarms import Alarm, AlarmClock
 from kproxy.runtime.exchange import RequestHead, Tunnel
 from kproxy.runtime.socket_io import MAX_PARTS, STREAM_ERRORS
-from kproxy.runtime.transport import SocketTransport
+from kproxy.runtime.transport import Transport
 
 MAX_DISCARD: Final = 256 * 1024  # bytes of unread request body read to keep a connection
 DISCARD_TIMEOUT: Final = 5.0  # seconds allowed for reading them
@@ -47,7 +47,7 @@ JOIN_BELOW: Final = 16 * 1024  # bytes: a response smaller than this is joined t
 class Http1Exchange:
     """One client connection, and the exchange of its current request (see the module doc)."""
 
-    transport: SocketTransport
+    transport: Transport
     max_head_bytes: int
     clock: AlarmClock
     connection_scope: trio.CancelScope  # cancelling it ends the connection

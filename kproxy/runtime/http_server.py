@@ -29,7 +29,7 @@ from kproxy.runtime.pages import error_page
 from kproxy.runtime.pipeline import RequestPipeline
 from kproxy.runtime.router import Router
 from kproxy.runtime.socket_io import STREAM_ERRORS
-from kproxy.runtime.transport import SocketTransport
+from kproxy.runtime.transport import Transport
 
 MAX_HEADER_BYTES: Final = 1024 * 1024  # request line + headers; Go's net/http allows 1 MiB
 # Go counts no header fields (only bytes); Apache allows 100. 500 leaves room for any real
@@ -84,7 +84,7 @@ class HttpServer:
                     self.logger,
                 )
 
-    async def handle_connection(self, transport: SocketTransport) -> None:
+    async def handle_connection(self, transport: Transport) -> None:
         with trio.CancelScope() as scope:
             client = Http1Exchange(
                 transport, self.max_header_bytes, self.clock, scope, scheme=self.scheme

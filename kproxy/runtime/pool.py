@@ -1,9 +1,14 @@
-"""Keep-alive connections to one target, reused last-in first-out."""
+"""Keep-alive connections to one target, reused last-in first-out.
+
+A pool opens its connections with a :data:`Connector`: :func:`open_tcp` (the network)
+unless one is given (tests pass an in-memory one, so the data path runs on trio's MockClock).
+"""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import attrs
@@ -11,8 +16,7 @@ import trio
 
 from kproxy.core.options import Address
 from kproxy.core.upstream_http import ResponseReader
-from kproxy.runtime import socket_io
-from kproxy.runtime.transport import SocketTransport
+from kproxy.runtime.transport import SocketTransport, Transport
 
 MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side uses, so a
 # burst of concurrent requests reuses connections instead of reconnecting each time
@@ -22,12 +26,21 @@ MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side u
 # milliseconds, and a busy proxy would otherwise pay a select(2) per request.
 STALE_CHECK_AFTER: Final = 1.0  # seconds
 
+# Opens a connection to a target; raises OSError when it cannot (refused, unreachable).
+Connector = Callable[[Address], Awaitable[Transport]]
+
+
+async def open_tcp(address: Address) -> Transport:
+    """A TCP connection to ``address`` (its name resolved, each address tried as trio does)."""
+    stream = await trio.open_tcp_stream(address.host, address.port)
+    return SocketTransport.of_stream(stream)
+
 
 @attrs.define(eq=False)
 class UpstreamConnection:
     """One connection to a target; ``reader`` parses the response to the current request."""
 
-    transport: SocketTransport
+    transport: Transport
     reader: ResponseReader = attrs.field(factory=ResponseReader)
     reused: bool = False
     idle_since: float = 0.0
@@ -54,19 +67,11 @@ def describe_connect_error(exc: OSError) -> str:
     return str(cause)
 
 
-def _is_stale(connection: UpstreamConnection) -> bool:
-    """An idle HTTP connection must be silent: readable means EOF, a reset, or stray bytes."""
-    fd = connection.transport.sock.fileno()
-    try:
-        return fd < 0 or socket_io.readable_now(fd)
-    except OSError:
-        return True
-
-
 @attrs.define(eq=False)
 class ConnectionPool:
     address: Address
     max_idle: int = MAX_IDLE_CONNECTIONS
+    connector: Connector = attrs.field(default=open_tcp, kw_only=True)
     _idle: list[UpstreamConnection] = attrs.field(factory=list)
     _closed: bool = False
 
@@ -80,15 +85,16 @@ class ConnectionPool:
         recent = trio.current_time() - STALE_CHECK_AFTER if replayable else math.inf
         while self._idle:
             connection = self._idle.pop()
-            if connection.idle_since > recent or not _is_stale(connection):
+            # An idle HTTP connection must be silent: readable means EOF, a reset, or stray bytes.
+            if connection.idle_since > recent or not connection.transport.readable_now():
                 connection.reused = True
                 return connection
             await connection.aclose()
         return await self.connect()
 
     async def connect(self) -> UpstreamConnection:
-        stream = await trio.open_tcp_stream(self.address.host, self.address.port)
-        return UpstreamConnection(SocketTransport.of_stream(stream))
+        """A new connection (OSError if refused)."""
+        return UpstreamConnection(await self.connector(self.address))
 
     async def release(self, connection: UpstreamConnection) -> None:
         """Back to the pool (the caller knows the last exchange ended cleanly), or closed when

@@ -28,6 +28,7 @@ from kproxy.errors import CommandError, DeployError, DeployTimeout, ServiceNotFo
 from kproxy.runtime.health import check_once
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
+from kproxy.runtime.pool import Connector, open_tcp
 from kproxy.runtime.service import Service
 from kproxy.runtime.state_store import StateStore
 from kproxy.runtime.target import Target
@@ -68,6 +69,7 @@ class Router:
     # Set in the supervisor of ``run --workers N``: the workers serve; this router decides.
     replicas: Replicas | None = attrs.field(default=None, kw_only=True)
     health_check: HealthCheck = attrs.field(default=check_once, kw_only=True)  # tests script it
+    connector: Connector = attrs.field(default=open_tcp, kw_only=True)  # tests: in memory
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -95,7 +97,7 @@ class Router:
                 statuses = ", ".join(map(str, sorted(pages.templates)))
                 statuses = statuses or "no <status>.html files, the built-in pages stay"
                 await progress(f"{name}: error pages from {pages.directory}: {statuses}")
-            new = self.target_set(name, _new_targets(options))
+            new = self.target_set(name, _new_targets(options, self.connector))
             self.logger.info("Deploying", service=name, targets=options.targets)
             try:
                 await self.nursery.start(new.run)  # the health checks begin
@@ -208,7 +210,8 @@ class Router:
                     error=f"routes clash with service {conflict.service}",
                 )
                 continue
-            targets = self.target_set(record.name, _new_targets(record.options, healthy=True))
+            restored = _new_targets(record.options, self.connector, healthy=True)
+            targets = self.target_set(record.name, restored)
             pages = self._restore_pages(record.name, record.options)
             self.cut_over(record.name, record.options, targets, pages)
             self.services[record.name].follow(record.state, record.message, record.max_pause)
@@ -385,9 +388,11 @@ class Router:
         return None
 
 
-def _new_targets(options: DeploymentOptions, *, healthy: bool = False) -> list[Target]:
+def _new_targets(
+    options: DeploymentOptions, connector: Connector, *, healthy: bool = False
+) -> list[Target]:
     """The deploy's targets: checked before they serve, or, restored, serving at once."""
-    targets = [Target(address, options.target) for address in options.addresses]
+    targets = [Target(a, options.target, connector=connector) for a in options.addresses]
     if healthy:
         for target in targets:
             target.set_health(TargetHealth.HEALTHY)

@@ -12,7 +12,7 @@ import trio
 
 from kproxy.core.options import Address, TargetOptions
 from kproxy.core.states import TargetHealth
-from kproxy.runtime.pool import ConnectionPool
+from kproxy.runtime.pool import ConnectionPool, Connector, open_tcp
 
 # Target identities, unique in the process: worker replicas (--workers) name targets by them.
 _serials = itertools.count(1)
@@ -29,10 +29,11 @@ class Target:
     _upgraded: set[trio.CancelScope] = attrs.field(factory=set)
     _idle: trio.Event = attrs.field(factory=trio.Event)
     serial: int = attrs.field(factory=lambda: next(_serials), kw_only=True)
+    connector: Connector = attrs.field(default=open_tcp, kw_only=True)  # tests: in memory
     name: str = attrs.field(init=False)  # host:port, spelled once: every request logs it
 
     def __attrs_post_init__(self) -> None:
-        self.pool = ConnectionPool(self.address)
+        self.pool = ConnectionPool(self.address, connector=self.connector)
         self.name = str(self.address)
         self._idle.set()
 

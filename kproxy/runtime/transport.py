@@ -38,17 +38,31 @@ class Transport(Protocol):
         """All of ``parts`` in order (at most ``socket_io.MAX_PARTS``), without joining them."""
         ...
 
+    def peer(self) -> tuple[str, int]:
+        """The peer's IP address and port ("", 0 when it has none: a Unix socket)."""
+        ...
+
     def peer_gone(self) -> bool:
         """Whether the peer closed or reset the connection, looked at without reading (unread
         bytes, a pipelined request, say no)."""
+        ...
+
+    def readable_now(self) -> bool:
+        """Whether a ``receive`` would not wait: bytes, EOF or an error are pending, looked at
+        without reading (the pool's test of an idle connection: it must be silent)."""
         ...
 
     async def send_eof(self) -> None:
         """Close our sending side; the peer reads EOF and may still send."""
         ...
 
+    def close_nowait(self) -> None:
+        """Close at once, unsent bytes dropped, where awaiting is not possible; safe to call
+        twice."""
+        ...
+
     async def aclose(self) -> None:
-        """Close at once, unsent bytes dropped; safe to call twice."""
+        """``close_nowait`` and a checkpoint; safe to call twice."""
         ...
 
 
@@ -101,6 +115,13 @@ class SocketTransport:
 
     def peer_gone(self) -> bool:
         return socket_io.hung_up(self.sock.fileno())
+
+    def readable_now(self) -> bool:
+        fd = self.sock.fileno()
+        try:
+            return fd < 0 or socket_io.readable_now(fd)  # closed counts: not worth reusing
+        except OSError:
+            return True
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -73,7 +73,8 @@ class Worker(Proxy):
             for seen in view.targets:
                 target = self._live.get(seen.serial)
                 if target is None:
-                    target = Target(parse_target(seen.address), record.options.target)
+                    address = parse_target(seen.address)
+                    target = Target(address, record.options.target, connector=router.connector)
                     target.serial = seen.serial
                 targets.append(target)
                 live[seen.serial] = target
