@@ -31,8 +31,9 @@ class ChallengeTokens:
     def __contains__(self, token: str) -> bool:
         return token in self._answers
 
-    def __len__(self) -> int:
-        return len(self._answers)
+    def pending(self) -> tuple[str, ...]:
+        """The tokens being answered now (for a worker process's copy, say)."""
+        return tuple(self._answers)
 
     def answer(self, target: bytes) -> bytes | None:
         """The body for a request target (path, maybe a query) when it asks for a pending

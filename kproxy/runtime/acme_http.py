@@ -101,7 +101,7 @@ class HttpsClient:
         except trio.TooSlowError:
             raise AcmeTimeout(f"{method} {url}: no answer within {self.timeout:g} s") from None
         except (OSError, ssl.SSLError, trio.BrokenResourceError, h11.ProtocolError) as exc:
-            raise AcmeError(f"{method} {url}: {exc or type(exc).__name__}") from exc
+            raise AcmeError(f"{method} {url}: {_describe(exc)}") from exc
 
     async def _exchange(
         self,
@@ -125,6 +125,17 @@ class HttpsClient:
             return await _read_response(conn, stream)
         finally:
             await trio.aclose_forcefully(stream)
+
+
+def _describe(exc: BaseException) -> str:
+    """The most telling message: trio's BrokenResourceError has none of its own (the TLS
+    error is its cause), and a failed connect names each address tried in its cause."""
+    cause = exc.__cause__
+    if isinstance(exc, trio.BrokenResourceError) and cause is not None:
+        return _describe(cause)
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        return f"{exc}: {'; '.join(str(e) for e in cause.exceptions)}"
+    return str(exc) or type(exc).__name__
 
 
 async def _read_response(conn: h11.Connection, stream: trio.abc.Stream) -> HttpsResponse:

@@ -125,7 +125,7 @@ async def test_obtain_a_certificate_with_http01(
     hosts = {host for host, target in server.requests}
     assert hosts == {f"{n}:{pebble.http_port}".encode() for n in names}
     assert all(t.startswith(b"/.well-known/acme-challenge/") for _, t in server.requests)
-    assert len(tokens) == 0  # answered tokens are withdrawn
+    assert tokens.pending() == ()  # answered tokens are withdrawn
 
 
 async def test_the_account_is_created_once_and_found_again_after_a_restart(
@@ -170,7 +170,7 @@ async def test_a_name_the_va_cannot_validate_surfaces_its_problem(
         await _client(pebble, tokens).obtain(["typo.example.com"])
     assert caught.value.short_type == "unauthorized"
     assert "404" in caught.value.detail
-    assert len(tokens) == 0  # withdrawn even on failure
+    assert tokens.pending() == ()  # withdrawn even on failure
 
 
 async def test_renewal_information_is_absent_when_the_ca_offers_none(
