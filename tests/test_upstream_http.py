@@ -25,6 +25,7 @@ from kproxy.core.upstream_http import (
     encode_chunk,
     encode_request_head,
 )
+from kproxy.errors import ProtocolError
 
 Header = tuple[bytes, bytes]
 AT_ONCE = 1 << 30
@@ -969,6 +970,12 @@ def test_longest_chunk_line_is_accepted(step: int) -> None:
     assert len(line) == MAX_CHUNK_LINE
     events, _ = drive(chunked(line + b"\r\nhello\r\n0\r\n\r\n"), step)
     assert summary(events) == [200, b"hello", END]
+
+
+def test_a_bad_response_is_a_protocol_error() -> None:
+    """BadResponse belongs to kproxy.errors' ProtocolError family."""
+    with pytest.raises(ProtocolError, match="invalid chunk size line"):
+        drive(chunked(b"zz\r\n"))
 
 
 def test_body_bytes_before_a_break_are_delivered() -> None:

@@ -8,6 +8,7 @@ from kproxy.core import snapshot
 from kproxy.core import worker_protocol as wp
 from kproxy.core.options import DeploymentOptions, ServiceOptions
 from kproxy.core.states import ServiceState, TargetHealth
+from kproxy.errors import KProxyError, ProtocolError
 
 
 @pytest.mark.parametrize(
@@ -44,6 +45,14 @@ def test_what_is_not_a_message_raises(line: bytes) -> None:
     reader = wp.MessageReader()
     reader.receive_data(line)
     with pytest.raises(wp.ChannelError):
+        reader.next_message()
+
+
+@pytest.mark.parametrize("caught", [ProtocolError, KProxyError, ValueError])
+def test_a_channel_error_is_kproxys_and_still_a_value_error(caught: type[Exception]) -> None:
+    reader = wp.MessageReader()
+    reader.receive_data(b"[]\n")
+    with pytest.raises(caught, match="a message is an object"):
         reader.next_message()
 
 

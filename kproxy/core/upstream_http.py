@@ -35,6 +35,7 @@ from kproxy.core.framing import (
     list_elements,
 )
 from kproxy.core.headers import connection_tokens
+from kproxy.errors import ProtocolError
 
 Header: TypeAlias = tuple[bytes, bytes]
 
@@ -52,7 +53,7 @@ _CRLF_HEAD: Final = re.compile(_STATUS_LINE.pattern + rb"\r\n(" + _FIELD_LINES.p
 _NO_BODY_STATUSES: Final = frozenset({204, 304})  # and every 1xx (RFC 9110 §6.4.1)
 
 
-class BadResponse(Exception):
+class BadResponse(ProtocolError):
     """The target's bytes are not a well-framed HTTP/1.1 response."""
 
 
