@@ -11,7 +11,6 @@ from kproxy.core.framing import (
     ChunkedBody,
     Reject,
     check_head,
-    find_head_end,
     framing_headers,
 )
 
@@ -22,41 +21,6 @@ def head(*lines: bytes, request_line: bytes = b"POST / HTTP/1.1") -> bytes:
 
 def verdict(data: bytes, max_headers: int = 100) -> Accept | Reject:
     return check_head(data, max_headers=max_headers)
-
-
-# --- find_head_end: where h11 ends a head -------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("buffer", "end"),
-    [
-        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest", 27),
-        (b"GET / HTTP/1.1\nHost: a\n\nrest", 24),
-        (b"GET / HTTP/1.1\r\nHost: a\n\r\nrest", 26),
-        (b"GET / HTTP/1.1\r\nHost: a\r\n", None),
-        (b"GET / HTTP/1.1\r\nHost: a\r\n\r", None),
-        (b"\r\nGET / HTTP/1.1\r\n\r\n", 2),  # a leading empty line is a (bad) head of its own
-        (b"\nGET", 1),
-        (b"", None),
-    ],
-)
-def test_find_head_end(buffer: bytes, end: int | None) -> None:
-    assert find_head_end(buffer) == end
-
-
-def test_find_head_end_agrees_with_h11_when_searched_piecewise() -> None:
-    data = b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\nGET /next HTTP/1.1\r\n\r\n"
-    searched, end = 0, None
-    for size in range(1, len(data) + 1):
-        end = find_head_end(data[:size], searched)
-        if end is not None:
-            break
-        searched = size
-    conn = h11.Connection(h11.SERVER)
-    conn.receive_data(data)
-    assert isinstance(conn.next_event(), h11.Request)
-    assert end == len(data) - len(conn.trailing_data[0])  # h11 took the same bytes
-    assert conn.trailing_data[0].startswith(b"GET /next")
 
 
 # --- check_head: accepted heads and their framing -----------------------------------------------

@@ -26,6 +26,9 @@ where h11 is lenient:
   lines over :data:`MAX_CHUNK_LINE`, more framing than data (Go's "too much non-data"), and a
   bare LF in chunk framing or trailers (h11 waits for a CRLF that may never come).
 
+The grammar shared with the response side (field lines, Content-Length) lives in ``http1``;
+this module applies it to requests.
+
 Transfer codings other than ``chunked`` are answered 501 (RFC 9112 §6.1's SHOULD, and what
 Go and h11 answer); every other violation is 400, or 431 for too many header fields.
 """
@@ -39,9 +42,21 @@ from typing import Final, TypeAlias
 
 import attrs
 
+from kproxy.core.http1 import (
+    FIELD_LINES,
+    FRAMING_FIELDS,
+    OWS,
+    TOKEN,
+    TOKEN_RE,
+    content_length,
+    list_elements,
+    parse_field_line,
+)
+from kproxy.core.http1 import find_head_end as find_head_end  # re-exported for the runtime
+from kproxy.errors import ProtocolError
+
 Header: TypeAlias = tuple[bytes, bytes]
 
-MAX_CONTENT_LENGTH: Final = (1 << 63) - 1  # bytes; Go's parseContentLength refuses more
 MAX_CHUNK_SIZE: Final = (1 << 63) - 1  # bytes; Go's parseHexUint stops at 16 hex digits
 MAX_CHUNK_LINE: Final = 4096  # bytes of chunk-size line, as Go's chunked reader (maxLineLength)
 MAX_TRAILER_BYTES: Final = 64 * 1024  # bytes of trailer section; trailers are dropped anyway
@@ -50,29 +65,17 @@ MAX_TRAILER_BYTES: Final = 64 * 1024  # bytes of trailer section; trailers are d
 CHUNK_OVERHEAD_ALLOWANCE: Final = 16  # bytes per chunk
 MAX_EXCESS_FRAMING: Final = 16 * 1024  # bytes
 
-# RFC 9110 §5.6.2 token; §5.5 field-content (VCHAR / obs-text, with SP / HTAB inside).
-_TOKEN: Final = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-TOKEN_RE: Final = re.compile(_TOKEN)
-_FIELD_VALUE: Final = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
 # RFC 9112 §3: method SP request-target SP HTTP-version; h11's request-target is VCHARs only.
-_REQUEST_LINE: Final = re.compile(_TOKEN + rb" ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+_REQUEST_LINE: Final = re.compile(TOKEN + rb" ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
 _QUOTED_STRING: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 # RFC 9112 §7.1.1: chunk-size [ chunk-ext ] CRLF, with
 # chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ). h11 wants the first
 # ";" right after the size, and both h11 and Go allow whitespace before the CRLF.
 CHUNK_LINE: Final = re.compile(
     rb"([0-9A-Fa-f]{1,16})"
-    rb"(?:;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb"))?"
+    rb"(?:;[ \t]*" + TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + TOKEN + rb"|" + _QUOTED_STRING + rb"))?"
     rb"[ \t]*)*"
 )
-# The field lines of a usual head all at once, each ``token ":" OWS field-value OWS CRLF``:
-# one C-level match instead of two per line; a head that fails it is judged line by line.
-_FIELD_LINES: Final = re.compile(
-    rb"(?:" + _TOKEN + rb":[ \t]*" + _FIELD_VALUE.pattern + rb"[ \t]*\r\n)*"
-)
-_BLANK_LINE: Final = re.compile(rb"\n\r?\n")  # where h11 ends a head (h11/_receivebuffer.py)
-_OWS: Final = b" \t"
-_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 
 @attrs.frozen
@@ -98,26 +101,6 @@ class Reject:
 Verdict: TypeAlias = Accept | Reject
 
 
-def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int | None:
-    """The offset just past the blank line that ends a request head, found as h11 finds it.
-
-    Args:
-      buffer: bytes received since the previous request ended.
-      start: where a previous search of the same buffer stopped (its length then), so a head
-        that trickles in is not searched from the beginning each time.
-
-    Returns:
-      The head's length, or None while the head is incomplete. A buffer that starts with an
-      empty line is a (malformed) head of that one line, as in h11.
-    """
-    if buffer[:1] == b"\n":
-        return 1
-    if buffer[:2] == b"\r\n":
-        return 2
-    match = _BLANK_LINE.search(buffer, max(0, start - 2))
-    return match.end() if match is not None else None
-
-
 def _split_lines(head: bytes) -> list[bytes]:
     """Lines without their LF or CRLF (the final empty line dropped), as h11 splits a head."""
     lines = head.split(b"\n")
@@ -127,23 +110,6 @@ def _split_lines(head: bytes) -> list[bytes]:
     if lines and lines[-1] in (b"", b"\r"):
         del lines[-1]
     return [line[:-1] if line.endswith(b"\r") else line for line in lines]
-
-
-def check_field_line(line: bytes) -> Reject | Header:
-    """One ``name: value`` line of a head or trailer section, with the value stripped."""
-    if line[:1] in (b" ", b"\t"):
-        return Reject(400, "obsolete line folding")
-    if b"\r" in line:
-        return Reject(400, "bare CR in a header line")
-    name, colon, value = line.partition(b":")
-    if not colon:
-        return Reject(400, f"header line without a colon: {line[:40]!r}")
-    if not TOKEN_RE.fullmatch(name):
-        return Reject(400, f"invalid header name {name[:40]!r}")
-    value = value.strip(_OWS)
-    if not _FIELD_VALUE.fullmatch(value):
-        return Reject(400, f"invalid byte in the value of header {name.decode('ascii')}")
-    return name.lower(), value
 
 
 def check_head(head: bytes, *, max_headers: int) -> Verdict:
@@ -161,7 +127,7 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
     usual = (
         head.endswith(b"\r\n\r\n")
         and head.count(b"\n") == head.count(b"\r\n")  # CRLF line ends only
-        and _FIELD_LINES.fullmatch(fields, 0, len(fields) - 2) is not None
+        and FIELD_LINES.fullmatch(fields, 0, len(fields) - 2) is not None
     )
     if usual:
         field_lines = fields.split(b"\r\n")[:-2]
@@ -184,12 +150,13 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
     for line in field_lines:
         if usual:
             name, _, value = line.partition(b":")
-            field = name.lower(), value.strip(_OWS)
-        elif isinstance(checked := check_field_line(line), Reject):
-            return checked
+            field = name.lower(), value.strip(OWS)
         else:
-            field = checked
-        if b"_" in field[0] and field[0].replace(b"_", b"-") in _FRAMING_FIELDS:
+            try:
+                field = parse_field_line(line)
+            except ProtocolError as exc:
+                return Reject(400, str(exc))
+        if b"_" in field[0] and field[0].replace(b"_", b"-") in FRAMING_FIELDS:
             return Reject(400, f"header {field[0].decode('ascii')} looks like a framing field")
         headers.append(field)
     return _body_framing(headers, version)
@@ -211,21 +178,11 @@ def _body_framing(headers: list[Header], version: tuple[int, int]) -> Verdict:
             return Reject(501, "unsupported Transfer-Encoding (only chunked is)")
         return Accept(chunked=True)
     if content_lengths:
-        values = list_elements(content_lengths)
-        if not all(v.isdigit() for v in values):  # bytes.isdigit: ASCII digits only
-            return Reject(400, "malformed Content-Length")
-        if len(set(values)) != 1:
-            return Reject(400, "conflicting Content-Length values")
-        digits = values[0].lstrip(b"0") or b"0"
-        if len(digits) > 19 or int(digits) > MAX_CONTENT_LENGTH:  # checked before int(): cheap
-            return Reject(400, "Content-Length too large")
-        return Accept(content_length=int(digits))
+        try:
+            return Accept(content_length=content_length(content_lengths))
+        except ProtocolError as exc:
+            return Reject(400, str(exc))
     return Accept()
-
-
-def list_elements(values: Iterable[bytes]) -> list[bytes]:
-    """The elements of a comma-separated list field given in one or more lines."""
-    return [element.strip(_OWS) for value in values for element in value.split(b",")]
 
 
 def framing_headers(headers: Iterable[Header]) -> list[Header]:
@@ -238,13 +195,14 @@ def framing_headers(headers: Iterable[Header]) -> list[Header]:
       ``[(b"transfer-encoding", b"chunked")]``, ``[(b"content-length", b"<decimal>")]`` (no
       leading zeros, one value) or ``[]``; the caller drops the client's own framing fields.
     """
-    length: bytes | None = None
+    lengths: list[bytes] = []
     for name, value in headers:
-        if name.lower() == b"transfer-encoding":
+        lower = name.lower()
+        if lower == b"transfer-encoding":
             return [(b"transfer-encoding", b"chunked")]
-        if name.lower() == b"content-length":
-            length = str(int(value.partition(b",")[0].strip(_OWS))).encode()
-    return [] if length is None else [(b"content-length", length)]
+        if lower == b"content-length":
+            lengths.append(value)
+    return [(b"content-length", b"%d" % content_length(lengths))] if lengths else []
 
 
 class _ChunkState(enum.Enum):
@@ -328,7 +286,7 @@ class ChunkedBody:
             return self._trailer_line(content)
         if len(content) > self.max_line:
             return Reject(400, "chunk size line too long")
-        match = CHUNK_LINE.fullmatch(content.rstrip(_OWS))
+        match = CHUNK_LINE.fullmatch(content.rstrip(OWS))
         if match is None:
             return Reject(400, f"invalid chunk size line {content[:40]!r}")
         size = int(match[1], 16)
@@ -350,5 +308,8 @@ class ChunkedBody:
         self._trailer_bytes += len(content) + 2
         if self._trailer_bytes > self.max_trailer_bytes:
             return Reject(400, "trailer section too large")
-        field = check_field_line(content)
-        return field if isinstance(field, Reject) else None
+        try:
+            parse_field_line(content)
+        except ProtocolError as exc:
+            return Reject(400, str(exc))
+        return None
