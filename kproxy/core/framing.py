@@ -21,13 +21,11 @@ where h11 is lenient:
 - a field named like a framing field but for case and ``_`` (``Transfer_Encoding``):
   servers that map names to CGI-style variables (Rack, hence Puma before 6.4.3) read it as
   the real one while kproxy does not;
-- chunk sizes of 2^63 or more (h11 reads up to 20 hex digits), chunk extensions outside the
-  RFC 9112 §7.1.1 grammar (h11 takes any byte after ``;``, bare CR and NUL included), chunk
-  lines over :data:`MAX_CHUNK_LINE`, more framing than data (Go's "too much non-data"), and a
-  bare LF in chunk framing or trailers (h11 waits for a CRLF that may never come).
+- a chunked body that breaks the rules of ``chunked`` (sizes, extensions, line lengths,
+  framing without data, bare LF), checked by :class:`ChunkedBody`.
 
-The grammar shared with the response side (field lines, Content-Length) lives in ``http1``;
-this module applies it to requests.
+The grammar itself (field lines, Content-Length, chunked coding) is shared with the response
+side and lives in ``http1`` and ``chunked``; this module applies it to requests.
 
 Transfer codings other than ``chunked`` are answered 501 (RFC 9112 §6.1's SHOULD, and what
 Go and h11 answer); every other violation is 400, or 431 for too many header fields.
@@ -35,13 +33,13 @@ Go and h11 answer); every other violation is 400, or 431 for too many header fie
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Iterable
 from typing import Final, TypeAlias
 
 import attrs
 
+from kproxy.core.chunked import ChunkedDecoder
 from kproxy.core.http1 import (
     FIELD_LINES,
     FRAMING_FIELDS,
@@ -57,25 +55,8 @@ from kproxy.errors import ProtocolError
 
 Header: TypeAlias = tuple[bytes, bytes]
 
-MAX_CHUNK_SIZE: Final = (1 << 63) - 1  # bytes; Go's parseHexUint stops at 16 hex digits
-MAX_CHUNK_LINE: Final = 4096  # bytes of chunk-size line, as Go's chunked reader (maxLineLength)
-MAX_TRAILER_BYTES: Final = 64 * 1024  # bytes of trailer section; trailers are dropped anyway
-# Go's chunked reader allows 16 bytes of framing per chunk plus twice the chunk's data, and
-# fails once the framing beyond that passes 16 KiB (net/http/internal/chunked.go).
-CHUNK_OVERHEAD_ALLOWANCE: Final = 16  # bytes per chunk
-MAX_EXCESS_FRAMING: Final = 16 * 1024  # bytes
-
 # RFC 9112 §3: method SP request-target SP HTTP-version; h11's request-target is VCHARs only.
 _REQUEST_LINE: Final = re.compile(TOKEN + rb" ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
-_QUOTED_STRING: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
-# RFC 9112 §7.1.1: chunk-size [ chunk-ext ] CRLF, with
-# chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ). h11 wants the first
-# ";" right after the size, and both h11 and Go allow whitespace before the CRLF.
-CHUNK_LINE: Final = re.compile(
-    rb"([0-9A-Fa-f]{1,16})"
-    rb"(?:;[ \t]*" + TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + TOKEN + rb"|" + _QUOTED_STRING + rb"))?"
-    rb"[ \t]*)*"
-)
 
 
 @attrs.frozen
@@ -205,111 +186,27 @@ def framing_headers(headers: Iterable[Header]) -> list[Header]:
     return [(b"content-length", b"%d" % content_length(lengths))] if lengths else []
 
 
-class _ChunkState(enum.Enum):
-    SIZE_LINE = enum.auto()  # reading "<hex>[;ext]\r\n"
-    DATA = enum.auto()  # skipping chunk data
-    DATA_END = enum.auto()  # expecting the CRLF after the data
-    TRAILERS = enum.auto()  # reading trailer lines up to an empty one
-    DONE = enum.auto()
-
-
 @attrs.define
-class ChunkedBody:
-    """Checks a chunked request body as its bytes arrive, before h11 reads them.
+class ChunkedBody(ChunkedDecoder):
+    """Checks a chunked request body as its bytes arrive, before h11 reads them (h11 decodes
+    it; the checks are :class:`~kproxy.core.chunked.ChunkedDecoder`'s).
 
     Feed every byte after the head, in order, until ``done``; bytes after the body (a pipelined
     request) are left alone. A rejection is final: later calls return it again.
     """
 
-    max_line: int = MAX_CHUNK_LINE
-    max_trailer_bytes: int = MAX_TRAILER_BYTES
     consumed: int = 0  # body bytes seen so far; the body's length once done
     rejected: Reject | None = None
-    _state: _ChunkState = _ChunkState.SIZE_LINE
-    _line: bytearray = attrs.field(factory=bytearray)
-    _remaining: int = 0  # data bytes left in this chunk, or CRLF bytes left after it
-    _excess: int = 0  # framing bytes the data has not paid for
-    _trailer_bytes: int = 0
-
-    @property
-    def done(self) -> bool:
-        return self._state is _ChunkState.DONE
 
     def feed(self, data: bytes | bytearray) -> Reject | None:
         """Check the next bytes; returns a Reject once the body is malformed, else None."""
         if self.rejected is None and not self.done:
-            self.rejected = self._feed(data)
-        return self.rejected
-
-    def _feed(self, data: bytes | bytearray) -> Reject | None:
-        i, n = 0, len(data)
-        while i < n and self._state is not _ChunkState.DONE:
-            if self._state is _ChunkState.DATA:
-                take = min(self._remaining, n - i)
-                i += take
-                self._remaining -= take
-                if not self._remaining:
-                    self._state, self._remaining = _ChunkState.DATA_END, 2
-            elif self._state is _ChunkState.DATA_END:
-                if data[i] != b"\r\n"[2 - self._remaining]:
-                    return Reject(400, "chunk data not followed by CRLF")
-                i += 1
-                self._remaining -= 1
-                if not self._remaining:
-                    self._state = _ChunkState.SIZE_LINE
+            i, n = 0, len(data)
+            try:
+                while i < n and not self.done:
+                    _, i = self.next_data(data, i)  # the data itself is h11's to read
+            except ProtocolError as exc:
+                self.rejected = Reject(400, str(exc))
             else:
-                end = data.find(b"\n", i)
-                stop = n if end < 0 else end + 1
-                self._line += data[i:stop]
-                i = stop
-                reject = self._check_partial_line() if end < 0 else self._end_line()
-                if reject is not None:
-                    return reject
-        self.consumed += i
-        return None
-
-    def _check_partial_line(self) -> Reject | None:
-        if self._state is _ChunkState.TRAILERS:
-            if self._trailer_bytes + len(self._line) > self.max_trailer_bytes:
-                return Reject(400, "trailer section too large")
-        elif len(self._line) > self.max_line + 2:
-            return Reject(400, "chunk size line too long")
-        return None
-
-    def _end_line(self) -> Reject | None:
-        line = bytes(self._line)
-        self._line.clear()
-        if not line.endswith(b"\r\n"):
-            return Reject(400, "bare LF in chunked framing")
-        content = line[:-2]
-        if self._state is _ChunkState.TRAILERS:
-            return self._trailer_line(content)
-        if len(content) > self.max_line:
-            return Reject(400, "chunk size line too long")
-        match = CHUNK_LINE.fullmatch(content.rstrip(OWS))
-        if match is None:
-            return Reject(400, f"invalid chunk size line {content[:40]!r}")
-        size = int(match[1], 16)
-        if size > MAX_CHUNK_SIZE:
-            return Reject(400, "chunk size too large")
-        self._excess = max(0, self._excess + len(line) - CHUNK_OVERHEAD_ALLOWANCE - 2 * size)
-        if self._excess > MAX_EXCESS_FRAMING:
-            return Reject(400, "chunked body has too much framing for its data")
-        if size == 0:
-            self._state = _ChunkState.TRAILERS
-        else:
-            self._state, self._remaining = _ChunkState.DATA, size
-        return None
-
-    def _trailer_line(self, content: bytes) -> Reject | None:
-        if not content:
-            self._state = _ChunkState.DONE
-            return None
-        self._trailer_bytes += len(content) + 2
-        if self._trailer_bytes > self.max_trailer_bytes:
-            return Reject(400, "trailer section too large")
-        try:
-            parse_field_line(content)
-        except ProtocolError as exc:
-            return Reject(400, str(exc))
-        return None
+                self.consumed += i
+        return self.rejected

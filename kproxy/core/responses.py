@@ -16,9 +16,10 @@ from typing import TypeAlias
 
 import attrs
 
+from kproxy.core.chunked import LAST_CHUNK, encode_chunk
 from kproxy.core.headers import connection_tokens
 from kproxy.core.http1 import FRAMING_FIELDS, NO_BODY_STATUSES, encode_head, length_value
-from kproxy.core.upstream_http import LAST_CHUNK, Framing, encode_chunk
+from kproxy.core.upstream_http import Framing
 
 Header: TypeAlias = tuple[bytes, bytes]
 

@@ -2,7 +2,7 @@
 
 The request side needs no parser: every field kproxy sends was either checked on the way in
 (``framing`` and h11 on the client side) or made by kproxy itself, so the head is written as
-is (:func:`encode_request_head`, :func:`encode_chunk`).
+is (:func:`encode_request_head`; the body with ``chunked.encode_chunk``).
 
 The response side is :class:`ResponseReader`, shaped like h11's ``Connection``:
 ``feed(data)`` (``b""`` for EOF), then ``next_event()``, which returns a :class:`ResponseHead`,
@@ -10,9 +10,9 @@ body bytes, :data:`END`, or :data:`NEED_DATA`. Each head is parsed once, and the
 delimited by the framing it declared (RFC 9112 §6.3: none, Content-Length, chunked, or until
 close). A target that breaks its framing raises :class:`BadResponse`, so a response cut short
 never passes for a complete one. What the target sends is held to the same grammar the client
-side holds requests to (``http1``, and ``framing`` for chunked bodies), and a response whose
-framing the proxy could not relay faithfully (a transfer coding other than chunked,
-conflicting lengths) is refused, as h11 refuses it.
+side holds requests to (``http1`` for heads and Content-Length, ``chunked`` for chunked
+bodies), and a response whose framing the proxy could not relay faithfully (a transfer coding
+other than chunked, conflicting lengths) is refused, as h11 refuses it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from typing import Final, TypeAlias
 
 import attrs
 
-from kproxy.core.framing import CHUNK_LINE, MAX_CHUNK_LINE, MAX_CHUNK_SIZE, MAX_TRAILER_BYTES
+from kproxy.core.chunked import LAST_CHUNK as LAST_CHUNK  # re-exported: the runtime imports
+from kproxy.core.chunked import ChunkedDecoder
+from kproxy.core.chunked import encode_chunk as encode_chunk  # them from here
 from kproxy.core.headers import connection_tokens
 from kproxy.core.http1 import (
     FIELD_LINES,
@@ -43,7 +45,6 @@ from kproxy.errors import ProtocolError
 Header: TypeAlias = tuple[bytes, bytes]
 
 MAX_HEAD_BYTES: Final = 1024 * 1024  # status line + headers; as much as kproxy takes from clients
-LAST_CHUNK: Final = b"0\r\n\r\n"
 
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: (" + FIELD_TEXT + rb"))?")
 # Both at once, for a head with CRLF line ends throughout (what servers send): one match
@@ -115,18 +116,10 @@ def encode_request_head(method: bytes, target: bytes, headers: Iterable[Header])
     return encode_head([method, b" ", target, b" HTTP/1.1\r\n"], headers)
 
 
-def encode_chunk(data: bytes) -> bytes:
-    """One chunk of a chunked body (empty data encodes nothing: it would end the body)."""
-    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
-
-
 class _Body(enum.Enum):
     HEAD = enum.auto()  # reading a head (the first, or the next after a 1xx)
     LENGTH = enum.auto()
-    CHUNK_LINE = enum.auto()
-    CHUNK_DATA = enum.auto()
-    CHUNK_END = enum.auto()  # the CRLF after a chunk's data
-    TRAILERS = enum.auto()
+    CHUNKED = enum.auto()
     CLOSE = enum.auto()
     DONE = enum.auto()
 
@@ -134,13 +127,11 @@ class _Body(enum.Enum):
 # Python 3.11 finds an Enum member through a descriptor (about 70 ns, where a global takes 10),
 # and the reader compares its state a few times per event: it uses these names instead.
 _HEAD, _LENGTH, _CLOSE, _DONE = _Body.HEAD, _Body.LENGTH, _Body.CLOSE, _Body.DONE
-_CHUNK_LINE, _CHUNK_DATA, _CHUNK_END = _Body.CHUNK_LINE, _Body.CHUNK_DATA, _Body.CHUNK_END
-_TRAILERS = _Body.TRAILERS
 
 _BODY_STATES: Final = {
     Framing.NONE: _DONE,
     Framing.LENGTH: _LENGTH,
-    Framing.CHUNKED: _CHUNK_LINE,
+    Framing.CHUNKED: _Body.CHUNKED,
     Framing.CLOSE: _CLOSE,
 }
 
@@ -155,9 +146,9 @@ class ResponseReader:
     eof: bool = False
     _buffer: bytearray = attrs.field(factory=bytearray)
     _state: _Body = _Body.HEAD
-    _remaining: int = 0  # body bytes left (LENGTH), chunk bytes left, or CRLF bytes left
+    _remaining: int = 0  # body bytes left (LENGTH)
     _searched: int = 0  # how far the buffer was searched for a head's end
-    _trailer_bytes: int = 0
+    _chunks: ChunkedDecoder | None = None  # the body's, when it is chunked
 
     @property
     def done(self) -> bool:
@@ -238,6 +229,9 @@ class ResponseReader:
             return head  # the state stays HEAD: the final response follows
         self._state = _BODY_STATES[head.framing]
         self._remaining = head.length
+        if head.framing is Framing.CHUNKED:
+            # Responses never had Go's limit on framing without data (see ChunkedDecoder).
+            self._chunks = ChunkedDecoder(max_excess_framing=None)
         return head
 
     def _parse_head(self, head: bytes) -> ResponseHead:
@@ -293,69 +287,27 @@ class ResponseReader:
         return ResponseHead(status, reason or b"", headers, framing, length, keep_alive)
 
     def _read_chunked(self) -> Event:
-        while True:
-            state, buffer = self._state, self._buffer
-            if state is _CHUNK_DATA:
-                if not buffer:
-                    break
-                data = self._take(min(self._remaining, len(buffer)))
-                self._remaining -= len(data)
-                if not self._remaining:
-                    self._state, self._remaining = _CHUNK_END, 2
-                return data
-            if state is _CHUNK_END:
-                if not buffer:
-                    break
-                if buffer[0] != b"\r\n"[2 - self._remaining]:
-                    raise BadResponse("chunk data not followed by CRLF")
-                del buffer[:1]
-                self._remaining -= 1
-                if not self._remaining:
-                    self._state = _CHUNK_LINE
-                continue
-            if state is _DONE:
-                return END
-            line_end = buffer.find(b"\n")
-            if line_end < 0:
-                limit = (
-                    MAX_TRAILER_BYTES - self._trailer_bytes
-                    if state is _TRAILERS
-                    else MAX_CHUNK_LINE + 2
-                )
-                if len(buffer) > limit:
-                    raise BadResponse("chunk size line or trailer section too long")
-                break
-            line = self._take(line_end + 1)
-            if not line.endswith(b"\r\n"):
-                raise BadResponse("bare LF in chunked framing")
-            self._chunk_line(line[:-2])
+        buffer, chunks = self._buffer, self._chunks
+        assert chunks is not None  # set with the state
+        try:
+            begin, end = chunks.next_data(buffer)
+        except ProtocolError as exc:
+            raise BadResponse(str(exc)) from None
+        if begin < end:
+            if end == len(buffer) and not begin:
+                data = bytes(buffer)
+                buffer.clear()
+            else:
+                data = bytes(buffer[begin:end])
+                del buffer[:end]
+            return data
+        del buffer[:end]
+        if chunks.done:
+            self._state = _DONE
+            return END
         if self.eof:
             raise BadResponse("connection closed in the middle of a chunked body")
         return NEED_DATA
-
-    def _chunk_line(self, content: bytes) -> None:
-        if self._state is _TRAILERS:  # trailers are checked, then dropped
-            if not content:
-                self._state = _DONE
-                return
-            self._trailer_bytes += len(content) + 2
-            if self._trailer_bytes > MAX_TRAILER_BYTES:
-                raise BadResponse("trailer section too large")
-            try:
-                parse_field_line(content)
-            except ProtocolError as exc:
-                raise BadResponse(f"malformed trailer: {exc}") from None
-            return
-        match = CHUNK_LINE.fullmatch(content.rstrip(OWS))
-        if match is None or len(content) > MAX_CHUNK_LINE:
-            raise BadResponse(f"invalid chunk size line {content[:40]!r}")
-        size = int(match[1], 16)
-        if size > MAX_CHUNK_SIZE:
-            raise BadResponse("chunk size too large")
-        if size == 0:
-            self._state = _TRAILERS
-        else:
-            self._state, self._remaining = _CHUNK_DATA, size
 
 
 def _split_head(head: bytes) -> tuple[int, int, bytes | None, bytes]:
