@@ -175,6 +175,9 @@ def framing_headers(headers: Iterable[Header]) -> list[Header]:
     Returns:
       ``[(b"transfer-encoding", b"chunked")]``, ``[(b"content-length", b"<decimal>")]`` (no
       leading zeros, one value) or ``[]``; the caller drops the client's own framing fields.
+
+    Raises:
+      ProtocolError: a Content-Length that :func:`check_head` would not have accepted.
     """
     lengths: list[bytes] = []
     for name, value in headers:
