@@ -4,7 +4,11 @@ Every error kproxy raises on purpose derives from :class:`KProxyError`. Three fa
 at the edges: :class:`CommandError` becomes an ``ERR <message>`` line on the control channel
 (and exit status 1 in the CLI); :class:`UpstreamError` becomes an HTTP status for the client
 (``status_hint``), and :class:`ExchangeError` says how an exchange ended early on the client's
-side; ``kproxy.core.relay_rules.status_for`` turns either into the status, in one place.
+side; ``kproxy.core.relay_rules.status_for`` turns either into the status, in one place. A
+fourth stays inside: :class:`ProtocolError`, raised by the sans-IO readers when a peer's bytes
+break the protocol, which the runtime turns into one of the others (or a 400) where it knows
+who the peer is. Its members elsewhere: ``kproxy.core.upstream_http.BadResponse`` (a target's
+response) and ``kproxy.core.worker_protocol.ChannelError`` (the worker channel).
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ class ServiceNotFound(CommandError):
 
 class StateError(KProxyError):
     """The state file cannot be read or written."""
+
+
+class ProtocolError(KProxyError):
+    """A peer's bytes break the protocol spoken with it (HTTP/1.1 framing, the worker channel);
+    the message says how."""
 
 
 class UpstreamError(KProxyError):

@@ -9,11 +9,10 @@ from __future__ import annotations
 import h11
 import pytest
 
-from kproxy.core.framing import MAX_CHUNK_LINE, MAX_TRAILER_BYTES
+from kproxy.core.chunked import LAST_CHUNK, MAX_CHUNK_LINE, MAX_TRAILER_BYTES, encode_chunk
 from kproxy.core.upstream_http import (
     CLOSED,
     END,
-    LAST_CHUNK,
     MAX_HEAD_BYTES,
     NEED_DATA,
     BadResponse,
@@ -22,9 +21,9 @@ from kproxy.core.upstream_http import (
     ResponseHead,
     ResponseReader,
     UpstreamRequest,
-    encode_chunk,
     encode_request_head,
 )
+from kproxy.errors import ProtocolError
 
 Header = tuple[bytes, bytes]
 AT_ONCE = 1 << 30
@@ -134,20 +133,6 @@ def test_encoded_request_head_reads_back_in_h11() -> None:
     assert isinstance(data, h11.Data)
     assert bytes(data.data) == b"hello"
     assert isinstance(server.next_event(), h11.EndOfMessage)
-
-
-@pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        pytest.param(b"", b"", id="empty-is-nothing"),  # b"0\r\n\r\n" would end the body
-        pytest.param(b"x", b"1\r\nx\r\n", id="one"),
-        pytest.param(b"0123456789abcdef", b"10\r\n0123456789abcdef\r\n", id="hex-size"),
-        pytest.param(b"a\r\n0\r\n\r\n", b"8\r\na\r\n0\r\n\r\n\r\n", id="framing-as-data"),
-        pytest.param(b"z" * 300, b"12c\r\n" + b"z" * 300 + b"\r\n", id="300-bytes"),
-    ],
-)
-def test_encode_chunk(data: bytes, expected: bytes) -> None:
-    assert encode_chunk(data) == expected
 
 
 def test_encoded_chunks_read_back() -> None:
@@ -492,7 +477,7 @@ def test_framing(data: bytes, head_request: bool, framing: Framing, length: int)
         pytest.param(b"Content-Length: 5, 6", "conflicting Content-Length", id="cl-conflict"),
         pytest.param(b"Content-Length: 5\r\nContent-Length: 6", "conflicting", id="cl-lines"),
         pytest.param(b"Content-Length: 5\r\nContent-Length: 05", "conflicting", id="cl-spelling"),
-        pytest.param(b"Content-Length: -5", "malformed or conflicting", id="cl-negative"),
+        pytest.param(b"Content-Length: -5", "malformed Content-Length", id="cl-negative"),
         pytest.param(b"Content-Length: +5", "malformed", id="cl-plus"),
         pytest.param(b"Content-Length: 0x5", "malformed", id="cl-hex"),
         pytest.param(b"Content-Length: 5.0", "malformed", id="cl-decimal"),
@@ -912,12 +897,12 @@ def test_101_is_done() -> None:
         pytest.param(chunked(b"1" * 17 + b"\r\n"), "invalid chunk size", id="17-digits"),
         pytest.param(
             chunked(b"5;a=" + b"x" * (MAX_CHUNK_LINE - 3) + b"\r\nhello\r\n0\r\n\r\n"),
-            "invalid chunk size line",
+            "chunk size line too long",
             id="line-one-over",
         ),
         pytest.param(
             chunked(b"5" + b"0" * (MAX_CHUNK_LINE + 10)),
-            "chunk size line or trailer section too long",
+            "chunk size line too long",
             id="line-without-end",
         ),
         # trailers
@@ -969,6 +954,12 @@ def test_longest_chunk_line_is_accepted(step: int) -> None:
     assert len(line) == MAX_CHUNK_LINE
     events, _ = drive(chunked(line + b"\r\nhello\r\n0\r\n\r\n"), step)
     assert summary(events) == [200, b"hello", END]
+
+
+def test_a_bad_response_is_a_protocol_error() -> None:
+    """BadResponse belongs to kproxy.errors' ProtocolError family."""
+    with pytest.raises(ProtocolError, match="invalid chunk size line"):
+        drive(chunked(b"zz\r\n"))
 
 
 def test_body_bytes_before_a_break_are_delivered() -> None:

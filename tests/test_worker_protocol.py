@@ -8,6 +8,7 @@ from kproxy.core import snapshot
 from kproxy.core import worker_protocol as wp
 from kproxy.core.options import DeploymentOptions, ServiceOptions
 from kproxy.core.states import ServiceState, TargetHealth
+from kproxy.errors import KProxyError, ProtocolError
 
 
 @pytest.mark.parametrize(
@@ -64,6 +65,14 @@ def test_requests_and_replies_carry_the_askers_id() -> None:
     reader.receive_data(wp.encode(wp.reply(7, {"idle": True})))
     assert reader.next_message() == {"type": "idle", "service": "web", "id": 7}
     assert reader.next_message() == {"type": "reply", "id": 7, "answer": {"idle": True}}
+
+
+@pytest.mark.parametrize("caught", [ProtocolError, KProxyError, ValueError])
+def test_a_channel_error_is_kproxys_and_still_a_value_error(caught: type[Exception]) -> None:
+    reader = wp.MessageReader()
+    reader.receive_data(b"[]\n")
+    with pytest.raises(caught, match="a message is an object"):
+        reader.next_message()
 
 
 def test_an_endless_line_raises(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from typing import Final
 
 import attrs
 
 from kproxy.core.headers import Header, HeaderList, header_value
+from kproxy.core.http1 import FRAMING_FIELDS, NO_BODY_STATUSES, length_value
+
+_REFRAMED: Final = FRAMING_FIELDS | {b"expect"}  # what a buffered request is sent without
 
 
 class BufferAction(enum.Enum):
@@ -85,7 +89,7 @@ class BufferPolicy:
 def declared_length(headers: Sequence[Header]) -> int | None:
     """The ``Content-Length`` value (h11 has already validated it), or None when absent."""
     value = header_value(headers, b"content-length")
-    return int(value) if value is not None and value.isdigit() else None
+    return None if value is None else length_value(value)
 
 
 def has_request_body(headers: Sequence[Header]) -> bool:
@@ -115,8 +119,7 @@ def buffered_request_headers(headers: Sequence[Header], size: int) -> HeaderList
     ``Expect`` goes too: the whole body is at hand, so the target has nothing to agree to
     (RFC 9110 §10.1.1), and a target waiting to send ``100`` would only delay it.
     """
-    drop = {b"content-length", b"transfer-encoding", b"expect"}
-    out = [(name, value) for name, value in headers if name not in drop]
+    out = [(name, value) for name, value in headers if name not in _REFRAMED]
     out.append((b"content-length", b"%d" % size))
     return out
 
@@ -136,7 +139,7 @@ def buffered_response_headers(
         header_value(out, b"content-length") is None
         and not head_request
         and status >= 200
-        and status not in (204, 304)
+        and status not in NO_BODY_STATUSES
     ):
         out.append((b"content-length", b"%d" % size))
     return out

@@ -21,10 +21,11 @@ where h11 is lenient:
 - a field named like a framing field but for case and ``_`` (``Transfer_Encoding``):
   servers that map names to CGI-style variables (Rack, hence Puma before 6.4.3) read it as
   the real one while kproxy does not;
-- chunk sizes of 2^63 or more (h11 reads up to 20 hex digits), chunk extensions outside the
-  RFC 9112 §7.1.1 grammar (h11 takes any byte after ``;``, bare CR and NUL included), chunk
-  lines over :data:`MAX_CHUNK_LINE`, more framing than data (Go's "too much non-data"), and a
-  bare LF in chunk framing or trailers (h11 waits for a CRLF that may never come).
+- a chunked body that breaks the rules of ``chunked`` (sizes, extensions, line lengths,
+  framing without data, bare LF), checked by :class:`ChunkedBody`.
+
+The grammar itself (field lines, Content-Length, chunked coding) is shared with the response
+side and lives in ``http1`` and ``chunked``; this module applies it to requests.
 
 Transfer codings other than ``chunked`` are answered 501 (RFC 9112 §6.1's SHOULD, and what
 Go and h11 answer); every other violation is 400, or 431 for too many header fields.
@@ -32,47 +33,29 @@ Go and h11 answer); every other violation is 400, or 431 for too many header fie
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Iterable
 from typing import Final, TypeAlias
 
 import attrs
 
+from kproxy.core.chunked import ChunkedDecoder
+from kproxy.core.http1 import (
+    FIELD_LINES,
+    FRAMING_FIELDS,
+    OWS,
+    TOKEN,
+    TOKEN_RE,
+    content_length,
+    list_elements,
+    parse_field_line,
+)
+from kproxy.errors import ProtocolError
+
 Header: TypeAlias = tuple[bytes, bytes]
 
-MAX_CONTENT_LENGTH: Final = (1 << 63) - 1  # bytes; Go's parseContentLength refuses more
-MAX_CHUNK_SIZE: Final = (1 << 63) - 1  # bytes; Go's parseHexUint stops at 16 hex digits
-MAX_CHUNK_LINE: Final = 4096  # bytes of chunk-size line, as Go's chunked reader (maxLineLength)
-MAX_TRAILER_BYTES: Final = 64 * 1024  # bytes of trailer section; trailers are dropped anyway
-# Go's chunked reader allows 16 bytes of framing per chunk plus twice the chunk's data, and
-# fails once the framing beyond that passes 16 KiB (net/http/internal/chunked.go).
-CHUNK_OVERHEAD_ALLOWANCE: Final = 16  # bytes per chunk
-MAX_EXCESS_FRAMING: Final = 16 * 1024  # bytes
-
-# RFC 9110 §5.6.2 token; §5.5 field-content (VCHAR / obs-text, with SP / HTAB inside).
-_TOKEN: Final = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-TOKEN_RE: Final = re.compile(_TOKEN)
-_FIELD_VALUE: Final = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
 # RFC 9112 §3: method SP request-target SP HTTP-version; h11's request-target is VCHARs only.
-_REQUEST_LINE: Final = re.compile(_TOKEN + rb" ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
-_QUOTED_STRING: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
-# RFC 9112 §7.1.1: chunk-size [ chunk-ext ] CRLF, with
-# chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ). h11 wants the first
-# ";" right after the size, and both h11 and Go allow whitespace before the CRLF.
-CHUNK_LINE: Final = re.compile(
-    rb"([0-9A-Fa-f]{1,16})"
-    rb"(?:;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb"))?"
-    rb"[ \t]*)*"
-)
-# The field lines of a usual head all at once, each ``token ":" OWS field-value OWS CRLF``:
-# one C-level match instead of two per line; a head that fails it is judged line by line.
-_FIELD_LINES: Final = re.compile(
-    rb"(?:" + _TOKEN + rb":[ \t]*" + _FIELD_VALUE.pattern + rb"[ \t]*\r\n)*"
-)
-_BLANK_LINE: Final = re.compile(rb"\n\r?\n")  # where h11 ends a head (h11/_receivebuffer.py)
-_OWS: Final = b" \t"
-_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
+_REQUEST_LINE: Final = re.compile(TOKEN + rb" ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
 
 
 @attrs.frozen
@@ -98,26 +81,6 @@ class Reject:
 Verdict: TypeAlias = Accept | Reject
 
 
-def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int | None:
-    """The offset just past the blank line that ends a request head, found as h11 finds it.
-
-    Args:
-      buffer: bytes received since the previous request ended.
-      start: where a previous search of the same buffer stopped (its length then), so a head
-        that trickles in is not searched from the beginning each time.
-
-    Returns:
-      The head's length, or None while the head is incomplete. A buffer that starts with an
-      empty line is a (malformed) head of that one line, as in h11.
-    """
-    if buffer[:1] == b"\n":
-        return 1
-    if buffer[:2] == b"\r\n":
-        return 2
-    match = _BLANK_LINE.search(buffer, max(0, start - 2))
-    return match.end() if match is not None else None
-
-
 def _split_lines(head: bytes) -> list[bytes]:
     """Lines without their LF or CRLF (the final empty line dropped), as h11 splits a head."""
     lines = head.split(b"\n")
@@ -129,29 +92,12 @@ def _split_lines(head: bytes) -> list[bytes]:
     return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
 
-def check_field_line(line: bytes) -> Reject | Header:
-    """One ``name: value`` line of a head or trailer section, with the value stripped."""
-    if line[:1] in (b" ", b"\t"):
-        return Reject(400, "obsolete line folding")
-    if b"\r" in line:
-        return Reject(400, "bare CR in a header line")
-    name, colon, value = line.partition(b":")
-    if not colon:
-        return Reject(400, f"header line without a colon: {line[:40]!r}")
-    if not TOKEN_RE.fullmatch(name):
-        return Reject(400, f"invalid header name {name[:40]!r}")
-    value = value.strip(_OWS)
-    if not _FIELD_VALUE.fullmatch(value):
-        return Reject(400, f"invalid byte in the value of header {name.decode('ascii')}")
-    return name.lower(), value
-
-
 def check_head(head: bytes, *, max_headers: int) -> Verdict:
     """Decide whether a request head may be served, and how its body is framed.
 
     Args:
       head: the request line and header lines, up to and including the blank line (the bytes
-        :func:`find_head_end` delimits).
+        :func:`kproxy.core.http1.find_head_end` delimits).
       max_headers: the most header fields allowed (431 beyond).
 
     Returns:
@@ -161,7 +107,7 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
     usual = (
         head.endswith(b"\r\n\r\n")
         and head.count(b"\n") == head.count(b"\r\n")  # CRLF line ends only
-        and _FIELD_LINES.fullmatch(fields, 0, len(fields) - 2) is not None
+        and FIELD_LINES.fullmatch(fields, 0, len(fields) - 2) is not None
     )
     if usual:
         field_lines = fields.split(b"\r\n")[:-2]
@@ -184,12 +130,13 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
     for line in field_lines:
         if usual:
             name, _, value = line.partition(b":")
-            field = name.lower(), value.strip(_OWS)
-        elif isinstance(checked := check_field_line(line), Reject):
-            return checked
+            field = name.lower(), value.strip(OWS)
         else:
-            field = checked
-        if b"_" in field[0] and field[0].replace(b"_", b"-") in _FRAMING_FIELDS:
+            try:
+                field = parse_field_line(line)
+            except ProtocolError as exc:
+                return Reject(400, str(exc))
+        if b"_" in field[0] and field[0].replace(b"_", b"-") in FRAMING_FIELDS:
             return Reject(400, f"header {field[0].decode('ascii')} looks like a framing field")
         headers.append(field)
     return _body_framing(headers, version)
@@ -211,21 +158,11 @@ def _body_framing(headers: list[Header], version: tuple[int, int]) -> Verdict:
             return Reject(501, "unsupported Transfer-Encoding (only chunked is)")
         return Accept(chunked=True)
     if content_lengths:
-        values = list_elements(content_lengths)
-        if not all(v.isdigit() for v in values):  # bytes.isdigit: ASCII digits only
-            return Reject(400, "malformed Content-Length")
-        if len(set(values)) != 1:
-            return Reject(400, "conflicting Content-Length values")
-        digits = values[0].lstrip(b"0") or b"0"
-        if len(digits) > 19 or int(digits) > MAX_CONTENT_LENGTH:  # checked before int(): cheap
-            return Reject(400, "Content-Length too large")
-        return Accept(content_length=int(digits))
+        try:
+            return Accept(content_length=content_length(content_lengths))
+        except ProtocolError as exc:
+            return Reject(400, str(exc))
     return Accept()
-
-
-def list_elements(values: Iterable[bytes]) -> list[bytes]:
-    """The elements of a comma-separated list field given in one or more lines."""
-    return [element.strip(_OWS) for value in values for element in value.split(b",")]
 
 
 def framing_headers(headers: Iterable[Header]) -> list[Header]:
@@ -237,118 +174,41 @@ def framing_headers(headers: Iterable[Header]) -> list[Header]:
     Returns:
       ``[(b"transfer-encoding", b"chunked")]``, ``[(b"content-length", b"<decimal>")]`` (no
       leading zeros, one value) or ``[]``; the caller drops the client's own framing fields.
+
+    Raises:
+      ProtocolError: a Content-Length that :func:`check_head` would not have accepted.
     """
-    length: bytes | None = None
+    lengths: list[bytes] = []
     for name, value in headers:
-        if name.lower() == b"transfer-encoding":
+        lower = name.lower()
+        if lower == b"transfer-encoding":
             return [(b"transfer-encoding", b"chunked")]
-        if name.lower() == b"content-length":
-            length = str(int(value.partition(b",")[0].strip(_OWS))).encode()
-    return [] if length is None else [(b"content-length", length)]
-
-
-class _ChunkState(enum.Enum):
-    SIZE_LINE = enum.auto()  # reading "<hex>[;ext]\r\n"
-    DATA = enum.auto()  # skipping chunk data
-    DATA_END = enum.auto()  # expecting the CRLF after the data
-    TRAILERS = enum.auto()  # reading trailer lines up to an empty one
-    DONE = enum.auto()
+        if lower == b"content-length":
+            lengths.append(value)
+    return [(b"content-length", b"%d" % content_length(lengths))] if lengths else []
 
 
 @attrs.define
-class ChunkedBody:
-    """Checks a chunked request body as its bytes arrive, before h11 reads them.
+class ChunkedBody(ChunkedDecoder):
+    """Checks a chunked request body as its bytes arrive, before h11 reads them (h11 decodes
+    it; the checks are :class:`~kproxy.core.chunked.ChunkedDecoder`'s).
 
     Feed every byte after the head, in order, until ``done``; bytes after the body (a pipelined
     request) are left alone. A rejection is final: later calls return it again.
     """
 
-    max_line: int = MAX_CHUNK_LINE
-    max_trailer_bytes: int = MAX_TRAILER_BYTES
     consumed: int = 0  # body bytes seen so far; the body's length once done
     rejected: Reject | None = None
-    _state: _ChunkState = _ChunkState.SIZE_LINE
-    _line: bytearray = attrs.field(factory=bytearray)
-    _remaining: int = 0  # data bytes left in this chunk, or CRLF bytes left after it
-    _excess: int = 0  # framing bytes the data has not paid for
-    _trailer_bytes: int = 0
-
-    @property
-    def done(self) -> bool:
-        return self._state is _ChunkState.DONE
 
     def feed(self, data: bytes | bytearray) -> Reject | None:
         """Check the next bytes; returns a Reject once the body is malformed, else None."""
         if self.rejected is None and not self.done:
-            self.rejected = self._feed(data)
-        return self.rejected
-
-    def _feed(self, data: bytes | bytearray) -> Reject | None:
-        i, n = 0, len(data)
-        while i < n and self._state is not _ChunkState.DONE:
-            if self._state is _ChunkState.DATA:
-                take = min(self._remaining, n - i)
-                i += take
-                self._remaining -= take
-                if not self._remaining:
-                    self._state, self._remaining = _ChunkState.DATA_END, 2
-            elif self._state is _ChunkState.DATA_END:
-                if data[i] != b"\r\n"[2 - self._remaining]:
-                    return Reject(400, "chunk data not followed by CRLF")
-                i += 1
-                self._remaining -= 1
-                if not self._remaining:
-                    self._state = _ChunkState.SIZE_LINE
+            i, n = 0, len(data)
+            try:
+                while i < n and not self.done:
+                    _, i = self.next_data(data, i)  # the data itself is h11's to read
+            except ProtocolError as exc:
+                self.rejected = Reject(400, str(exc))
             else:
-                end = data.find(b"\n", i)
-                stop = n if end < 0 else end + 1
-                self._line += data[i:stop]
-                i = stop
-                reject = self._check_partial_line() if end < 0 else self._end_line()
-                if reject is not None:
-                    return reject
-        self.consumed += i
-        return None
-
-    def _check_partial_line(self) -> Reject | None:
-        if self._state is _ChunkState.TRAILERS:
-            if self._trailer_bytes + len(self._line) > self.max_trailer_bytes:
-                return Reject(400, "trailer section too large")
-        elif len(self._line) > self.max_line + 2:
-            return Reject(400, "chunk size line too long")
-        return None
-
-    def _end_line(self) -> Reject | None:
-        line = bytes(self._line)
-        self._line.clear()
-        if not line.endswith(b"\r\n"):
-            return Reject(400, "bare LF in chunked framing")
-        content = line[:-2]
-        if self._state is _ChunkState.TRAILERS:
-            return self._trailer_line(content)
-        if len(content) > self.max_line:
-            return Reject(400, "chunk size line too long")
-        match = CHUNK_LINE.fullmatch(content.rstrip(_OWS))
-        if match is None:
-            return Reject(400, f"invalid chunk size line {content[:40]!r}")
-        size = int(match[1], 16)
-        if size > MAX_CHUNK_SIZE:
-            return Reject(400, "chunk size too large")
-        self._excess = max(0, self._excess + len(line) - CHUNK_OVERHEAD_ALLOWANCE - 2 * size)
-        if self._excess > MAX_EXCESS_FRAMING:
-            return Reject(400, "chunked body has too much framing for its data")
-        if size == 0:
-            self._state = _ChunkState.TRAILERS
-        else:
-            self._state, self._remaining = _ChunkState.DATA, size
-        return None
-
-    def _trailer_line(self, content: bytes) -> Reject | None:
-        if not content:
-            self._state = _ChunkState.DONE
-            return None
-        self._trailer_bytes += len(content) + 2
-        if self._trailer_bytes > self.max_trailer_bytes:
-            return Reject(400, "trailer section too large")
-        field = check_field_line(content)
-        return field if isinstance(field, Reject) else None
+                self.consumed += i
+        return self.rejected

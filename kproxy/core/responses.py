@@ -11,18 +11,18 @@ request (``keep_alive``).
 from __future__ import annotations
 
 import http
-from collections.abc import Iterable, Sequence
-from typing import Final, TypeAlias
+from collections.abc import Sequence
+from typing import TypeAlias
 
 import attrs
 
+from kproxy.core.chunked import LAST_CHUNK, encode_chunk
 from kproxy.core.headers import connection_tokens
-from kproxy.core.upstream_http import LAST_CHUNK, Framing, encode_chunk
+from kproxy.core.http1 import FRAMING_FIELDS, NO_BODY_STATUSES, encode_head, length_value
+from kproxy.core.upstream_http import Framing
 
 Header: TypeAlias = tuple[bytes, bytes]
 
-_NO_BODY_STATUSES: Final = frozenset({204, 304})
-_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
 # Python 3.11 finds an Enum member through a descriptor (about 70 ns, where a global takes 10),
 # and a response compares its framing a few times per call: these names stand for them.
 _NONE, _LENGTH, _CHUNKED, _CLOSE = Framing.NONE, Framing.LENGTH, Framing.CHUNKED, Framing.CLOSE
@@ -34,14 +34,6 @@ def reason_phrase(status: int) -> bytes:
         return http.HTTPStatus(status).phrase.encode("ascii")
     except ValueError:
         return b""
-
-
-def encode_head(status: int, reason: bytes, headers: Iterable[Header]) -> bytes:
-    lines = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
-    for name, value in headers:
-        lines += (name, b": ", value, b"\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
 
 
 @attrs.define
@@ -73,7 +65,7 @@ class ResponseWriter:
         if status == 101:
             self.started = self.done = True
             self.keep_alive = False  # the connection is no longer HTTP
-        return encode_head(status, reason_phrase(status), headers)
+        return encode_head([b"HTTP/1.1 %d %b\r\n" % (status, reason_phrase(status))], headers)
 
     def head(
         self, status: int, headers: Sequence[Header], *, reason: bytes = b"", close: bool = False
@@ -88,12 +80,12 @@ class ResponseWriter:
         # Each name's last value, built in C: which fields are there, without a scan per name.
         last = dict(fields)
         framing, length = _NONE, 0  # 204 and 304: the fields stay as they are
-        if status not in _NO_BODY_STATUSES:
+        if status not in NO_BODY_STATUSES:
             framing, length = _framing(fields, last)
             if framing is _CHUNKED and self.http_version < b"1.1":
                 framing = _CLOSE
             if framing is not _LENGTH:
-                fields = [h for h in fields if h[0] not in _FRAMING_FIELDS]
+                fields = [h for h in fields if h[0] not in FRAMING_FIELDS]
                 if framing is _CHUNKED:
                     fields.append((b"transfer-encoding", b"chunked"))
         has_connection = b"connection" in last
@@ -107,7 +99,9 @@ class ResponseWriter:
             framing, length = _NONE, 0
         self.framing, self._remaining = framing, length
         self.answered = self.started = True
-        return encode_head(status, reason or reason_phrase(status), fields)
+        return encode_head(
+            [b"HTTP/1.1 %d %b\r\n" % (status, reason or reason_phrase(status))], fields
+        )
 
     def data(self, chunk: bytes) -> bytes:
         framing = self.framing
@@ -143,13 +137,14 @@ def _framing(headers: Sequence[Header], last: dict[bytes, bytes]) -> tuple[Frami
     ``last`` is ``dict(headers)``: when no name repeats and there is no Transfer-Encoding, it
     gives the one Content-Length, if any, without a loop.
     """
+    length: int | None = None
     if b"transfer-encoding" not in last and len(last) == len(headers):
         value = last.get(b"content-length")
-        return (_LENGTH, int(value)) if value is not None and value.isdigit() else (_CHUNKED, 0)
-    length: int | None = None
+        length = None if value is None else length_value(value)
+        return (_CHUNKED, 0) if length is None else (_LENGTH, length)
     for name, value in headers:
         if name == b"transfer-encoding":
             return _CHUNKED, 0
-        if name == b"content-length" and value.isdigit():
-            length = int(value)
+        if name == b"content-length" and (number := length_value(value)) is not None:
+            length = number
     return (_CHUNKED, 0) if length is None else (_LENGTH, length)

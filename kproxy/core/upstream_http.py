@@ -2,7 +2,7 @@
 
 The request side needs no parser: every field kproxy sends was either checked on the way in
 (``framing`` and h11 on the client side) or made by kproxy itself, so the head is written as
-is (:func:`encode_request_head`, :func:`encode_chunk`).
+is (:func:`encode_request_head`; the body with ``chunked.encode_chunk``).
 
 The response side is :class:`ResponseReader`, shaped like h11's ``Connection``:
 ``feed(data)`` (``b""`` for EOF), then ``next_event()``, which returns a :class:`ResponseHead`,
@@ -10,9 +10,9 @@ body bytes, :data:`END`, or :data:`NEED_DATA`. Each head is parsed once, and the
 delimited by the framing it declared (RFC 9112 §6.3: none, Content-Length, chunked, or until
 close). A target that breaks its framing raises :class:`BadResponse`, so a response cut short
 never passes for a complete one. What the target sends is held to the same grammar the client
-side holds requests to (``framing``), and a response whose framing the proxy could not relay
-faithfully (a transfer coding other than chunked, conflicting lengths) is refused, as h11
-refuses it.
+side holds requests to (``http1`` for heads and Content-Length, ``chunked`` for chunked
+bodies), and a response whose framing the proxy could not relay faithfully (a transfer coding
+other than chunked, conflicting lengths) is refused, as h11 refuses it.
 """
 
 from __future__ import annotations
@@ -24,35 +24,33 @@ from typing import Final, TypeAlias
 
 import attrs
 
-from kproxy.core.framing import (
-    CHUNK_LINE,
-    MAX_CHUNK_LINE,
-    MAX_CHUNK_SIZE,
-    MAX_CONTENT_LENGTH,
-    MAX_TRAILER_BYTES,
-    check_field_line,
-    find_head_end,
-    list_elements,
-)
+from kproxy.core.chunked import ChunkedDecoder
 from kproxy.core.headers import connection_tokens
+from kproxy.core.http1 import (
+    FIELD_LINES,
+    FIELD_TEXT,
+    NO_BODY_STATUSES,
+    OWS,
+    content_length,
+    encode_head,
+    find_head_end,
+    length_value,
+    list_elements,
+    parse_field_line,
+)
+from kproxy.errors import ProtocolError
 
 Header: TypeAlias = tuple[bytes, bytes]
 
 MAX_HEAD_BYTES: Final = 1024 * 1024  # status line + headers; as much as kproxy takes from clients
-LAST_CHUNK: Final = b"0\r\n\r\n"
 
-# The header lines of a well-formed head, all at once: token ":" field-value CRLF, where the
-# value holds no control bytes but HTAB (RFC 9110 §5.5). One C-level match instead of one per
-# line; a head that fails it is looked at line by line only to say what is wrong.
-_FIELD_LINES: Final = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
-_STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: (" + FIELD_TEXT + rb"))?")
 # Both at once, for a head with CRLF line ends throughout (what servers send): one match
 # instead of splitting off the status line and the blank line first. Group 4 is the fields.
-_CRLF_HEAD: Final = re.compile(_STATUS_LINE.pattern + rb"\r\n(" + _FIELD_LINES.pattern + rb")\r\n")
-_NO_BODY_STATUSES: Final = frozenset({204, 304})  # and every 1xx (RFC 9110 §6.4.1)
+_CRLF_HEAD: Final = re.compile(_STATUS_LINE.pattern + rb"\r\n(" + FIELD_LINES.pattern + rb")\r\n")
 
 
-class BadResponse(Exception):
+class BadResponse(ProtocolError):
     """The target's bytes are not a well-framed HTTP/1.1 response."""
 
 
@@ -113,25 +111,13 @@ class UpstreamRequest:
 
 def encode_request_head(method: bytes, target: bytes, headers: Iterable[Header]) -> bytes:
     """``METHOD target HTTP/1.1`` and the fields, exactly as given (already checked)."""
-    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        lines += (name, b": ", value, b"\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-def encode_chunk(data: bytes) -> bytes:
-    """One chunk of a chunked body (empty data encodes nothing: it would end the body)."""
-    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+    return encode_head([method, b" ", target, b" HTTP/1.1\r\n"], headers)
 
 
 class _Body(enum.Enum):
     HEAD = enum.auto()  # reading a head (the first, or the next after a 1xx)
     LENGTH = enum.auto()
-    CHUNK_LINE = enum.auto()
-    CHUNK_DATA = enum.auto()
-    CHUNK_END = enum.auto()  # the CRLF after a chunk's data
-    TRAILERS = enum.auto()
+    CHUNKED = enum.auto()
     CLOSE = enum.auto()
     DONE = enum.auto()
 
@@ -139,13 +125,11 @@ class _Body(enum.Enum):
 # Python 3.11 finds an Enum member through a descriptor (about 70 ns, where a global takes 10),
 # and the reader compares its state a few times per event: it uses these names instead.
 _HEAD, _LENGTH, _CLOSE, _DONE = _Body.HEAD, _Body.LENGTH, _Body.CLOSE, _Body.DONE
-_CHUNK_LINE, _CHUNK_DATA, _CHUNK_END = _Body.CHUNK_LINE, _Body.CHUNK_DATA, _Body.CHUNK_END
-_TRAILERS = _Body.TRAILERS
 
 _BODY_STATES: Final = {
     Framing.NONE: _DONE,
     Framing.LENGTH: _LENGTH,
-    Framing.CHUNKED: _CHUNK_LINE,
+    Framing.CHUNKED: _Body.CHUNKED,
     Framing.CLOSE: _CLOSE,
 }
 
@@ -160,9 +144,9 @@ class ResponseReader:
     eof: bool = False
     _buffer: bytearray = attrs.field(factory=bytearray)
     _state: _Body = _Body.HEAD
-    _remaining: int = 0  # body bytes left (LENGTH), chunk bytes left, or CRLF bytes left
+    _remaining: int = 0  # body bytes left (LENGTH)
     _searched: int = 0  # how far the buffer was searched for a head's end
-    _trailer_bytes: int = 0
+    _chunks: ChunkedDecoder | None = None  # the body's, when it is chunked
 
     @property
     def done(self) -> bool:
@@ -243,6 +227,9 @@ class ResponseReader:
             return head  # the state stays HEAD: the final response follows
         self._state = _BODY_STATES[head.framing]
         self._remaining = head.length
+        if head.framing is Framing.CHUNKED:
+            # Responses never had Go's limit on framing without data (see ChunkedDecoder).
+            self._chunks = ChunkedDecoder(max_excess_framing=None)
         return head
 
     def _parse_head(self, head: bytes) -> ResponseHead:
@@ -253,10 +240,11 @@ class ResponseReader:
             version, status, reason, fields = int(match[1]), int(match[2]), match[3], match[4]
             if status < 100:  # as _split_head says it
                 raise BadResponse(f"invalid status code {status:03d}")
+        head_request = self.head_request
         headers: list[Header] = []
         for line in fields.split(b"\r\n")[:-1]:
             name, _, value = line.partition(b":")
-            headers.append((name.lower(), value.strip(b" \t")))
+            headers.append((name.lower(), value.strip(OWS)))
         # Each name's last value, built in C: it answers "is there one" for every name, and
         # when no name repeats (the usual head) it is each name's only value.
         last = dict(headers)
@@ -269,24 +257,20 @@ class ResponseReader:
                 # RFC 9112 §6.3: the length is void and must not be forwarded, and the
                 # message, a sign of a confused sender, ends the connection.
                 headers, confused = _without_length(headers), True
-            elif (  # one field, already the plain number _one_length would make of it
-                once
-                and value.isdigit()
-                and len(value) <= 19
-                and (value[:1] != b"0" or value == b"0")
-                and int(value) <= MAX_CONTENT_LENGTH
-            ):
-                declared = int(value)
             else:
-                try:
-                    declared = _content_length(headers)
-                except BadResponse:
-                    if status >= 200 and status not in _NO_BODY_STATUSES and not self.head_request:
-                        raise  # it frames the body: nothing can be relayed by it
-                    headers = _without_length(headers)  # it frames nothing: dropped, as Go does
-                else:  # one field, one plain number, as h11 and Go pass it on (RFC 9110 §8.6)
-                    headers = _one_length(headers, declared)
-        framing, length = _response_framing(headers, last, declared, status, self.head_request)
+                declared = length_value(value) if once else None
+                if declared is None or (value[:1] == b"0" and value != b"0"):
+                    # Not the one plain number _one_length would make of it: judged whole.
+                    try:
+                        declared = content_length([v for n, v in headers if n == b"content-length"])
+                    except ProtocolError as exc:
+                        if status >= 200 and status not in NO_BODY_STATUSES and not head_request:
+                            raise BadResponse(str(exc)) from None  # it frames the body
+                        # It frames nothing: dropped, as Go does.
+                        declared, headers = None, _without_length(headers)
+                    else:  # one field, one plain number, as h11 and Go pass it on (RFC 9110 §8.6)
+                        headers = _one_length(headers, declared)
+        framing, length = _response_framing(headers, last, declared, status, head_request)
         keep_alive = (
             version >= 1  # HTTP/1.1 or a later 1.x
             and not confused
@@ -301,68 +285,27 @@ class ResponseReader:
         return ResponseHead(status, reason or b"", headers, framing, length, keep_alive)
 
     def _read_chunked(self) -> Event:
-        while True:
-            state, buffer = self._state, self._buffer
-            if state is _CHUNK_DATA:
-                if not buffer:
-                    break
-                data = self._take(min(self._remaining, len(buffer)))
-                self._remaining -= len(data)
-                if not self._remaining:
-                    self._state, self._remaining = _CHUNK_END, 2
-                return data
-            if state is _CHUNK_END:
-                if not buffer:
-                    break
-                if buffer[0] != b"\r\n"[2 - self._remaining]:
-                    raise BadResponse("chunk data not followed by CRLF")
-                del buffer[:1]
-                self._remaining -= 1
-                if not self._remaining:
-                    self._state = _CHUNK_LINE
-                continue
-            if state is _DONE:
-                return END
-            line_end = buffer.find(b"\n")
-            if line_end < 0:
-                limit = (
-                    MAX_TRAILER_BYTES - self._trailer_bytes
-                    if state is _TRAILERS
-                    else MAX_CHUNK_LINE + 2
-                )
-                if len(buffer) > limit:
-                    raise BadResponse("chunk size line or trailer section too long")
-                break
-            line = self._take(line_end + 1)
-            if not line.endswith(b"\r\n"):
-                raise BadResponse("bare LF in chunked framing")
-            self._chunk_line(line[:-2])
+        buffer, chunks = self._buffer, self._chunks
+        assert chunks is not None  # set with the state
+        try:
+            begin, end = chunks.next_data(buffer)
+        except ProtocolError as exc:
+            raise BadResponse(str(exc)) from None
+        if begin < end:
+            if end == len(buffer) and not begin:
+                data = bytes(buffer)
+                buffer.clear()
+            else:
+                data = bytes(buffer[begin:end])
+                del buffer[:end]
+            return data
+        del buffer[:end]
+        if chunks.done:
+            self._state = _DONE
+            return END
         if self.eof:
             raise BadResponse("connection closed in the middle of a chunked body")
         return NEED_DATA
-
-    def _chunk_line(self, content: bytes) -> None:
-        if self._state is _TRAILERS:  # trailers are checked, then dropped
-            if not content:
-                self._state = _DONE
-                return
-            self._trailer_bytes += len(content) + 2
-            if self._trailer_bytes > MAX_TRAILER_BYTES:
-                raise BadResponse("trailer section too large")
-            field = check_field_line(content)
-            if not isinstance(field, tuple):
-                raise BadResponse(f"malformed trailer: {field.reason}")
-            return
-        match = CHUNK_LINE.fullmatch(content.rstrip(b" \t"))
-        if match is None or len(content) > MAX_CHUNK_LINE:
-            raise BadResponse(f"invalid chunk size line {content[:40]!r}")
-        size = int(match[1], 16)
-        if size > MAX_CHUNK_SIZE:
-            raise BadResponse("chunk size too large")
-        if size == 0:
-            self._state = _TRAILERS
-        else:
-            self._state, self._remaining = _CHUNK_DATA, size
 
 
 def _split_head(head: bytes) -> tuple[int, int, bytes | None, bytes]:
@@ -378,21 +321,9 @@ def _split_head(head: bytes) -> tuple[int, int, bytes | None, bytes]:
     fields = fields[: -2 if fields.endswith(b"\r\n") else -1]  # the blank line
     if fields.count(b"\n") != fields.count(b"\r\n"):  # bare LF line ends, as h11 allows
         fields = fields.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if not _FIELD_LINES.fullmatch(fields):
+    if not FIELD_LINES.fullmatch(fields):
         raise BadResponse(_field_error(fields))
     return version, status, reason, fields
-
-
-def _content_length(headers: list[Header]) -> int:
-    """The value of the Content-Length fields: one number however often repeated, or
-    BadResponse."""
-    values = list_elements(v for n, v in headers if n == b"content-length")
-    if not all(v.isdigit() for v in values) or len(set(values)) != 1:
-        raise BadResponse("malformed or conflicting Content-Length")
-    digits = values[0].lstrip(b"0") or b"0"
-    if len(digits) > 19 or int(digits) > MAX_CONTENT_LENGTH:
-        raise BadResponse("Content-Length too large")
-    return int(digits)
 
 
 def _without_length(headers: list[Header]) -> list[Header]:
@@ -419,7 +350,7 @@ def _response_framing(
     head_request: bool,
 ) -> tuple[Framing, int]:
     """RFC 9112 §6.3 for a response: how its body is delimited."""
-    if status < 200 or status in _NO_BODY_STATUSES or head_request:
+    if status < 200 or status in NO_BODY_STATUSES or head_request:
         return Framing.NONE, 0
     if b"transfer-encoding" in names:  # it wins over any Content-Length (§6.3 item 3)
         codings = list_elements(v for n, v in headers if n == b"transfer-encoding")
@@ -436,7 +367,8 @@ def _field_error(fields: bytes) -> str:
     for line in fields.split(b"\r\n"):
         if line[:1] in (b" ", b"\t"):
             return "obsolete line folding in the response head"
-        field = check_field_line(line)
-        if not isinstance(field, tuple):
-            return f"invalid response header: {field.reason}"
+        try:
+            parse_field_line(line)
+        except ProtocolError as exc:
+            return f"invalid response header: {exc}"
     return "malformed response head"

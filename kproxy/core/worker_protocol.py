@@ -27,6 +27,7 @@ import attrs
 
 from kproxy.core import snapshot
 from kproxy.core.states import TargetHealth
+from kproxy.errors import ProtocolError
 
 MAX_MESSAGE: Final = 64 * 1024 * 1024  # bytes: a state message holds every service's options
 REPLY: Final = "reply"  # the type of a request's answer
@@ -34,8 +35,10 @@ REPLY: Final = "reply"  # the type of a request's answer
 Message = dict[str, Any]
 
 
-class ChannelError(ValueError):
-    """The other side sent something that is not a message (a bug, not a user error)."""
+class ChannelError(ProtocolError, ValueError):
+    """The other side sent something that is not a message (a bug, not a user error).
+
+    Also a ValueError, which is what callers caught before it joined ``kproxy.errors``."""
 
 
 def encode(message: Message) -> bytes:

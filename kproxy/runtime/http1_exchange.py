@@ -24,6 +24,7 @@ import h11
 import trio
 
 from kproxy.core import framing
+from kproxy.core.http1 import find_head_end
 from kproxy.core.responses import ResponseWriter
 from kproxy.core.upstream_http import Header
 from kproxy.errors import BadRequestBody, ClientGone
@@ -158,7 +159,7 @@ class Http1Exchange:
                 if not await self._receive_into(buffer):
                     return None
                 clock.set(alarm, trio.current_time() + header_timeout)
-            while (end := framing.find_head_end(buffer, searched)) is None:
+            while (end := find_head_end(buffer, searched)) is None:
                 if len(buffer) > max_bytes:
                     return framing.Reject(431, f"request head larger than {max_bytes} bytes")
                 searched = len(buffer)

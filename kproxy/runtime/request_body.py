@@ -13,7 +13,8 @@ import attrs
 import trio
 
 from kproxy.core.buffering import BufferAction, declared_length
-from kproxy.core.upstream_http import LAST_CHUNK, Header, encode_chunk
+from kproxy.core.chunked import LAST_CHUNK, encode_chunk
+from kproxy.core.upstream_http import Header
 from kproxy.errors import BodyTooLarge, ClientGone, UpstreamUnreachable
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.exchange import Exchange
