@@ -1,6 +1,6 @@
 """The HTTP/1.1 grammar both directions share: field lines, Content-Length, head encoding.
 
-kproxy reads HTTP/1.1 in two places (request heads from clients, ``framing``; responses from
+kproxy reads HTTP/1.1 in two places (request heads from clients, ``request_framing``; responses from
 targets, ``upstream_http``) and writes it in two (requests to targets, responses to clients,
 ``responses``). The rules they have in common are written here once: the byte classes of RFC
 9110 §5 and RFC 9112 §3-5, the one reading of Content-Length (RFC 9110 §8.6, RFC 9112 §6.3),

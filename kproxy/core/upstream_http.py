@@ -1,7 +1,7 @@
 """HTTP/1.1 as kproxy speaks it to a target: request heads written directly, responses read once.
 
 The request side needs no parser: every field kproxy sends was either checked on the way in
-(``framing`` and h11 on the client side) or made by kproxy itself, so the head is written as
+(``request_framing`` and h11 on the client side) or made by kproxy itself, so the head is written as
 is (:func:`encode_request_head`; the body with ``chunked.encode_chunk``).
 
 The response side is :class:`ResponseReader`, shaped like h11's ``Connection``:

@@ -1,6 +1,6 @@
 """The server side of an HTTP/1 client connection, as an :class:`~kproxy.runtime.exchange.Exchange`.
 
-h11 parses what a client sends only after ``kproxy.core.framing`` has judged the same bytes:
+h11 parses what a client sends only after ``kproxy.core.request_framing`` has judged the same bytes:
 each request head as a whole (``receive_head``), each chunked body as it arrives
 (``receive_body``). So a request h11 would read one way and a target another never gets past
 this module. Answers are written by ``kproxy.core.responses`` (h11 only reads).
@@ -23,7 +23,7 @@ import attrs
 import h11
 import trio
 
-from kproxy.core import framing
+from kproxy.core import request_framing
 from kproxy.core.http1 import find_head_end
 from kproxy.core.responses import ResponseWriter
 from kproxy.core.upstream_http import Header
@@ -68,8 +68,9 @@ class Http1Exchange:
     # The current request's framing declares a body. Without one the request is whole once
     # its head is read: h11 is not asked for its end (the next request gets a new Connection).
     has_body: bool = False
-    framing_verdict: framing.Accept = attrs.field(factory=framing.Accept)  # the head's
-    body_check: framing.ChunkedBody | None = None  # the current request's, when chunked
+    # The head's verdict: how its body is framed.
+    framing_verdict: request_framing.Accept = attrs.field(factory=request_framing.Accept)
+    body_check: request_framing.ChunkedBody | None = None  # the current request's, when chunked
 
     def __attrs_post_init__(self) -> None:
         self.head_alarm = Alarm(self.connection_scope)
@@ -81,7 +82,7 @@ class Http1Exchange:
 
     # --- the connection's life ------------------------------------------------------------
 
-    def begin(self, event: h11.Request, verdict: framing.Accept) -> None:
+    def begin(self, event: h11.Request, verdict: request_framing.Accept) -> None:
         """The request h11 parsed from the head that ``verdict`` judged is the current one."""
         self.request = RequestHead(
             event.method, bytes(event.target), list(event.headers), event.http_version
@@ -107,7 +108,7 @@ class Http1Exchange:
         return not self.has_body or self.conn.their_state not in _REQUEST_UNREAD
 
     @property
-    def body_rejection(self) -> framing.Reject | None:
+    def body_rejection(self) -> request_framing.Reject | None:
         """Why the current chunked body broke kproxy's rules (it is answered 400), if it did."""
         return self.body_check.rejected if self.body_check is not None else None
 
@@ -130,7 +131,7 @@ class Http1Exchange:
         header_timeout: float,
         max_bytes: int,
         max_headers: int,
-    ) -> framing.Verdict | None:
+    ) -> request_framing.Verdict | None:
         """Buffer the next request head whole (in h11 too) and judge it.
 
         Args:
@@ -161,20 +162,22 @@ class Http1Exchange:
                 clock.set(alarm, trio.current_time() + header_timeout)
             while (end := find_head_end(buffer, searched)) is None:
                 if len(buffer) > max_bytes:
-                    return framing.Reject(431, f"request head larger than {max_bytes} bytes")
+                    return request_framing.Reject(
+                        431, f"request head larger than {max_bytes} bytes"
+                    )
                 searched = len(buffer)
                 if not await self._receive_into(buffer):
                     return None
         finally:
             clock.set(alarm, math.inf)
         if end > max_bytes:
-            return framing.Reject(431, f"request head larger than {max_bytes} bytes")
-        verdict = framing.check_head(bytes(buffer[:end]), max_headers=max_headers)
-        if isinstance(verdict, framing.Accept) and verdict.chunked:
+            return request_framing.Reject(431, f"request head larger than {max_bytes} bytes")
+        verdict = request_framing.check_head(bytes(buffer[:end]), max_headers=max_headers)
+        if isinstance(verdict, request_framing.Accept) and verdict.chunked:
             # Body bytes that came with the head are checked now; if they are bad already,
             # ``body_rejection`` says so and the request is answered 400 before any target
             # hears of it (as a body error, logged like one, unlike a bad head).
-            self.body_check = framing.ChunkedBody()
+            self.body_check = request_framing.ChunkedBody()
             self.body_check.feed(buffer[end:])
         return verdict
 
@@ -277,7 +280,7 @@ class Http1Exchange:
         verdict = self.framing_verdict
         if verdict.chunked or verdict.content_length is not None:
             # The framing kproxy checked, spelled one way only (h11 re-chunks the body).
-            return framing.framing_headers(self.request.headers)
+            return request_framing.framing_headers(self.request.headers)
         return None
 
     async def receive_body(self) -> bytes:

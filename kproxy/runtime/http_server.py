@@ -2,7 +2,7 @@
 
 One task per connection, in the proxy's connection nursery (``acceptor``). Requests on a
 connection are served in order (keep-alive and pipelining) by an ``Http1Exchange``: each
-request head, and each chunked body, passes ``kproxy.core.framing`` before h11 parses it; a
+request head, and each chunked body, passes ``kproxy.core.request_framing`` before h11 parses it; a
 head that fails is answered here and its connection closed. Each request then goes through
 the protocol-neutral ``pipeline`` (route, admit, choose a target, relay, answer, log).
 Deadlines, and the look for a client that hangs up on a slow target, are alarms of the
@@ -18,7 +18,7 @@ import attrs
 import h11
 import trio
 
-from kproxy.core import framing
+from kproxy.core import request_framing
 from kproxy.core.pages import CONTENT_TYPE
 from kproxy.core.responses import ResponseWriter
 from kproxy.runtime.acceptor import accept_connections, default_max_connections
@@ -131,13 +131,13 @@ class HttpServer:
             )
             if verdict is None:
                 return None  # the client closed the connection
-            if isinstance(verdict, framing.Reject):
+            if isinstance(verdict, request_framing.Reject):
                 await self._reject(client, verdict)
                 return None
             try:
                 event = client.conn.next_event()  # the whole head is buffered: no waiting
             except h11.RemoteProtocolError as exc:
-                await self._reject(client, framing.Reject(exc.error_status_hint, str(exc)))
+                await self._reject(client, request_framing.Reject(exc.error_status_hint, str(exc)))
                 return None
             if not isinstance(event, h11.Request):
                 return None
@@ -167,7 +167,7 @@ class HttpServer:
         client.next_cycle()
         return True
 
-    async def _reject(self, client: Http1Exchange, reject: framing.Reject) -> None:
+    async def _reject(self, client: Http1Exchange, reject: request_framing.Reject) -> None:
         """Answer a request head kproxy will not serve, then close: after broken framing no
         later byte on the connection can be trusted to start a request (RFC 9112 §6.1, §11.2).
         Like Go's server, this happens before routing, so there is no access log line."""

@@ -1,4 +1,4 @@
-"""kproxy.core.framing: request heads and chunked bodies judged as bytes, in tables."""
+"""kproxy.core.request_framing: request heads and chunked bodies judged as bytes, in tables."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import h11
 import pytest
 
 from kproxy.core.chunked import MAX_CHUNK_LINE
-from kproxy.core.framing import (
+from kproxy.core.request_framing import (
     Accept,
     ChunkedBody,
     Reject,
