@@ -19,8 +19,8 @@ while the CA is unreachable serves what it had.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import os
 import re
 from pathlib import Path
 from typing import Final
@@ -33,6 +33,7 @@ from josepy.jwk import JWK
 from kproxy.core.acme_certificate import IssuedCertificate, parse_combined
 from kproxy.core.acme_jws import account_key_pem, load_account_key, new_account_key
 from kproxy.core.acme_problem import AcmeError
+from kproxy.runtime.atomic_file import write_atomically
 
 CERTS_DIR_NAME: Final = "certs"
 ACCOUNT_KEY_FILE: Final = "account.key"
@@ -63,30 +64,6 @@ def _file_name(name: str) -> str:
     if len(name) > 253 or not _NAME.fullmatch(name):
         raise AcmeError(f"not a DNS name that can have a cached certificate: {name!r}")
     return name + CERT_SUFFIX
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        try:
-            os.fchmod(fd, FILE_MODE)  # a leftover temp file may have had another mode
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 @attrs.define(eq=False)
@@ -164,6 +141,10 @@ class CertificateCache:
 
     async def _write(self, path: Path, data: bytes) -> None:
         try:
-            await trio.to_thread.run_sync(_write_atomically, path, data)
+            await trio.to_thread.run_sync(
+                functools.partial(
+                    write_atomically, path, data, mode=FILE_MODE, directory_mode=DIR_MODE
+                )
+            )
         except OSError as exc:
             raise AcmeError(f"cannot write {path}: {exc}") from exc

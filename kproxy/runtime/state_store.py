@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Final
 
@@ -11,29 +10,9 @@ import attrs
 import trio
 
 from kproxy.errors import StateError
+from kproxy.runtime.atomic_file import write_atomically
 
 STATE_FILE_NAME: Final = "kproxy.state.json"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    # Temp file in the same directory, fsync, rename over, fsync the directory: POSIX rename is
-    # atomic, and the fsyncs make the new content durable before and after the switch.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 @attrs.define(eq=False)
@@ -71,6 +50,6 @@ class StateStore:
         text = json.dumps(data, indent=2, sort_keys=True) + "\n"
         async with self._lock:
             try:
-                await trio.to_thread.run_sync(_write_atomically, self.path, text)
+                await trio.to_thread.run_sync(write_atomically, self.path, text.encode())
             except OSError as exc:
                 raise StateError(f"cannot save state to {self.path}: {exc}") from exc
