@@ -188,6 +188,7 @@ class Router:
                 path_prefixes=s.options.service.path_prefixes,
                 targets=tuple(t.name for t in s.targets),
                 state=s.state.value,
+                tls=s.tls.enabled,  # a path-prefix service's is its root service's
             )
             for s in sorted(self.services.values(), key=lambda s: s.name)
         ]

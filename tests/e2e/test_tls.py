@@ -189,6 +189,13 @@ async def test_redirects_to_https(nursery: trio.Nursery, tmp_path: Path, ca: tru
         client = await open_https(port, "a.test", ca)
         assert (await client.request("/api/v", host="a.test")).body == b"api"
         await client.aclose()
+        # list shows TLS, a path-prefix service's being its root service's.
+        (listing, _ok) = await control(sock, "list --json")
+        assert {s["name"]: s["tls"] for s in json.loads(listing)["services"]} == {
+            "api": True,
+            "app": True,
+            "open": True,
+        }
         # --tls-redirect=false: plain HTTP is served too.
         assert (await request(proxy.http_port, "/", host="o.test")).body == b"open"
         client = await open_https(port, "o.test", ca)
