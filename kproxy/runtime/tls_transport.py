@@ -55,6 +55,9 @@ class TlsTransport:
     session: ssl.SSLObject
     incoming: ssl.MemoryBIO  # bytes read from the socket, not yet decrypted
     outgoing: ssl.MemoryBIO  # bytes encrypted, not yet sent
+    # What ``peer_gone`` decrypted to look past a close_notify: the next ``receive``'s.
+    _plain: bytes = b""
+    _ended: bool = False  # the client's close_notify, or its EOF, is behind _plain
 
     async def handshake(self) -> None:
         """Complete the handshake (the caller bounds it in time).
@@ -81,6 +84,9 @@ class TlsTransport:
 
     async def receive(self) -> bytes:
         await checkpoint_if_cancelled()
+        if self._plain or self._ended:
+            data, self._plain = self._plain, b""
+            return data
         session, incoming = self.session, self.incoming
         while True:
             try:
@@ -94,7 +100,7 @@ class TlsTransport:
                     return b""  # closed without close_notify: as good as EOF for HTTP/1
                 incoming.write(chunk)
             except ssl.SSLZeroReturnError:
-                return b""  # close_notify
+                return b""  # close_notify (Python's read may also just return b"")
         if not incoming.pending:
             return data
         # More whole records arrived with this one (a body): hand them over in one piece,
@@ -105,6 +111,8 @@ class TlsTransport:
             try:
                 more = session.read(READ_SIZE - size)
             except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            if not more:  # close_notify: the next receive says so
                 break
             parts.append(more)
             size += len(more)
@@ -132,10 +140,47 @@ class TlsTransport:
         return self.raw.peer()
 
     def peer_gone(self) -> bool:
-        return not self.incoming.pending and self.raw.peer_gone()
+        """A TLS client that leaves sends a close_notify before its FIN, so unread bytes do
+        not say it stays (as for a plain socket): what has arrived is read and decrypted
+        (kept for the next ``receive``), and the client is gone if nothing but the end came."""
+        if self._plain:
+            return False
+        if not self._ended and self.raw.readable_now():
+            self._take_arrived()
+        return self._ended and not self._plain
+
+    def _take_arrived(self) -> None:
+        sock = self.raw.sock
+        while True:
+            try:
+                chunk = sock.recv(READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._ended = True
+                break
+            self.incoming.write(chunk)
+        parts = [self._plain]
+        while True:
+            try:
+                data = self.session.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLError:  # a broken session
+                data = b""
+            if not data:  # close_notify (read says b"" once it came)
+                self._ended = True
+                break
+            parts.append(data)
+        self._plain = b"".join(parts)
 
     def readable_now(self) -> bool:
-        return bool(self.incoming.pending or self.session.pending()) or self.raw.readable_now()
+        return (
+            bool(self._plain or self._ended or self.incoming.pending or self.session.pending())
+            or self.raw.readable_now()
+        )
 
     async def send_eof(self) -> None:
         with contextlib.suppress(ssl.SSLError):  # close_notify; reading may go on

@@ -399,3 +399,22 @@ async def test_curl(nursery: trio.Nursery, tmp_path: Path, ca: trustme.CA) -> No
         )  # fmt: skip
         assert result.returncode == 35  # CURLE_SSL_CONNECT_ERROR
         assert b"unrecognized name" in result.stderr
+
+
+async def test_a_tls_client_leaving_cancels_its_request(
+    nursery: trio.Nursery, tmp_path: Path, ca: trustme.CA
+) -> None:
+    with trio.fail_after(GUARD):
+        proxy, logs, sock = await tls_proxy(nursery, tmp_path)
+        upstream = await start_upstream(nursery, "a")
+        files = issue(ca, tmp_path / "certs", "a.test")
+        line = f"deploy a --target {upstream.address} --host a.test {files.flags()}"
+        assert await deploy(sock, line) == "OK deployed a"
+        client = await open_https(proxy.https_port or 0, "a.test", ca)
+        request_bytes = b"GET /slow?10 HTTP/1.1\r\nHost: a.test\r\n\r\n"
+        await client.stream.send_all(request_bytes)
+        await wait_until(lambda: upstream.active == 1)
+        began = trio.current_time()
+        await client.stream.aclose()  # close_notify, then the socket closes
+        await wait_until(lambda: any(r["status"] == 499 for r in logs.records("Request")))
+        assert trio.current_time() - began < 5
