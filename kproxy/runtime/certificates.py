@@ -89,8 +89,8 @@ def restored_source(name: str, options: ServiceOptions, logger: Logger) -> Certi
     try:
         return certificate_source(options)
     except CertificateError as exc:
-        logger.error("TLS certificate unavailable; HTTPS fails for the service", service=name,
-                     error=str(exc))  # fmt: skip
+        message = "TLS certificate unavailable; HTTPS fails for the service"
+        logger.error(message, service=name, error=str(exc))
         return None
 
 

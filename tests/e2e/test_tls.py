@@ -418,3 +418,30 @@ async def test_a_tls_client_leaving_cancels_its_request(
         await client.stream.aclose()  # close_notify, then the socket closes
         await wait_until(lambda: any(r["status"] == 499 for r in logs.records("Request")))
         assert trio.current_time() - began < 5
+
+
+async def test_a_websocket_over_tls(nursery: trio.Nursery, tmp_path: Path, ca: trustme.CA) -> None:
+    from tests.e2e.test_data_path import UPGRADE_REQUEST, websocket_upstream
+
+    target_saw_close = trio.Event()
+    with trio.fail_after(GUARD):
+        up = await nursery.start(websocket_upstream(target_saw_close, hang_up=False).serve)
+        proxy, _, sock = await tls_proxy(nursery, tmp_path)
+        files = issue(ca, tmp_path / "certs", "a")
+        assert await deploy(sock, f"deploy ws --target {up.address} --host a {files.flags()}") == (
+            "OK deployed ws"
+        )
+        client = await open_https(proxy.https_port or 0, "a", ca)
+        await client.stream.send_all(UPGRADE_REQUEST)  # its Host is "a"
+        data = b""
+        while not data.endswith(b"hello from target;"):
+            data += await client.stream.receive_some(65536)
+        assert data.startswith(b"HTTP/1.1 101 ")
+        for message in (b"ping", b"\x00\xffbinary" * 5000):
+            await client.stream.send_all(message)
+            echoed = b""
+            while len(echoed) < len(message):
+                echoed += await client.stream.receive_some(65536)
+            assert echoed == message
+        await client.aclose()
+        await target_saw_close.wait()
