@@ -445,3 +445,15 @@ async def test_a_websocket_over_tls(nursery: trio.Nursery, tmp_path: Path, ca: t
             assert echoed == message
         await client.aclose()
         await target_saw_close.wait()
+
+
+async def test_a_busy_https_port_fails_at_start(nursery: trio.Nursery) -> None:
+    with trio.socket.socket() as busy:
+        await busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        options = RunOptions(
+            socket_path="", state_dir="", bind="127.0.0.1", http_port=0, https_port=port
+        )
+        with pytest.raises(OSError, match="in use"):
+            await nursery.start(Proxy(options, Logger(out=LogCapture())).serve)  # type: ignore[arg-type]
