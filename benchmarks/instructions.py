@@ -185,6 +185,8 @@ def count_instructions(
         "127.0.0.1",
         "--http-port",
         str(port),
+        "--https-port",
+        "0",  # a free port: HTTPS is not measured here, and 443 may be taken
         "--state-dir",
         str(state),
         "--socket",

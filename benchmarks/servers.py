@@ -369,6 +369,8 @@ def start_kproxy(
         "127.0.0.1",
         "--http-port",
         str(port),
+        "--https-port",
+        "0",  # a free port: HTTPS is not measured here, and 443 may be taken
         "--state-dir",
         str(state),
         "--socket",

@@ -22,8 +22,8 @@ trap cleanup EXIT
 mkdir -p "$WORK/app" && echo "hello from the app" > "$WORK/app/index.html" && echo ok > "$WORK/app/up"
 python3 -m http.server "$APP_PORT" --bind 127.0.0.1 --directory "$WORK/app" >/dev/null 2>&1 &
 APP_PID=$!
-kproxy run --bind 127.0.0.1 --http-port "$HTTP_PORT" --socket "$SOCK" --state-dir "$WORK/state" \
-    > "$WORK/proxy.log" 2>&1 &
+kproxy run --bind 127.0.0.1 --http-port "$HTTP_PORT" --https-port "$(free_port)" \
+    --socket "$SOCK" --state-dir "$WORK/state" > "$WORK/proxy.log" 2>&1 &
 PROXY_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 

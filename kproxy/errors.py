@@ -30,6 +30,10 @@ class DeployError(CommandError):
     """A deploy that failed; the previous deployment keeps serving."""
 
 
+class CertificateError(DeployError):
+    """A deploy's TLS certificate or key cannot be used; the message names the file."""
+
+
 class DeployTimeout(DeployError):
     """The new targets did not become healthy within ``--deploy-timeout``."""
 
@@ -79,6 +83,12 @@ class ServiceUnavailable(UpstreamError):
     def __init__(self, message: str = "") -> None:
         super().__init__(message)
         self.message = message
+
+
+class NotServedOverTls(UpstreamError):
+    """A request over HTTPS for a service that does not serve TLS (kamal-proxy: 503)."""
+
+    status_hint = 503
 
 
 class PauseExpired(UpstreamError):

@@ -186,6 +186,7 @@ async def start_proxy(
         state_dir=str(tmp_path / "state") if state else "",
         bind="127.0.0.1",
         http_port=0,
+        https_port=0,  # tests run side by side: never 443
     )
     proxy: Proxy = await nursery.start(Proxy(options, Logger(out=logs)).serve)  # type: ignore[arg-type]
     return proxy, logs
@@ -526,6 +527,7 @@ class ProxyProcess:
     process: trio.Process
     socket_path: Path
     http_port: int = 0
+    https_port: int = 0
     logs: list[dict[str, Any]] = attrs.field(factory=list)
     started: trio.Event = attrs.field(factory=trio.Event)
     exited: trio.Event = attrs.field(factory=trio.Event)
@@ -544,6 +546,7 @@ class ProxyProcess:
                     self.logs.append(record)
                     if record.get("msg") == "Server started":
                         self.http_port = record["http_port"]
+                        self.https_port = record["https_port"]
                         self.started.set()
         self.exited.set()
 
@@ -570,6 +573,8 @@ async def start_proxy_process(
         argv += ["--socket", str(socket_path)]
     if http_port is not None:
         argv += ["--http-port", str(http_port)]
+    if not any(arg.startswith("--https-port") for arg in args):
+        argv += ["--https-port", "0"]  # tests run side by side: never 443
     process: trio.Process = await nursery.start(
         functools.partial(
             trio.run_process,

@@ -462,9 +462,29 @@ def test_deploy_rules_pass_with_default_values(words: list[str]) -> None:
     "prefixes", [[], ["--path-prefix=/"], ["--path-prefix=/api,/"], ["--path-prefix="]]
 )
 def test_tls_on_the_root_path_passes_the_rules(prefixes: list[str]) -> None:
-    # then it is refused only because TLS is not there yet
-    message = error("deploy", "app", T, "--tls", "--host=a.example", *prefixes)
-    assert message == "deploy: --tls is not supported by kproxy yet; run the command without it"
+    assert deploy(T, "--tls", "--host=a.example", *prefixes).service.tls is True
+
+
+def test_tls_flags_reach_the_options() -> None:
+    service = deploy(
+        T,
+        "--tls",
+        "--host=a.example",
+        "--tls-certificate-path=/c/cert.pem",
+        "--tls-private-key-path=/c/key.pem",
+        "--tls-redirect=false",
+    ).service
+    assert (service.tls, service.tls_redirect) == (True, False)
+    assert (service.tls_certificate_path, service.tls_private_key_path) == (
+        "/c/cert.pem",
+        "/c/key.pem",
+    )
+    assert deploy(T).service.tls_redirect is True
+
+
+def test_certificate_files_without_tls_are_refused() -> None:
+    message = error("deploy", "app", T, "--tls-certificate-path=c", "--tls-private-key-path=k")
+    assert message == ("deploy: --tls-certificate-path and --tls-private-key-path need --tls")
 
 
 def _unsupported(spec: table.CommandSpec) -> list[table.Flag]:
@@ -528,8 +548,7 @@ def test_unsupported_deploy_flags_with_their_default_are_accepted(flag: table.Fl
 def test_every_not_yet_supported_flag_is_known() -> None:
     names = {f.name for spec in table.COMMANDS.values() for f in _unsupported(spec)}
     assert names == {
-        "read-target", "writer-affinity-timeout", "read-target-websockets", "tls", "tls-staging",
-        "tls-certificate-path", "tls-private-key-path", "tls-redirect",
+        "read-target", "writer-affinity-timeout", "read-target-websockets", "tls-staging",
         "metrics-port",
     }  # fmt: skip
 

@@ -276,9 +276,27 @@ def test_run_options_defaults() -> None:
     assert (options.bind, options.http_port, options.https_port, options.debug) == (
         "",
         80,
-        443,
+        None,  # embedding opens no HTTPS port unless asked (``kproxy run`` asks for 443)
         False,
     )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"tls": True}, "--host must be set when using --tls"),
+        (
+            {"tls": True, "hosts": ("a.test",), "path_prefixes": ("/api",)},
+            "TLS settings must be given on the root path service",
+        ),
+        ({"tls": True, "hosts": ("a.test",), "tls_certificate_path": "c"}, "given together"),
+        ({"tls_certificate_path": "c", "tls_private_key_path": "k"}, "need --tls"),
+    ],
+)
+def test_tls_options_are_checked_for_every_door(kwargs: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        opt.ServiceOptions(**kwargs)
+    assert opt.ServiceOptions(hosts=("a.test",), path_prefixes=("/", "/api"), tls=True).tls
 
 
 @pytest.mark.parametrize(

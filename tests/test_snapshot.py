@@ -191,15 +191,15 @@ NEWER = (
     [
         ({"options.target.health_check_method": "HEAD"},
          "unknown option 'options.target.health_check_method'"),
-        ({"options.service.tls": True}, "unknown option 'options.service.tls'"),
+        ({"options.service.h2": True}, "unknown option 'options.service.h2'"),
         ({"options.rollout": {"percent": 10}}, "unknown option 'options.rollout'"),
-        ({"options.read_targets": ["r:1"], "options.service.tls": True,
+        ({"options.read_targets": ["r:1"], "options.service.h2": True,
           "options.target.health_check_method": "HEAD"},
-         "unknown options 'options.read_targets', 'options.service.tls', "
+         "unknown options 'options.read_targets', 'options.service.h2', "
          "'options.target.health_check_method'"),
         # Named even when a known option is also bad: the unknown one says why.
-        ({"options.service.tls": True, "options.targets": ["foo bar"]},
-         "unknown option 'options.service.tls'"),
+        ({"options.service.h2": True, "options.targets": ["foo bar"]},
+         "unknown option 'options.service.h2'"),
     ],
 )  # fmt: skip
 def test_an_option_this_version_does_not_know_is_named(

@@ -193,6 +193,10 @@ def _build_deploy(p: Parsed, _env: Mapping[str, str]) -> Deploy:
             error_pages=p.text("error-pages"),
             client_ip_header=p.text("client-ip-header"),
             scope_cookie_paths=p.flag("scope-cookie-paths"),
+            tls=p.flag("tls"),
+            tls_certificate_path=p.text("tls-certificate-path"),
+            tls_private_key_path=p.text("tls-private-key-path"),
+            tls_redirect=p.flag("tls-redirect"),
         ),
         target=opt.TargetOptions(
             health_check_path=p.text("health-check-path"),

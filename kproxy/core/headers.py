@@ -273,13 +273,39 @@ def canonical_host_redirect(
       canonical_host: the service's normalized ``--canonical-host``; "" means no redirects.
       scheme: "http" or "https", the listener the request came in on.
     """
-    if not canonical_host or request_host(host_header) == canonical_host:
+    return redirect_location(host_header, target, canonical_host=canonical_host, scheme=scheme)
+
+
+def redirect_location(
+    host_header: bytes | None,
+    target: bytes,
+    *,
+    canonical_host: str,
+    scheme: str,
+    to_https: bool = False,
+) -> bytes | None:
+    """The Location of a redirect to the canonical host and/or to HTTPS, in one hop, or None.
+
+    As kamal-proxy's ``redirectURLIfNeeded`` (internal/server/service.go): the host becomes
+    the canonical one (if set and not already it), the scheme https (``to_https``: a TLS
+    service's plain HTTP request), the path and query stay byte for byte. A move to https
+    drops the port, as kamal-proxy does: the HTTP port's number means nothing for HTTPS (and
+    behind a port mapping kproxy cannot know the published HTTPS port). A redirect within the
+    same scheme keeps a port that is not the scheme's default (see ``canonical_host_redirect``).
+    """
+    host = request_host(host_header)
+    moved = bool(canonical_host) and host != canonical_host
+    if not moved and not (to_https and host):
         return None
-    authority = f"[{canonical_host}]" if ":" in canonical_host else canonical_host
-    port = _host_port(host_header or b"")
-    if port is not None and port != (443 if scheme == "https" else 80):
-        authority += f":{port}"
-    return f"{scheme}://{authority}".encode("ascii") + _escape_location(_request_uri(target))
+    new_host = canonical_host if moved else host
+    authority = (f"[{new_host}]" if ":" in new_host else new_host).encode("latin-1")
+    if to_https:
+        scheme = "https"
+    else:
+        port = _host_port(host_header or b"")
+        if port is not None and port != (443 if scheme == "https" else 80):
+            authority += b":%d" % port
+    return _escape_location(scheme.encode("ascii") + b"://" + authority + _request_uri(target))
 
 
 def _host_port(host: bytes) -> int | None:

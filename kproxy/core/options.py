@@ -223,8 +223,17 @@ class ServiceOptions:
     error_pages: str = ""  # a directory of <status>.html templates; "" = built-in pages
     client_ip_header: str = attrs.field(default="", converter=_optional_header_name)
     scope_cookie_paths: bool = False
+    # TLS (kamal-proxy's ServiceOptions.TLS*): served on the HTTPS port with the certificate
+    # in these PEM files (the chain may hold intermediates); plain HTTP is redirected to
+    # HTTPS unless ``tls_redirect`` is off. Only a service on the root path sets them: the
+    # host's path-prefix services follow it.
+    tls: bool = False
+    tls_certificate_path: str = ""
+    tls_private_key_path: str = ""
+    tls_redirect: bool = True
 
     def __attrs_post_init__(self) -> None:
+        self._check_tls()
         if self.canonical_host.startswith("*."):
             raise ValueError(
                 f"--canonical-host {self.canonical_host} must be a host name, not a wildcard"
@@ -233,6 +242,23 @@ class ServiceOptions:
             raise ValueError(
                 f"--canonical-host {self.canonical_host} must be one of the --host values"
                 f" ({', '.join(self.hosts) or 'none given'})"
+            )
+
+    def _check_tls(self) -> None:
+        """kamal-proxy's deploy preRun rules, here too for embedders and the state file."""
+        if bool(self.tls_certificate_path) != bool(self.tls_private_key_path):
+            raise ValueError(
+                "--tls-certificate-path and --tls-private-key-path must be given together"
+            )
+        if not self.tls:
+            if self.tls_certificate_path:
+                raise ValueError("--tls-certificate-path and --tls-private-key-path need --tls")
+            return
+        if not self.hosts:
+            raise ValueError("--host must be set when using --tls")
+        if "/" not in self.path_prefixes:
+            raise ValueError(
+                "TLS settings must be given on the root path service (--path-prefix /)"
             )
 
 
@@ -316,18 +342,30 @@ def _port(name: str) -> Callable[[object, object, int], None]:
     return check
 
 
+def _port_or_none(name: str) -> Callable[[object, object, int | None], None]:
+    check = _port(name)
+
+    def check_optional(instance: object, attribute: object, value: int | None) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return check_optional
+
+
 @attrs.frozen
 class RunOptions:
     """How ``kproxy run`` listens, and where it keeps its socket and state.
 
-    ``http_port=0`` picks a free port (useful for tests and embedding).
+    ``http_port=0`` picks a free port (useful for tests and embedding). ``https_port=None``,
+    the default here, opens no HTTPS port (embedding: existing code binds nothing new, and a
+    TLS deploy is refused); ``kproxy run`` passes ``--https-port``, 443 unless told.
     """
 
     socket_path: str
     state_dir: str
     bind: str = ""
     http_port: int = attrs.field(default=DEFAULT_HTTP_PORT, validator=_port("http-port"))
-    https_port: int = attrs.field(default=DEFAULT_HTTPS_PORT, validator=_port("https-port"))
+    https_port: int | None = attrs.field(default=None, validator=_port_or_none("https-port"))
     debug: bool = False
     # Simultaneous client connections, beyond which new ones wait in the listen backlog.
     # 0 = automatic: 10 000, or fewer if the open-file limit cannot hold two descriptors each.

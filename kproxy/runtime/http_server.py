@@ -21,7 +21,7 @@ import trio
 from kproxy.core import request_framing
 from kproxy.core.pages import CONTENT_TYPE
 from kproxy.core.responses import ResponseWriter
-from kproxy.runtime.acceptor import accept_connections, default_max_connections
+from kproxy.runtime.acceptor import Handler, accept_connections, default_max_connections
 from kproxy.runtime.alarms import AlarmClock
 from kproxy.runtime.http1_exchange import Http1Exchange
 from kproxy.runtime.log import Logger
@@ -67,12 +67,16 @@ class HttpServer:
         return self.pipeline.closing
 
     async def serve_listeners(
-        self, listeners: list[trio.SocketListener], handler_nursery: trio.Nursery
+        self,
+        listeners: list[trio.SocketListener],
+        handler_nursery: trio.Nursery,
+        handle: Handler | None = None,
     ) -> None:
         """Accept on every listener until cancelled; each connection runs in
-        ``handler_nursery``, at most ``connection_slots.total_tokens`` at once, with the clock
-        of their deadlines (which lives as long as they may)."""
-        handler_nursery.start_soon(self.clock.run)
+        ``handler_nursery``, at most ``connection_slots.total_tokens`` at once. ``handle``
+        takes each accepted connection (default: ``handle_connection``; TLS: the handshake
+        first). The clock of their deadlines must run as long as they may: the caller starts
+        it there (``handler_nursery.start_soon(server.clock.run)``) when it starts this."""
         async with trio.open_nursery() as nursery:
             for listener in listeners:
                 nursery.start_soon(
@@ -80,7 +84,7 @@ class HttpServer:
                     listener,
                     self.connection_slots,
                     handler_nursery,
-                    self.handle_connection,
+                    handle or self.handle_connection,
                     self.logger,
                 )
 

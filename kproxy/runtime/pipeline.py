@@ -18,17 +18,18 @@ from kproxy.core.buffering import BufferPolicy, has_request_body
 from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import (
     build_upstream_request_headers,
-    canonical_host_redirect,
     header_value,
     upgrade_type,
 )
 from kproxy.core.pages import CONTENT_TYPE
 from kproxy.core.relay_rules import STATUS_CLIENT_CLOSED
 from kproxy.core.service_map import strip_path_prefix
+from kproxy.core.tls_rules import check_scheme
 from kproxy.errors import (
     BadRequestBody,
     ClientGone,
     NoMatchingService,
+    NotServedOverTls,
     ResponseAborted,
     UpstreamError,
     UpstreamTimeout,
@@ -90,21 +91,20 @@ class RequestPipeline:
         host_header = header_value(request.headers, b"host")
         if service_options.client_ip_header:
             log.use_client_ip_header(request.headers, service_options.client_ip_header)
-        location = canonical_host_redirect(
-            host_header,
-            raw_target,
-            canonical_host=service_options.canonical_host,
-            scheme=exchange.scheme,
-        )
-        if location is not None:
-            headers, body = relay_rules.redirect_answer(request.method, location)
-            sent = await exchange.send_whole(301, headers, body)
-            if sent is not None:
-                log.status, log.response_headers, log.response_bytes = 301, headers, len(body)
-            # Read a small unread body first, as Go's server does before closing, so the close
-            # does not reset the connection under a client still sending it.
-            await exchange.discard_body()
-            return False  # the redirect says Connection: close
+        secure = exchange.scheme == "https"
+        # Plain HTTP to a service without TLS or a canonical host skips the call (the fast path).
+        if service.tls.enabled or secure or service_options.canonical_host:
+            answer = check_scheme(
+                service.tls,
+                secure=secure,
+                host_header=host_header,
+                target=raw_target,
+                canonical_host=service_options.canonical_host,
+            )
+            if isinstance(answer, bytes):
+                return await self._redirect(exchange, log, answer)
+            if answer is not None:  # STATUS_NOT_OVER_TLS
+                return await self._fail(exchange, log, NotServedOverTls(), ResponseRecord())
         if (
             service_options.scope_cookie_paths
             and service_options.strip_path_prefix
@@ -131,6 +131,16 @@ class RequestPipeline:
             return await self._fail(exchange, log, exc, ResponseRecord())
         log.fields["target"] = target.name
         return await self._proxy(exchange, upstream_target, service, target, log)
+
+    async def _redirect(self, exchange: Exchange, log: RequestLog, location: bytes) -> bool:
+        headers, body = relay_rules.redirect_answer(exchange.request.method, location)
+        sent = await exchange.send_whole(301, headers, body)
+        if sent is not None:
+            log.status, log.response_headers, log.response_bytes = 301, headers, len(body)
+        # Read a small unread body first, as Go's server does before closing, so the close
+        # does not reset the connection under a client still sending it.
+        await exchange.discard_body()
+        return False  # the redirect says Connection: close
 
     async def _proxy_buffered(
         self, exchange: Exchange, upstream_target: bytes, service: Service, log: RequestLog

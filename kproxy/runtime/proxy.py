@@ -4,7 +4,7 @@
 checks, drains) and the frontend that takes the HTTP connections. Cancelling it stops
 everything. The frontend is what differs between the three roles a proxy process plays:
 
-- one process (``kproxy run``, embedding): ``Listeners``, serving HTTP here;
+- one process (``kproxy run``, embedding): ``Listeners``, serving HTTP and HTTPS here;
 - the supervisor of ``run --workers N`` (runtime/supervisor.py): ``WorkerPool``, N processes;
 - one of those workers (runtime/worker.py): ``Listeners`` on the shared port, with the state
   the supervisor sends; its options have no control socket and no state directory.
@@ -30,8 +30,9 @@ from kproxy.core.options import (
     DeploymentOptions,
     RunOptions,
 )
-from kproxy.errors import CommandError, KProxyError
+from kproxy.errors import CommandError, DeployError, KProxyError
 from kproxy.runtime.acceptor import default_max_connections
+from kproxy.runtime.certificates import CertificateStore
 from kproxy.runtime.control_server import (
     handle_control_connection,
     open_control_listener,
@@ -42,6 +43,8 @@ from kproxy.runtime.listen import open_reuseport_listeners
 from kproxy.runtime.log import Logger
 from kproxy.runtime.router import Progress, Replicas, Router, _no_progress
 from kproxy.runtime.state_store import StateStore
+from kproxy.runtime.tls_transport import open_tls
+from kproxy.runtime.transport import SocketTransport
 
 SHUTDOWN_GRACE: Final = 10.0  # seconds in-flight requests get after SIGTERM
 
@@ -57,8 +60,9 @@ class Frontend(Protocol):
     calls ``open``, ``replicas`` and ``start`` in that order, and ``close`` as it ends;
     ``Proxy.shutdown`` calls ``begin_shutdown``, logs, then awaits ``shutdown``."""
 
-    async def open(self) -> int:
-        """Take the HTTP port (after the control socket, before the router); returns it."""
+    async def open(self) -> tuple[int, int | None]:
+        """Take the HTTP and HTTPS ports (after the control socket, before the router);
+        returns them (None: no HTTPS port, as ``RunOptions.https_port`` asks)."""
 
     def replicas(self, router: Router) -> Replicas | None:
         """Who must follow ``router``'s changes: None when this process serves the requests."""
@@ -82,28 +86,38 @@ class Frontend(Protocol):
 
 @attrs.define(eq=False)
 class Listeners:
-    """The ``Frontend`` that serves HTTP in this process, on its own listening sockets."""
+    """The ``Frontend`` that serves HTTP and HTTPS in this process, on its own listening
+    sockets; HTTPS connections are TLS sessions (runtime/tls_transport.py) with the
+    certificates of the router's services (runtime/certificates.py)."""
 
     options: RunOptions
     logger: Logger
     reuseport: bool = False  # a worker's: the port is shared with the other workers
     prepare: Callable[[Router], None] | None = None  # runs before the first accept
     http_port: int = 0
+    https_port: int | None = None
     http: HttpServer | None = None
+    https: HttpServer | None = None
     _listeners: list[trio.SocketListener] = attrs.field(factory=list)
+    _tls_listeners: list[trio.SocketListener] = attrs.field(factory=list)
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
-    async def open(self) -> int:
-        if self.reuseport:
-            self._listeners = await open_reuseport_listeners(
-                self.options.bind, self.options.http_port
-            )
-        else:
-            self._listeners = await trio.open_tcp_listeners(
-                self.options.http_port, host=self.options.bind or None
-            )
+    async def open(self) -> tuple[int, int | None]:
+        self._listeners = await self._listen(self.options.http_port)
         self.http_port = self._listeners[0].socket.getsockname()[1]
-        return self.http_port
+        if self.options.https_port is not None:
+            try:
+                self._tls_listeners = await self._listen(self.options.https_port)
+            except BaseException:
+                self.close()
+                raise
+            self.https_port = self._tls_listeners[0].socket.getsockname()[1]
+        return self.http_port, self.https_port
+
+    async def _listen(self, port: int) -> list[trio.SocketListener]:
+        if self.reuseport:
+            return await open_reuseport_listeners(self.options.bind, port)
+        return await trio.open_tcp_listeners(port, host=self.options.bind or None)
 
     def replicas(self, router: Router) -> None:
         return None
@@ -113,19 +127,36 @@ class Listeners:
     ) -> dict[str, Any]:
         if self.prepare is not None:
             self.prepare(router)
-        slots = self.options.max_connections or default_max_connections()
-        http = self.http = HttpServer(
-            router,
-            self.logger,
-            port=self.http_port,
-            connection_slots=trio.CapacityLimiter(slots),
-        )
-        nursery.start_soon(self._accept, http, connections)
+        # One bound on client connections, HTTP and HTTPS together.
+        slots = trio.CapacityLimiter(self.options.max_connections or default_max_connections())
+        self.http = HttpServer(router, self.logger, port=self.http_port, connection_slots=slots)
+        if self.https_port is not None:
+            self.https = HttpServer(
+                router, self.logger, port=self.https_port, scheme="https", connection_slots=slots
+            )
+        for server in (self.http, self.https):
+            if server is not None:
+                connections.start_soon(server.clock.run)  # lives as long as the connections
+        nursery.start_soon(self._accept, CertificateStore(router), connections)
         return {}
 
-    async def _accept(self, http: HttpServer, connections: trio.Nursery) -> None:
-        with self._accepting:
-            await http.serve_listeners(self._listeners, connections)  # bounded: see HttpServer
+    async def _accept(self, store: CertificateStore, connections: trio.Nursery) -> None:
+        assert self.http is not None
+        https = self.https
+
+        async def handle_tls(transport: SocketTransport) -> None:
+            assert https is not None
+            tls = await open_tls(transport, store.context_for, self.logger)
+            if tls is not None:
+                await https.handle_connection(tls)
+
+        with self._accepting:  # bounded: see HttpServer
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.http.serve_listeners, self._listeners, connections)
+                if https is not None:
+                    nursery.start_soon(
+                        https.serve_listeners, self._tls_listeners, connections, handle_tls
+                    )
         # shutdown() stopped us: close the ports so new clients are refused, not left queued.
         self.close()
 
@@ -134,12 +165,14 @@ class Listeners:
         return {}
 
     async def shutdown(self, grace: float) -> None:
-        if self.http is not None:
-            await self.http.shutdown(grace)
+        async with trio.open_nursery() as nursery:
+            for server in (self.http, self.https):
+                if server is not None:
+                    nursery.start_soon(server.shutdown, grace)
 
     def close(self) -> None:
         # Listeners are closed here, not by serve_listeners, which leaves them open.
-        for listener in self._listeners:
+        for listener in (*self._listeners, *self._tls_listeners):
             listener.socket.close()
 
 
@@ -161,6 +194,7 @@ class Proxy:
     options: RunOptions
     logger: Logger = attrs.field(factory=Logger)
     http_port: int = 0  # the bound port, known once serve() has started
+    https_port: int | None = None  # likewise; None: no HTTPS port (``RunOptions.https_port``)
     frontend: Frontend = attrs.field(
         default=attrs.Factory(_listeners, takes_self=True), kw_only=True
     )
@@ -181,7 +215,7 @@ class Proxy:
             # it takes any port.
             if self.options.socket_path:
                 control = await open_control_listener(self.options.socket_path)
-            self.http_port = await frontend.open()
+            self.http_port, self.https_port = await frontend.open()
             async with trio.open_nursery() as nursery:
                 router = self._router = Router(self.logger, store, nursery)
                 router.replicas = frontend.replicas(router)
@@ -193,6 +227,7 @@ class Proxy:
                 self.logger.info(
                     self.started_message,
                     http_port=self.http_port,
+                    https_port=self.https_port,
                     socket=self.options.socket_path,
                     state_dir=self.options.state_dir,
                     version=__version__,
@@ -252,9 +287,15 @@ class Proxy:
             progress: awaited with each progress line (what is being waited for, and why).
 
         Raises:
-            DeployError: the deploy failed (DeployTimeout: not healthy in time, or a route
-                conflict); the previous targets keep serving and nothing is saved.
+            DeployError: the deploy failed (DeployTimeout: not healthy in time, a route
+                conflict, or CertificateError: a TLS file cannot be used); the previous
+                targets keep serving and nothing is saved.
         """
+        if options.service.tls and self.https_port is None:
+            raise DeployError(
+                f"{service}: --tls needs an HTTPS port, and this proxy has none "
+                "(embedding: give RunOptions(https_port=...), 0 for a free one)"
+            )
         await self.router.deploy(service, options, progress)
 
     async def remove(self, service: str, progress: Progress = _no_progress) -> None:

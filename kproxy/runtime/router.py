@@ -24,7 +24,9 @@ from kproxy.core.options import DeploymentOptions
 from kproxy.core.pages import ErrorPages
 from kproxy.core.service_map import Route, ServiceMap
 from kproxy.core.states import TargetHealth
+from kproxy.core.tls_rules import inherits_tls, policy_for, root_host
 from kproxy.errors import CommandError, DeployError, DeployTimeout, ServiceNotFound, StateError
+from kproxy.runtime.certificates import CertificateSource, certificate_source, restored_source
 from kproxy.runtime.health import check_once
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
@@ -92,6 +94,7 @@ class Router:
         """
         self._check_conflicts(name, options)  # fail fast, before any health check
         pages = self._read_pages(options)  # likewise: a bad --error-pages changes nothing
+        certificates = certificate_source(options.service)  # and bad certificate files
         async with self._lock(name):
             if pages.directory:
                 statuses = ", ".join(map(str, sorted(pages.templates)))
@@ -120,7 +123,7 @@ class Router:
             except BaseException:
                 new.close()
                 raise
-            old = self.cut_over(name, options, new, pages)
+            old = self.cut_over(name, options, new, pages, certificates)
             self._publish()
             # The deploy has happened. Start the drain and save before the first await that a
             # vanished control client can cancel (a progress write), or neither would happen:
@@ -185,6 +188,7 @@ class Router:
                 path_prefixes=s.options.service.path_prefixes,
                 targets=tuple(t.name for t in s.targets),
                 state=s.state.value,
+                tls=s.tls.enabled,  # a path-prefix service's is its root service's
             )
             for s in sorted(self.services.values(), key=lambda s: s.name)
         ]
@@ -213,7 +217,8 @@ class Router:
             restored = _new_targets(record.options, self.connector, healthy=True)
             targets = self.target_set(record.name, restored)
             pages = self._restore_pages(record.name, record.options)
-            self.cut_over(record.name, record.options, targets, pages)
+            certificates = restored_source(record.name, record.options.service, self.logger)
+            self.cut_over(record.name, record.options, targets, pages, certificates)
             self.services[record.name].follow(record.state, record.message, record.max_pause)
             await self.nursery.start(targets.run)  # a single target is not checked: it serves
             self.logger.info(
@@ -260,6 +265,7 @@ class Router:
         options: DeploymentOptions,
         targets: TargetSet,
         pages: ErrorPages = BUILTIN_PAGES,
+        certificates: CertificateSource | None = None,
     ) -> TargetSet | None:
         """Route ``name`` to ``targets``, making the service if new; returns the group it
         replaced. No await: requests see the old service or the new, never a mix."""
@@ -270,9 +276,11 @@ class Router:
         else:
             old = service.replace_active(options, targets)
         service.pages = pages
+        service.certificates = certificates
         self.service_map = self.service_map.with_service(
             name, options.service.hosts, options.service.path_prefixes
         )
+        self._sync_tls()
         return old
 
     def withdraw(self, name: str) -> Service:
@@ -280,8 +288,20 @@ class Router:
         service = self._get(name)
         del self.services[name]
         self.service_map = self.service_map.without_service(name)
+        self._sync_tls()
         service.close()
         return service
+
+    def _sync_tls(self) -> None:
+        """Each service's TLS policy after a routing change: a path-prefix service follows
+        the root service of its host (kamal-proxy's syncTLSOptionsFromRootDomain)."""
+        for service in self.services.values():
+            options = service.options.service
+            root = None
+            if inherits_tls(options):
+                routed = self.route(root_host(options), "/")
+                root = routed[0].options.service if routed is not None else None
+            service.tls = policy_for(options, root)
 
     def close_nowait(self) -> None:
         """Release every pooled upstream connection (the proxy is stopping)."""

@@ -17,11 +17,13 @@ from kproxy.core.options import DEFAULT_PAUSE_TIMEOUT, DeploymentOptions
 from kproxy.core.pages import ErrorPages
 from kproxy.core.snapshot import ServiceRecord
 from kproxy.core.states import ServiceState
+from kproxy.core.tls_rules import NO_TLS, TlsPolicy
 from kproxy.errors import NoHealthyTargets, PauseExpired, ServiceUnavailable
 from kproxy.runtime.target import Target
 from kproxy.runtime.target_set import TargetSet
 
 if TYPE_CHECKING:  # the data path's request head; only its fields are read
+    from kproxy.runtime.certificates import CertificateSource
     from kproxy.runtime.exchange import RequestHead
 
 
@@ -38,6 +40,12 @@ class Service:
     removed: bool = False  # set by close(); routing no longer reaches the service
     # --error-pages, read and parsed at deploy; replaced with the targets at the cutover.
     pages: ErrorPages = attrs.field(factory=ErrorPages, kw_only=True)
+    # Its certificates (runtime/certificates.py), loaded at deploy; None: no TLS, or a restored
+    # certificate that no longer loads. Replaced with the targets at the cutover.
+    certificates: CertificateSource | None = attrs.field(default=None, kw_only=True)
+    # How it treats HTTP and HTTPS (core/tls_rules.py): its own TLS options, or those of its
+    # host's root service if it serves a path prefix; the router keeps it up to date.
+    tls: TlsPolicy = attrs.field(default=NO_TLS, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.state is ServiceState.RUNNING:

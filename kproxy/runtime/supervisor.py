@@ -164,13 +164,22 @@ class WorkerPool:
     logger: Logger
     workers: Workers = attrs.field(factory=Workers)
     http_port: int = 0
+    https_port: int | None = None
     _reserved: list[socket.socket] = attrs.field(factory=list)
     _stopping: bool = False
 
-    async def open(self) -> int:
+    async def open(self) -> tuple[int, int | None]:
         self._reserved = await reserve_port(self.options.bind, self.options.http_port)
         self.http_port = self._reserved[0].getsockname()[1]
-        return self.http_port
+        if self.options.https_port is not None:
+            try:
+                tls = await reserve_port(self.options.bind, self.options.https_port)
+            except BaseException:
+                self.close()
+                raise
+            self._reserved += tls
+            self.https_port = tls[0].getsockname()[1]
+        return self.http_port, self.https_port
 
     def replicas(self, router: Router) -> Workers:
         self.workers.router, self.workers.logger = router, self.logger
@@ -282,7 +291,12 @@ class WorkerPool:
         ours, theirs = socket.socketpair()
         config = attrs.asdict(
             attrs.evolve(
-                self.options, socket_path="", state_dir="", http_port=self.http_port, workers=1
+                self.options,
+                socket_path="",
+                state_dir="",
+                http_port=self.http_port,
+                https_port=self.https_port,
+                workers=1,
             )
         )
         try:

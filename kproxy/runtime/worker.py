@@ -23,6 +23,7 @@ import trio
 from kproxy.core import worker_protocol as wp
 from kproxy.core.options import DeploymentOptions, RunOptions, parse_target
 from kproxy.core.pages import ErrorPages
+from kproxy.runtime.certificates import restored_source
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
 from kproxy.runtime.proxy import Frontend, Listeners, Proxy
@@ -82,8 +83,14 @@ class Worker(Proxy):
             if service is None or service.targets != targets or service.options != record.options:
                 # A deploy: its --error-pages are read again, as the supervisor did.
                 pages = self._pages(record.name, record.options)
+                # And its certificate files, which this worker loads itself.
+                certificates = restored_source(record.name, record.options.service, self.logger)
                 router.cut_over(
-                    record.name, record.options, router.target_set(record.name, targets), pages
+                    record.name,
+                    record.options,
+                    router.target_set(record.name, targets),
+                    pages,
+                    certificates,
                 )
                 service = router.services[record.name]
             for target, seen in zip(targets, view.targets, strict=True):

@@ -257,7 +257,7 @@ async def test_run_refuses_a_live_socket(nursery: trio.Nursery, tmp_path: Path) 
     with trio.fail_after(GUARD):
         await start_proxy(nursery, tmp_path)
         result = await cli(
-            "run", "--http-port", "0", "--bind", "127.0.0.1",
+            "run", "--http-port", "0", "--https-port", "0", "--bind", "127.0.0.1",
             "--socket", str(tmp_path / "kproxy.sock"), "--state-dir", str(tmp_path / "other"),
         )  # fmt: skip
     assert result.code == 1
@@ -273,7 +273,7 @@ async def test_run_reports_a_busy_port(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = await cli(
-            "run", "--http-port", str(port), "--bind", "127.0.0.1",
+            "run", "--http-port", str(port), "--https-port", "0", "--bind", "127.0.0.1",
             "--socket", str(tmp_path / "kproxy.sock"), "--state-dir", str(tmp_path / "state"),
         )  # fmt: skip
     assert result.code == 1

@@ -188,7 +188,7 @@ async def start_process(tmp_path: Path, log: Path) -> tuple[trio.Process, int]:
     with log.open("wb") as out:
         process = await trio.lowlevel.open_process(
             [
-                *(sys.executable, "-m", "kproxy", "run", "--http-port", "0"),
+                *(sys.executable, "-m", "kproxy", "run", "--http-port", "0", "--https-port", "0"),
                 *("--bind", "127.0.0.1", "--state-dir", str(tmp_path / "state")),
                 *("--socket", str(tmp_path / "kproxy.sock")),
             ],
