@@ -15,9 +15,9 @@ from typing import Any, Final
 
 import attrs
 
-from benchmarks import compare, cutover, install, memory, report, servers
+from benchmarks import compare, cutover, https, install, memory, report, servers
 
-PARTS: Final = ("compare", "cutover", "memory")
+PARTS: Final = ("compare", "https", "cutover", "memory")
 RESULTS: Final = Path(__file__).resolve().parent / "results"
 
 
@@ -36,10 +36,10 @@ def worker_counts(text: str) -> list[int]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/run.py",
-        description="kproxy beside nginx, HAProxy and Caddy on this machine, in one run; then"
-        " kproxy's memory with idle connections and its latency during deploys. Installs wrk,"
-        " nginx, haproxy and caddy with apt-get if missing (as root; no service is left"
-        " running or enabled).",
+        description="kproxy beside nginx, HAProxy and Caddy on this machine, in one run, and"
+        " beside Caddy over HTTPS; then kproxy's memory with idle connections and its latency"
+        " during deploys. Installs wrk, nginx, haproxy and caddy with apt-get if missing (as"
+        " root; no service is left running or enabled).",
     )
     parser.add_argument(
         "parts",
@@ -59,8 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=worker_counts,
         metavar="N[,N…]",
         help="pass `--workers N` to `kproxy run` (default: kproxy's own, one per core); with"
-        " several counts the comparison has a kproxy row for each, and cutover and memory use"
-        " the first",
+        " several counts the comparison and HTTPS have a kproxy row for each, and cutover and"
+        " memory use the first",
     )
     parser.add_argument(
         "--quick",
@@ -170,6 +170,20 @@ def main(argv: list[str] | None = None) -> None:
             results["samples"] = [s.as_dict() for s in samples]
             results["summary"] = [attrs.asdict(row) for row in rows]
             results["foreign_cpu_max"] = max(s.foreign_cpu for s in samples)
+        if "https" in args.parts:
+            labels = https.server_labels(kproxy_workers)
+            say(f"HTTPS: {len(https.CASES)} cases x {len(labels)} servers x")
+            say(f"  {args.repeats} repeats, {args.warmup:g} s warm-up + {args.duration:g} s each")
+            results["https"] = https.run(
+                directory,
+                upstream=upstream,
+                seconds=args.duration,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                threads=args.wrk_threads,
+                kproxy_workers=kproxy_workers,
+                progress=say,
+            )
         if "cutover" in args.parts:
             label = servers.kproxy_label(kproxy_workers[0])
             say(f"{label} during deploys (steady vs deploying back and forth):")

@@ -104,18 +104,34 @@ def measure(
 ) -> tuple[loadgen.WrkResult, float, float, float]:
     """Warm up, then one measured wrk run. Returns the result, the server's and the
     upstream's CPU µs per request, and the foreign CPU share during the run."""
-    if warmup > 0:
-        loadgen.run(
-            url, connections=case.connections, threads=threads, seconds=warmup, script=script
+
+    def load(duration: float) -> loadgen.WrkResult:
+        return loadgen.run(
+            url, connections=case.connections, threads=threads, seconds=duration, script=script
         )
+
+    return measure_load(
+        load, server_pid=server_pid, upstream_pid=upstream_pid, seconds=seconds, warmup=warmup
+    )
+
+
+def measure_load(
+    load: Callable[[float], loadgen.WrkResult],
+    *,
+    server_pid: int,
+    upstream_pid: int,
+    seconds: float,
+    warmup: float,
+) -> tuple[loadgen.WrkResult, float, float, float]:
+    """``measure`` with any load generator run as a child process: ``load(seconds)``."""
+    if warmup > 0:
+        load(warmup)
     cpu_before = procstat.cpu_seconds(server_pid)
     upstream_before = procstat.cpu_seconds(upstream_pid)
     wrk_before = _children_cpu()
     busy_before = _machine_busy_seconds()
     started = time.monotonic()
-    result = loadgen.run(
-        url, connections=case.connections, threads=threads, seconds=seconds, script=script
-    )
+    result = load(seconds)
     wall = time.monotonic() - started
     busy = _machine_busy_seconds() - busy_before
     wrk_cpu = _children_cpu() - wrk_before
@@ -201,10 +217,12 @@ class Row:
     foreign_cpu_max: float
 
 
-def summarise(samples: list[Sample], labels: dict[str, str]) -> list[Row]:
+def summarise(
+    samples: list[Sample], labels: dict[str, str], cases: Sequence[Case] = CASES
+) -> list[Row]:
     """One row per case and server, in the order of ``labels`` (see ``server_labels``)."""
     rows: list[Row] = []
-    for case in CASES:
+    for case in cases:
         for name, label in labels.items():
             mine = [s for s in samples if s.case == case.name and s.server == name]
             if not mine:

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks import install, servers
+from benchmarks import https, install, servers
 from benchmarks.compare import CASES, Row
 
 MB: Final = 1_000_000 / (1024 * 1024)  # MiB → MB
@@ -113,6 +113,54 @@ def comparison_tables(rows: list[Row]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def https_section(section: dict[str, Any]) -> str:
+    """The HTTPS cases: per server, keep-alive req/s and new handshakes/s, with ratios to Caddy."""
+    rows = [Row(**row) for row in section["summary"]]
+    found = {(row.case, row.server): row for row in rows}
+    lines = [
+        "| server | keep-alive req/s | vs Caddy | p50 ms | p99 ms | CPU µs/req | vs Caddy"
+        " | new handshakes/s | vs Caddy | p50 ms | p99 ms | CPU µs/handshake | vs Caddy"
+        " | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for server in dict.fromkeys(row.server for row in rows):
+        cells = [next(row.label for row in rows if row.server == server)]
+        errors = 0
+        for case in https.CASES:
+            row, caddy = found.get((case.name, server)), found.get((case.name, "caddy"))
+            if row is None:
+                cells += ["—"] * 6
+                continue
+            spread = f" ({row.rps_min:.0f}-{row.rps_max:.0f})" if row.rps_max > row.rps_min else ""
+            cells += [
+                f"{row.rps:.0f}{spread}",
+                _ratio(row.rps, caddy.rps if caddy else None),
+                f"{row.p50_ms:.2f}",
+                f"{row.p99_ms:.2f}",
+                f"{row.cpu_us:.0f}",
+                _ratio(row.cpu_us, caddy.cpu_us if caddy else None),
+            ]
+            errors += row.errors
+        lines.append("| " + " | ".join([*cells, str(errors)]) + " |")
+    label = {row.server: row.label for row in rows}
+    negotiated = "; ".join(
+        f"{label.get(server, server)}: {', '.join(counts)}"
+        for server, counts in section["negotiated"].items()
+    )
+    resumed = sum(section["resumed"].values())
+    lines += [
+        "",
+        f"- Certificate: {section['certificate']}, for `{section['host']}` (SNI and Host);"
+        " each server's was checked once against the CA and the name before measuring.",
+        "- Keep-alive: wrk on `https://…/tiny`, 16 connections, one handshake each, then"
+        " requests on it. New handshakes: `benchmarks/handshakes.py`, 16 threads, each"
+        " request on a new connection with a full handshake (no session offered again;"
+        f" {resumed} resumed), `Connection: close`, read to the end.",
+        f"- Negotiated (new handshakes): {negotiated}.",
+    ]
+    return "\n".join(lines)
 
 
 def _named(label: str, text: str) -> str:
@@ -221,6 +269,13 @@ def markdown(results: dict[str, Any], rows: list[Row]) -> str:
         ]
     if rows:
         lines += ["", "## Throughput, latency and CPU per request", "", comparison_tables(rows)]
+    if "https" in results:
+        lines += [
+            "",
+            "## HTTPS: kproxy and Caddy terminating TLS",
+            "",
+            https_section(results["https"]),
+        ]
     memory = results.get("memory")
     if memory is not None:
         lines += [

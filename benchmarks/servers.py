@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -71,7 +72,7 @@ class Server:
             pass
 
 
-def _spawn(
+def spawn(
     name: str,
     port: int,
     argv: list[str],
@@ -185,7 +186,7 @@ http {{
 }}
 """
     )
-    server = _spawn("upstream", ports[0], _nginx_argv(config, directory, "upstream"), directory)
+    server = spawn("upstream", ports[0], _nginx_argv(config, directory, "upstream"), directory)
     wait_until_serving(server, "/up", directory)
     return server
 
@@ -221,7 +222,7 @@ http {{
 }}
 """
     )
-    server = _spawn(
+    server = spawn(
         "nginx", port, _nginx_argv(config, directory, "nginx"), directory, log_files=[access_log]
     )
     wait_until_serving(server, TINY_PATH, directory)
@@ -257,7 +258,7 @@ backend app
 """
     )
     haproxy = which("haproxy") or "haproxy"
-    server = _spawn(
+    server = spawn(
         "haproxy", port, [haproxy, "-db", "-f", str(config)], directory, stdout_name="haproxy.log"
     )
     wait_until_serving(server, TINY_PATH, directory)
@@ -296,12 +297,17 @@ http://127.0.0.1:{port} {{
     )
     home = directory / f"{name}-home"
     home.mkdir(exist_ok=True)
-    env = dict(os.environ, HOME=str(home), XDG_DATA_HOME=str(home), XDG_CONFIG_HOME=str(home))
+    env = caddy_env(home)
     caddy = which("caddy") or "caddy"
     argv = [caddy, "run", "--adapter", "caddyfile", "--config", str(config)]
-    server = _spawn(name, port, argv, directory, env=env, log_files=[log_path])
+    server = spawn(name, port, argv, directory, env=env, log_files=[log_path])
     wait_until_serving(server, TINY_PATH, directory)
     return server
+
+
+def caddy_env(home: Path) -> dict[str, str]:
+    """Caddy keeps its data (certificates, autosaved config) under HOME: the run's own dir."""
+    return dict(os.environ, HOME=str(home), XDG_DATA_HOME=str(home), XDG_CONFIG_HOME=str(home))
 
 
 def kproxy_env() -> dict[str, str]:
@@ -334,8 +340,8 @@ class KProxy:
                         raise RuntimeError(f"{line!r}: {lines[-1]}")
                     return lines
 
-    def deploy(self, upstream_port: int) -> None:
-        self.command(f"deploy web --target 127.0.0.1:{upstream_port}")
+    def deploy(self, upstream_port: int, *flags: str) -> None:
+        self.command(" ".join([f"deploy web --target 127.0.0.1:{upstream_port}", *flags]))
 
 
 def kproxy_name(workers: int | None) -> str:
@@ -351,11 +357,21 @@ def kproxy_label(workers: int | None) -> str:
 
 
 def start_kproxy(
-    directory: Path, upstream_port: int, name: str = "kproxy", *, workers: int | None = None
+    directory: Path,
+    upstream_port: int,
+    name: str = "kproxy",
+    *,
+    workers: int | None = None,
+    https_port: int = 0,
+    deploy_flags: Sequence[str] = (),
+    ready_path: str | None = TINY_PATH,
 ) -> KProxy:
     """``kproxy run`` with its default options (JSON log lines on stdout, to a file), then
-    ``deploy web --target …`` over the control socket. ``workers`` is passed as ``--workers``;
-    ``None`` leaves kproxy's default (one worker process per core)."""
+    ``deploy web --target …`` (and ``deploy_flags``) over the control socket. ``workers`` is
+    passed as ``--workers``; ``None`` leaves kproxy's default (one worker process per core).
+    ``https_port`` 0 is a free port nobody uses (HTTPS is measured in ``benchmarks.https``,
+    which picks the port). Returns once ``GET ready_path`` answers 200 over plain HTTP (unless
+    None: a TLS service redirects plain HTTP, so its caller checks over HTTPS)."""
     port = free_port()
     state = directory / f"{name}-state"
     state.mkdir(exist_ok=True)
@@ -370,7 +386,7 @@ def start_kproxy(
         "--http-port",
         str(port),
         "--https-port",
-        "0",  # a free port: HTTPS is not measured here, and 443 may be taken
+        str(https_port),  # never 443: it may be taken
         "--state-dir",
         str(state),
         "--socket",
@@ -378,14 +394,14 @@ def start_kproxy(
     ]
     if workers is not None:
         argv += ["--workers", str(workers)]
-    server = _spawn(name, port, argv, directory, env=kproxy_env(), stdout_name=f"{name}.log")
+    server = spawn(name, port, argv, directory, env=kproxy_env(), stdout_name=f"{name}.log")
     proxy = KProxy(server, socket_path, directory / f"{name}.log")
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         # The socket file appears at bind(), a moment before listen(): until then connecting
         # is refused, so try the deploy itself until it gets through.
         try:
-            proxy.deploy(upstream_port)
+            proxy.deploy(upstream_port, *deploy_flags)
             break
         except (FileNotFoundError, ConnectionRefusedError):
             if server.process.poll() is not None or time.monotonic() > deadline:
@@ -393,7 +409,8 @@ def start_kproxy(
                 server.stop()
                 raise RuntimeError(f"kproxy did not start:\n{stderr}") from None
             time.sleep(0.05)
-    wait_until_serving(server, TINY_PATH, directory)
+    if ready_path is not None:
+        wait_until_serving(server, ready_path, directory)
     return proxy
 
 
@@ -412,6 +429,6 @@ def start_floor(directory: Path, upstream_port: int) -> Server:
     ]
     floor_dir = directory / "floor"
     floor_dir.mkdir(exist_ok=True)
-    server = _spawn("floor", port, argv, floor_dir, env=kproxy_env())
+    server = spawn("floor", port, argv, floor_dir, env=kproxy_env())
     wait_until_serving(server, TINY_PATH, floor_dir)
     return server
