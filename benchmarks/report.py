@@ -146,10 +146,12 @@ def https_section(section: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([*cells, str(errors)]) + " |")
     label = {row.server: row.label for row in rows}
     negotiated = "; ".join(
-        f"{label.get(server, server)}: {', '.join(counts)}"
-        for server, counts in section["negotiated"].items()
+        f"{label[server]}: {', '.join(section['negotiated'][server])}"
+        for server in label
+        if server in section["negotiated"]
     )
     resumed = sum(section["resumed"].values())
+    foreign = max(row.foreign_cpu_max for row in rows)
     lines += [
         "",
         f"- Certificate: {section['certificate']}, for `{section['host']}` (SNI and Host);"
@@ -159,6 +161,9 @@ def https_section(section: dict[str, Any]) -> str:
         " request on a new connection with a full handshake (no session offered again;"
         f" {resumed} resumed), `Connection: close`, read to the end.",
         f"- Negotiated (new handshakes): {negotiated}.",
+        f"- Other processes used up to {foreign:.0%} of the machine's CPU during an HTTPS"
+        " measurement (in the handshake case part of that may be the kernel's work on the"
+        " connections, which no process is charged for).",
     ]
     return "\n".join(lines)
 
@@ -177,10 +182,10 @@ def _kproxy_mode(settings: dict[str, Any]) -> str:
     if len(chosen) == 1:
         return f"`kproxy run --workers {chosen[0]}` (its default is {default})"
     runs = " and ".join(f"`--workers {n}`" for n in chosen)
-    return (
-        f"`kproxy run` with {runs}, a row each; cutover and memory with the first"
-        f" (its default is {default})"
-    )
+    first = "; cutover and memory with the first"
+    if not {"cutover", "memory"} & set(settings["parts"]):
+        first = ""
+    return f"`kproxy run` with {runs}, a row each{first} (its default is {default})"
 
 
 def targets(
