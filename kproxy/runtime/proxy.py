@@ -32,6 +32,7 @@ from kproxy.core.options import (
 )
 from kproxy.errors import CommandError, DeployError, KProxyError
 from kproxy.runtime.acceptor import default_max_connections
+from kproxy.runtime.acme_certificates import AcmeCertificates
 from kproxy.runtime.certificates import CertificateStore
 from kproxy.runtime.control_server import (
     handle_control_connection,
@@ -201,6 +202,8 @@ class Proxy:
     _router: Router | None = None
     _accepting: list[trio.CancelScope] = attrs.field(factory=list)  # the control socket's
     started_message: ClassVar[str] = "Server started"
+    # Whether this process orders ACME certificates (one process; not --workers N yet).
+    automatic_certificates: ClassVar[bool] = True
 
     async def serve(
         self, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED
@@ -217,7 +220,15 @@ class Proxy:
                 control = await open_control_listener(self.options.socket_path)
             self.http_port, self.https_port = await frontend.open()
             async with trio.open_nursery() as nursery:
-                router = self._router = Router(self.logger, store, nursery)
+                acme = None
+                if self.automatic_certificates:
+                    acme = AcmeCertificates(
+                        nursery,
+                        self.logger,
+                        default_directory=self.options.acme_directory,
+                        state_dir=self.options.state_dir,
+                    )
+                router = self._router = Router(self.logger, store, nursery, acme=acme)
                 router.replicas = frontend.replicas(router)
                 await router.restore(*saved)
                 connections = await nursery.start(_hold_nursery)

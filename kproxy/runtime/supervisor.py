@@ -19,7 +19,7 @@ import json
 import socket
 import subprocess
 import sys
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
 import trio
@@ -338,6 +338,7 @@ class Supervisor(Proxy):
     frontend: Frontend = attrs.field(
         default=attrs.Factory(_worker_pool, takes_self=True), kw_only=True
     )
+    automatic_certificates: ClassVar[bool] = False  # ACME needs --workers 1 for now
 
 
 @attrs.define(eq=False)

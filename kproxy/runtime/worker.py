@@ -43,6 +43,7 @@ class Worker(Proxy):
     """The HTTP side of the proxy, following the supervisor's state (see the module doc)."""
 
     started_message: ClassVar[str] = "Worker started"
+    automatic_certificates: ClassVar[bool] = False  # the supervisor refuses ACME for now
 
     channel: WorkerChannel | None = None
     initial: wp.Message | None = None  # the first state, applied before the first accept
