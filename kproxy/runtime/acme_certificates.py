@@ -108,6 +108,10 @@ class AcmeCertificates:
         hosts = frozenset(options.hosts)
         return AcmeSource(self, key, hosts, options.tls_on_demand_url, targets)
 
+    def managers(self) -> list[AcmeManager]:
+        """The managers running now, one per (directory, cache) in use."""
+        return [slot.manager for slot in self._slots.values() if slot.manager is not None]
+
     def client_context(self) -> ssl.SSLContext:
         if self.trust is None:
             self.trust = client_ssl_context()

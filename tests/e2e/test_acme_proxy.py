@@ -9,6 +9,7 @@ import json
 import os
 import ssl
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 import trio
 
 from kproxy import DeployError, DeploymentOptions, Proxy, RunOptions, ServiceOptions
+from kproxy.core.acme_renewal import renewal_time
 from kproxy.runtime.acme_cache import directory_scope
 from kproxy.runtime.log import Logger
 from tests.helpers import (
@@ -204,6 +206,31 @@ async def test_the_cache_serves_after_a_restart_without_the_ca(
         proxy, logs = await acme_proxy(nursery, own, tmp_path / "state")
         assert (await get(proxy.https_port or 0, "kept.test", root))[1] == served
         assert logs.records(OBTAINED) == []
+
+
+async def test_a_renewed_certificate_serves_new_handshakes(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 15 s certificates fall due 10 s after issuance (a third of the lifetime before expiry).
+    with run_pebble(tmp_path / "pebble", validity=15) as own, trio.fail_after(GUARD):
+        monkeypatch.setenv("SSL_CERT_FILE", own.ca_path)
+        root = await own.root_pem()
+        proxy, logs = await acme_proxy(nursery, own, tmp_path / "state")
+        upstream = await start_upstream(nursery, "app")
+        options = DeploymentOptions(targets=(upstream.address,), service=tls("renew.test"))
+        await proxy.deploy("app", options)
+        port = proxy.https_port or 0
+        _, first = await get(port, "renew.test", root)
+        assert proxy.router.acme is not None
+        (manager,) = proxy.router.acme.managers()
+        cert = manager.cached("renew.test")
+        assert cert is not None
+        await trio.sleep(max(renewal_time(cert) - time.time(), 0))
+        # The background check (every 10 minutes) does this; the handshakes never wait for it.
+        assert await manager.renew_due() == ["renew.test"]
+        _, second = await get(port, "renew.test", root)
+        assert second != first  # a new context for the new certificate
+        assert len(logs.records(OBTAINED)) == 2
 
 
 async def test_the_cache_is_scoped_by_directory(
