@@ -73,9 +73,7 @@ class AcmeCertificates:
     trust: ssl.SSLContext | None = None
     tokens: ChallengeTokens = attrs.field(factory=ChallengeTokens)
     _slots: dict[ManagerKey, _Slot] = attrs.field(factory=dict, init=False)
-    _contexts: dict[tuple[ManagerKey, str], tuple[float, ssl.SSLContext]] = attrs.field(
-        factory=dict, init=False
-    )
+    contexts: ContextCache = attrs.field(factory=lambda: ContextCache(), init=False)
     _asked: dict[tuple[str, str], tuple[float, bool]] = attrs.field(factory=dict, init=False)
     _http: HttpsClient | None = attrs.field(default=None, init=False)
 
@@ -108,6 +106,9 @@ class AcmeCertificates:
         hosts = frozenset(options.hosts)
         return AcmeSource(self, key, hosts, options.tls_on_demand_url, targets)
 
+    async def answer(self, target: bytes) -> bytes | None:
+        return self.tokens.answer(target)
+
     def managers(self) -> list[AcmeManager]:
         """The managers running now, one per (directory, cache) in use."""
         return [slot.manager for slot in self._slots.values() if slot.manager is not None]
@@ -135,9 +136,10 @@ class AcmeCertificates:
         finally:
             slot.ready.set()
 
-    async def context(self, key: ManagerKey, name: str) -> ssl.SSLContext | None:
-        """The context for ``name`` from the manager of ``key``, ordering its certificate if
-        there is none at hand; None when it cannot be had (the failure is logged)."""
+    async def certificate(self, key: ManagerKey, name: str) -> tuple[str, float] | None:
+        """The file of ``name``'s certificate (key and chain) from the manager of ``key``,
+        and its expiry, ordering it if there is none at hand; None when it cannot be had
+        (the failure is logged)."""
         slot = self._slots[key]
         await slot.ready.wait()
         if slot.manager is None:
@@ -147,17 +149,12 @@ class AcmeCertificates:
         except AcmeError as exc:
             self.logger.debug("No ACME certificate", host=name, error=str(exc))
             return None
-        cached = self._contexts.get((key, name))
-        if cached is not None and cached[0] == cert.not_after:
-            return cached[1]
-        path = str(slot.manager.cache.path(name))  # key and chain in one file
-        try:
-            context = server_context(path, path)
-        except CertificateError as exc:
-            self.logger.error("ACME certificate unusable", host=name, error=str(exc))
-            return None
-        self._contexts[(key, name)] = (cert.not_after, context)
-        return context
+        return str(slot.manager.cache.path(name)), cert.not_after
+
+    async def context(self, key: ManagerKey, name: str) -> ssl.SSLContext | None:
+        """:meth:`certificate` as a server context, made once per certificate."""
+        found = await self.certificate(key, name)
+        return None if found is None else self.contexts.load(*found, logger=self.logger)
 
     async def allowed(self, url: str, name: str, targets: Targets = list) -> bool:
         """Whether ``GET <url>?host=<name>`` answers 200 (asked at most once per
@@ -186,6 +183,26 @@ class AcmeCertificates:
         return allowed
 
 
+@attrs.define(eq=False)
+class ContextCache:
+    """Server contexts of ACME certificate files, one per certificate (path and expiry): a
+    renewal makes a new one."""
+
+    _contexts: dict[str, tuple[float, ssl.SSLContext]] = attrs.field(factory=dict)
+
+    def load(self, path: str, not_after: float, *, logger: Logger) -> ssl.SSLContext | None:
+        cached = self._contexts.get(path)
+        if cached is not None and cached[0] == not_after:
+            return cached[1]
+        try:
+            context = server_context(path, path)
+        except CertificateError as exc:
+            logger.error("ACME certificate unusable", error=str(exc))
+            return None
+        self._contexts[path] = (not_after, context)
+        return context
+
+
 @attrs.frozen
 class AcmeSource:
     """The ``CertificateSource`` of one ACME service: its hosts, else what its on-demand URL
@@ -198,9 +215,16 @@ class AcmeSource:
     targets: Targets = list  # the service's target addresses (a path on_demand_url)
 
     async def context_for(self, server_name: str) -> ssl.SSLContext | None:
+        found = await self.certificate(server_name)
+        return None if found is None else self.acme.contexts.load(*found, logger=self.acme.logger)
+
+    async def certificate(self, server_name: str) -> tuple[str, float] | None:
+        """The certificate file for ``server_name`` and its expiry, if the name is allowed
+        and a certificate can be had (a worker of ``--workers N`` asks this of the
+        supervisor)."""
         name = server_name.lower().rstrip(".")
         if name not in self.hosts and not (
             self.on_demand_url and await self.acme.allowed(self.on_demand_url, name, self.targets)
         ):
             return None
-        return await self.acme.context(self.key, name)
+        return await self.acme.certificate(self.key, name)

@@ -35,15 +35,13 @@ from kproxy.errors import CertificateError
 from kproxy.runtime.log import Logger
 
 if TYPE_CHECKING:
-    from kproxy.runtime.acme_certificates import AcmeCertificates
     from kproxy.runtime.router import Router
 
 Targets = Callable[[], list[str]]  # a service's target addresses, asked when needed
 ALPN_PROTOCOLS: Final = ["http/1.1"]  # an HTTP/2 listener adds "h2" in front
-AUTOMATIC_TLS_NEEDS_ONE_PROCESS: Final = (
+AUTOMATIC_TLS_UNAVAILABLE: Final = (
     "--tls without --tls-certificate-path and --tls-private-key-path means automatic "
-    "certificates (ACME), which need --workers 1 for now: run with --workers 1, or give "
-    "the certificate and key files"
+    "certificates (ACME), which this proxy cannot order: give the certificate and key files"
 )
 
 
@@ -53,6 +51,20 @@ class CertificateSource(Protocol):
     async def context_for(self, server_name: str) -> ssl.SSLContext | None:
         """The server context for a handshake asking for ``server_name`` (one of the
         service's hosts, or a name its wildcard covers); None fails the handshake."""
+        ...
+
+
+class AutomaticCertificates(Protocol):
+    """A process's automatic certificates: ``AcmeCertificates`` where certificates are
+    ordered (one process, the supervisor of ``--workers N``), ``RemoteAcme`` in a worker."""
+
+    def source(self, options: ServiceOptions, targets: Targets = list) -> CertificateSource:
+        """The source of a service with ``--tls`` and no files (it may refuse: raises
+        CertificateError)."""
+        ...
+
+    async def answer(self, target: bytes) -> bytes | None:
+        """The key authorization for an HTTP-01 request target, if its token is pending."""
         ...
 
 
@@ -68,13 +80,12 @@ class StaticCertificate:
 
 
 def certificate_source(
-    options: ServiceOptions, acme: AcmeCertificates | None = None, targets: Targets = list
+    options: ServiceOptions, acme: AutomaticCertificates | None = None, targets: Targets = list
 ) -> CertificateSource | None:
     """The source a deploy with these options gets; None when the service has no TLS.
 
     Args:
-      acme: the proxy's automatic certificates, for ``--tls`` without files (None: this
-        process cannot order them: the supervisor of ``--workers N``, a worker).
+      acme: the process's automatic certificates, for ``--tls`` without files (None: none).
       targets: the service's target addresses now (an on-demand URL that is a path asks one).
 
     Raises:
@@ -85,7 +96,7 @@ def certificate_source(
         return None
     if not options.tls_certificate_path:
         if acme is None:
-            raise CertificateError(AUTOMATIC_TLS_NEEDS_ONE_PROCESS)
+            raise CertificateError(AUTOMATIC_TLS_UNAVAILABLE)
         return acme.source(options, targets)
     return StaticCertificate(
         server_context(options.tls_certificate_path, options.tls_private_key_path),
@@ -97,7 +108,7 @@ def restored_source(
     name: str,
     options: ServiceOptions,
     logger: Logger,
-    acme: AcmeCertificates | None = None,
+    acme: AutomaticCertificates | None = None,
     targets: Targets = list,
 ) -> CertificateSource | None:
     """:func:`certificate_source` for a service brought back (a restart, a worker following

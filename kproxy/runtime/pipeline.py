@@ -84,7 +84,7 @@ class RequestPipeline:
         # HTTP-01 (RFC 8555 §8.3) before routing, redirects and pause/stop: a pending token
         # is answered; any other request goes on. One prefix check is all others pay.
         if raw_target.startswith(CHALLENGE_PATH) and self.router.acme is not None:
-            key_authorization = self.router.acme.tokens.answer(raw_target)
+            key_authorization = await self.router.acme.answer(raw_target)
             if key_authorization is not None:
                 log.status = await self._send_simple(
                     exchange, 200, key_authorization, CHALLENGE_CONTENT_TYPE, log=log

@@ -26,8 +26,8 @@ from kproxy.core.service_map import Route, ServiceMap
 from kproxy.core.states import TargetHealth
 from kproxy.core.tls_rules import inherits_tls, policy_for, root_host
 from kproxy.errors import CommandError, DeployError, DeployTimeout, ServiceNotFound, StateError
-from kproxy.runtime.acme_certificates import AcmeCertificates
 from kproxy.runtime.certificates import (
+    AutomaticCertificates,
     CertificateSource,
     Targets,
     certificate_source,
@@ -78,9 +78,8 @@ class Router:
     replicas: Replicas | None = attrs.field(default=None, kw_only=True)
     health_check: HealthCheck = attrs.field(default=check_once, kw_only=True)  # tests script it
     connector: Connector = attrs.field(default=open_tcp, kw_only=True)  # tests: in memory
-    # Automatic certificates (and the HTTP-01 tokens the HTTP port answers); None in the
-    # supervisor of ``--workers N`` and its workers, which refuse ACME for now.
-    acme: AcmeCertificates | None = attrs.field(default=None, kw_only=True)
+    # Automatic certificates, and the HTTP-01 tokens the HTTP port answers (None: none).
+    acme: AutomaticCertificates | None = attrs.field(default=None, kw_only=True)
 
     # --- requests ---------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import trio
 from kproxy import DeployError, DeploymentOptions, Proxy, RunOptions, ServiceOptions
 from kproxy.core.acme_renewal import renewal_time
 from kproxy.runtime.acme_cache import directory_scope
+from kproxy.runtime.acme_certificates import AcmeCertificates
 from kproxy.runtime.log import Logger
 from tests.helpers import (
     LogCapture,
@@ -221,7 +222,7 @@ async def test_a_renewed_certificate_serves_new_handshakes(
         await proxy.deploy("app", options)
         port = proxy.https_port or 0
         _, first = await get(port, "renew.test", root)
-        assert proxy.router.acme is not None
+        assert isinstance(proxy.router.acme, AcmeCertificates)
         (manager,) = proxy.router.acme.managers()
         cert = manager.cached("renew.test")
         assert cert is not None
@@ -265,13 +266,38 @@ async def test_refusals(nursery: trio.Nursery, pebble: Pebble, tmp_path: Path) -
         options = DeploymentOptions(targets=(upstream.address,), service=tls("a.test"))
         with pytest.raises(DeployError, match="give --tls-acme-cache-path"):
             await proxy.deploy("app", options)
-        # --workers N: automatic certificates need --workers 1 for now; wildcards need files.
-        async with trio.open_nursery() as workers:
-            running = await start_proxy_process(workers, tmp_path, "--workers", "2", timeout=20)
-            base = f"deploy app --target {upstream.address} --tls"
-            answers = await control(running.socket_path, f"{base} --host a.test")
-            assert answers[-1].startswith("ERR")
-            assert "need --workers 1 for now" in answers[-1]
-            answers = await control(running.socket_path, f"{base} --host *.w.test")
-            assert "wildcard host *.w.test needs a certificate file" in answers[-1]
-            workers.cancel_scope.cancel()
+        # Wildcards need certificate files.
+        with pytest.raises(ValueError, match=r"wildcard host \*\.w\.test needs a certificate file"):
+            tls("*.w.test")
+
+
+async def test_workers_ask_the_supervisor(
+    nursery: trio.Nursery, pebble: Pebble, tmp_path: Path
+) -> None:
+    env = clean_env(KPROXY_ACME_DIRECTORY=pebble.directory_url, SSL_CERT_FILE=pebble.ca_path)
+    with trio.fail_after(GUARD):
+        upstream = await start_upstream(nursery, "app")
+        running = await start_proxy_process(
+            nursery, tmp_path, "--workers", "2", http_port=pebble.http_port, env=env, timeout=20
+        )
+        line = f"deploy app --target {upstream.address} --host w.test --tls"
+        assert (await control(running.socket_path, line))[-1] == "OK deployed app"
+        root = await pebble.root_pem()
+        served = set()
+        for _ in range(6):  # the kernel spreads the connections over both workers
+            body, cert = await get(running.https_port, "w.test", root)
+            assert body == b"app"
+            served.add(cert)
+        assert len(served) == 1
+        assert len(running.records(OBTAINED)) == 1  # ordered once, by the supervisor
+        assert all("worker" not in r for r in running.records(OBTAINED))
+        answered = [
+            r
+            for r in running.records("Request")
+            if r["path"].startswith("/.well-known/acme-challenge/")
+        ]
+        assert answered  # by the workers, from the supervisor's tokens
+        assert {r["status"] for r in answered} == {200}
+        line = f"deploy app --target {upstream.address} --host *.w.test --tls"
+        answers = await control(running.socket_path, line)
+        assert "wildcard host *.w.test needs a certificate file" in answers[-1]

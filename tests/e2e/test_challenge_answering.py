@@ -8,6 +8,7 @@ from pathlib import Path
 import trio
 
 from kproxy import DeploymentOptions, ServiceOptions
+from kproxy.runtime.acme_certificates import AcmeCertificates
 from tests.helpers import request, start_proxy, start_upstream
 
 GUARD = 10  # seconds
@@ -24,7 +25,7 @@ async def test_pending_tokens_are_answered_before_anything_else(
         await proxy.deploy("app", DeploymentOptions(targets=(upstream.address,), service=service))
         await proxy.stop("app", drain_timeout=0)
         acme = proxy.router.acme
-        assert acme is not None
+        assert isinstance(acme, AcmeCertificates)
         acme.tokens.add("tok-1", "tok-1.thumbprint")
         for host in ("a.test", "a.test:80", "nowhere.test"):  # a TLS service, no service
             reply = await request(proxy.http_port, TOKEN_PATH + "tok-1", host=host)
