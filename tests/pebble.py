@@ -62,6 +62,7 @@ class Pebble:
     management_url: str
     http_port: int  # where pebble's VA sends HTTP-01 validation requests
     ssl_context: ssl.SSLContext  # trusts pebble's own HTTPS listener
+    ca_path: str = ""  # the CA of pebble's HTTPS listener, PEM (for SSL_CERT_FILE)
 
     def https(self) -> HttpsClient:
         return HttpsClient(ssl_context=self.ssl_context)
@@ -115,6 +116,7 @@ def run_pebble(
     server = ca.issue_cert("localhost", "127.0.0.1")
     server.cert_chain_pems[0].write_to_path(str(workdir / "cert.pem"))
     server.private_key_pem.write_to_path(str(workdir / "key.pem"))
+    ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
     acme_port, management_port, http_port = free_port(), free_port(), free_port()
     dns_port = free_port(socket.SOCK_DGRAM, socket.SOCK_STREAM)
     challtest_management = free_port()
@@ -167,6 +169,7 @@ def run_pebble(
                 management_url=f"https://127.0.0.1:{management_port}",
                 http_port=http_port,
                 ssl_context=context,
+                ca_path=str(workdir / "ca.pem"),
             )
         finally:
             _stop(pebble)

@@ -548,7 +548,7 @@ def test_unsupported_deploy_flags_with_their_default_are_accepted(flag: table.Fl
 def test_every_not_yet_supported_flag_is_known() -> None:
     names = {f.name for spec in table.COMMANDS.values() for f in _unsupported(spec)}
     assert names == {
-        "read-target", "writer-affinity-timeout", "read-target-websockets", "tls-staging",
+        "read-target", "writer-affinity-timeout", "read-target-websockets",
         "metrics-port",
     }  # fmt: skip
 

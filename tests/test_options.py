@@ -315,3 +315,38 @@ def test_canonical_host_must_be_one_of_the_plain_hosts(
     assert opt.ServiceOptions(
         hosts=("a.test", "B.test"), canonical_host="b.TEST"
     ).canonical_host == ("b.test")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        (
+            {"tls": True, "hosts": ("a.test", "*.b.test")},
+            "wildcard host *.b.test needs a certificate file",
+        ),
+        (
+            {"tls": True, "hosts": ("a.test",), "tls_staging": True,
+             "tls_acme_directory": "https://ca.test/dir"},
+            "give --tls-staging or --tls-acme-directory, not both",
+        ),
+        ({"tls_on_demand_url": "//h/allow"}, "give a path or an absolute http(s) URL"),
+        ({"tls_on_demand_url": "ftp://h/allow"}, "give a path or an absolute http(s) URL"),
+        ({"tls_acme_directory": "http://ca.test/dir"}, "give the CA's https:// URL"),
+    ],
+)  # fmt: skip
+def test_automatic_tls_options(kwargs: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        opt.ServiceOptions(**kwargs)
+
+
+def test_automatic_tls_is_tls_without_files() -> None:
+    assert opt.ServiceOptions(hosts=("a.test",), tls=True).automatic_tls
+    # A wildcard with certificate files is fine: the files cover it.
+    files = opt.ServiceOptions(
+        hosts=("*.a.test",), tls=True, tls_certificate_path="c", tls_private_key_path="k"
+    )
+    assert not files.automatic_tls
+    # With an on-demand URL a TLS service may take every host (kamal-proxy's catch-all).
+    on_demand = opt.ServiceOptions(tls=True, tls_on_demand_url="http://127.0.0.1:9/ask")
+    assert on_demand.hosts == ()
+    assert on_demand.automatic_tls

@@ -197,6 +197,10 @@ def _build_deploy(p: Parsed, _env: Mapping[str, str]) -> Deploy:
             tls_certificate_path=p.text("tls-certificate-path"),
             tls_private_key_path=p.text("tls-private-key-path"),
             tls_redirect=p.flag("tls-redirect"),
+            tls_staging=p.flag("tls-staging"),
+            tls_on_demand_url=p.text("tls-on-demand-url"),
+            tls_acme_cache_path=p.text("tls-acme-cache-path"),
+            tls_acme_directory=p.text("tls-acme-directory"),
         ),
         target=opt.TargetOptions(
             health_check_path=p.text("health-check-path"),
@@ -232,6 +236,7 @@ def _build_run(p: Parsed, env: Mapping[str, str]) -> Run:
             debug=p.flag("debug"),
             max_connections=p.integer("max-connections"),
             workers=p.integer("workers"),
+            acme_directory=env.get("KPROXY_ACME_DIRECTORY", ""),
         )
     )
 

@@ -195,6 +195,24 @@ def _optional_header_name(value: str) -> str:
     return _normalize_header_names((value,))[0] if value else ""
 
 
+def _on_demand_url(value: str) -> str:
+    # As kamal-proxy's parseTLSOnDemandURL: a path (asked of the service's own target) or an
+    # absolute http(s) URL.
+    absolute = value.startswith(("http://", "https://"))
+    path = value.startswith("/") and not value.startswith("//")
+    if value and (not (absolute or path) or any(c.isspace() for c in value)):
+        raise ValueError(
+            f"invalid --tls-on-demand-url {value!r}: give a path or an absolute http(s) URL"
+        )
+    return value
+
+
+def _acme_directory(value: str) -> str:
+    if value and (not value.startswith("https://") or any(c.isspace() for c in value)):
+        raise ValueError(f"invalid --tls-acme-directory {value!r}: give the CA's https:// URL")
+    return value
+
+
 def _not_negative_size(name: str) -> Callable[[object, object, int], None]:
     def check(_instance: object, _attribute: object, value: int) -> None:
         if value < 0:
@@ -231,6 +249,20 @@ class ServiceOptions:
     tls_certificate_path: str = ""
     tls_private_key_path: str = ""
     tls_redirect: bool = True
+    # Automatic certificates (ACME, HTTP-01) when --tls comes without certificate files:
+    # ordered at the first handshake for a --host (or, with ``tls_on_demand_url``, for any
+    # name that URL allows) from ``tls_acme_directory`` (else Let's Encrypt's staging with
+    # ``tls_staging``, else the run's KPROXY_ACME_DIRECTORY, else Let's Encrypt), cached in
+    # ``tls_acme_cache_path`` (else ``<state-dir>/certs``).
+    tls_staging: bool = False
+    tls_on_demand_url: str = attrs.field(default="", converter=_on_demand_url)
+    tls_acme_cache_path: str = ""
+    tls_acme_directory: str = attrs.field(default="", converter=_acme_directory)
+
+    @property
+    def automatic_tls(self) -> bool:
+        """TLS with certificates from ACME (no certificate files given)."""
+        return self.tls and not self.tls_certificate_path
 
     def __attrs_post_init__(self) -> None:
         self._check_tls()
@@ -254,12 +286,23 @@ class ServiceOptions:
             if self.tls_certificate_path:
                 raise ValueError("--tls-certificate-path and --tls-private-key-path need --tls")
             return
-        if not self.hosts:
+        if not self.hosts and not (self.automatic_tls and self.tls_on_demand_url):
             raise ValueError("--host must be set when using --tls")
         if "/" not in self.path_prefixes:
             raise ValueError(
                 "TLS settings must be given on the root path service (--path-prefix /)"
             )
+        if not self.automatic_tls:
+            return
+        if self.tls_staging and self.tls_acme_directory:
+            raise ValueError("give --tls-staging or --tls-acme-directory, not both")
+        for host in self.hosts:
+            if host.startswith("*."):
+                raise ValueError(
+                    f"wildcard host {host} needs a certificate file: give "
+                    "--tls-certificate-path and --tls-private-key-path (automatic "
+                    "certificates are proven by HTTP-01, which cannot cover a wildcard)"
+                )
 
 
 @attrs.frozen
@@ -373,3 +416,6 @@ class RunOptions:
     # Processes serving HTTP (``run --workers``): 1 is this process alone (embedding always is);
     # N > 1 is a supervisor and N workers; 0 = one per core (the CLI decides).
     workers: int = attrs.field(default=1, validator=_not_negative_size("workers"))
+    # The ACME directory of TLS services that name none (``KPROXY_ACME_DIRECTORY`` for
+    # ``kproxy run``); "" = Let's Encrypt's production directory.
+    acme_directory: str = attrs.field(default="", converter=_acme_directory)

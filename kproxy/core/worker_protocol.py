@@ -13,8 +13,8 @@ routing. Requests run side by side: their replies may come in any order.
 
 supervisor → worker: events ``state`` (version, services), ``shutdown`` (grace), ``abort``;
 requests ``drain`` (targets, timeout) → (cancelled), ``idle`` (service, timeout) → (idle).
-worker → supervisor: events ``ready`` (pid), ``ack`` (version); no requests yet (certificates,
-ACME tokens and metrics will be).
+worker → supervisor: events ``ready`` (pid), ``ack`` (version); requests ``acme-certificate``
+(name) → (path, not_after) and ``acme-token`` (target) → (answer) (runtime/acme_workers.py).
 """
 
 from __future__ import annotations

@@ -63,10 +63,12 @@ class HttpsClient:
     Args:
         ssl_context: the trust for the CA's certificate (``client_ssl_context()`` by default).
         timeout: the deadline of one request, seconds.
+        allow_http: take http:// URLs too.
     """
 
     ssl_context: ssl.SSLContext = attrs.field(factory=client_ssl_context)
     timeout: float = REQUEST_TIMEOUT
+    allow_http: bool = False  # plain http:// too (the on-demand URL; ACME itself is https)
 
     async def request(
         self,
@@ -83,9 +85,11 @@ class HttpsClient:
             AcmeError: the connection or TLS failed, or the response broke HTTP.
         """
         parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
+        schemes = ("https", "http") if self.allow_http else ("https",)
+        if parts.scheme not in schemes or not parts.hostname:
             raise AcmeError(f"not an https URL: {url}")
-        host, port = parts.hostname, parts.port or 443
+        secure = parts.scheme == "https"
+        host, port = parts.hostname, parts.port or (443 if secure else 80)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         items = headers.items() if isinstance(headers, Mapping) else headers
         head = [
@@ -97,7 +101,7 @@ class HttpsClient:
         ]
         try:
             with trio.fail_after(self.timeout):
-                return await self._exchange(host, port, method, target, head, body)
+                return await self._exchange(host, port, method, target, head, body, secure)
         except trio.TooSlowError:
             raise AcmeTimeout(f"{method} {url}: no answer within {self.timeout:g} s") from None
         except (OSError, ssl.SSLError, trio.BrokenResourceError, h11.ProtocolError) as exc:
@@ -111,10 +115,15 @@ class HttpsClient:
         target: str,
         head: list[tuple[str, str]],
         body: bytes,
+        secure: bool = True,
     ) -> HttpsResponse:
-        stream = await trio.open_ssl_over_tcp_stream(
-            host, port, ssl_context=self.ssl_context, https_compatible=True
-        )
+        stream: trio.abc.Stream
+        if secure:
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=self.ssl_context, https_compatible=True
+            )
+        else:
+            stream = await trio.open_tcp_stream(host, port)
         try:
             conn = h11.Connection(h11.CLIENT)
             data = conn.send(h11.Request(method=method, target=target, headers=head))

@@ -4,8 +4,9 @@ The certificate is chosen per handshake by the name the client asks for, before 
 starts (``tls_transport`` reads the ClientHello first), so choosing may await: a source's
 ``context_for`` is async. Today's source is :class:`StaticCertificate`, the PEM files of
 ``--tls-certificate-path``/``--tls-private-key-path``, read and checked at deploy (so a bad
-file fails the deploy, naming the file, before any health check). ACME plugs in as another
-:class:`CertificateSource` made by :func:`certificate_source`, which may await issuance.
+file fails the deploy, naming the file, before any health check). ``--tls`` without files
+gets an ``AcmeSource`` (``runtime/acme_certificates``), whose first handshake for a name may
+await the certificate's issuance.
 
 :class:`CertificateStore` maps a server name to a context as kamal-proxy's
 ``Router.GetCertificate`` (internal/server/router.go) does: the root service of that host
@@ -22,6 +23,7 @@ its context), so they finish on the old certificate.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -35,10 +37,11 @@ from kproxy.runtime.log import Logger
 if TYPE_CHECKING:
     from kproxy.runtime.router import Router
 
+Targets = Callable[[], list[str]]  # a service's target addresses, asked when needed
 ALPN_PROTOCOLS: Final = ["http/1.1"]  # an HTTP/2 listener adds "h2" in front
-AUTOMATIC_TLS_UNSUPPORTED: Final = (
-    "--tls without --tls-certificate-path and --tls-private-key-path would need automatic "
-    "certificates (ACME), which kproxy does not support yet: give the certificate and key files"
+AUTOMATIC_TLS_UNAVAILABLE: Final = (
+    "--tls without --tls-certificate-path and --tls-private-key-path means automatic "
+    "certificates (ACME), which this proxy cannot order: give the certificate and key files"
 )
 
 
@@ -48,6 +51,20 @@ class CertificateSource(Protocol):
     async def context_for(self, server_name: str) -> ssl.SSLContext | None:
         """The server context for a handshake asking for ``server_name`` (one of the
         service's hosts, or a name its wildcard covers); None fails the handshake."""
+        ...
+
+
+class AutomaticCertificates(Protocol):
+    """A process's automatic certificates: ``AcmeCertificates`` where certificates are
+    ordered (one process, the supervisor of ``--workers N``), ``RemoteAcme`` in a worker."""
+
+    def source(self, options: ServiceOptions, targets: Targets = list) -> CertificateSource:
+        """The source of a service with ``--tls`` and no files (it may refuse: raises
+        CertificateError)."""
+        ...
+
+    async def answer(self, target: bytes) -> bytes | None:
+        """The key authorization for an HTTP-01 request target, if its token is pending."""
         ...
 
 
@@ -62,24 +79,38 @@ class StaticCertificate:
         return self.context
 
 
-def certificate_source(options: ServiceOptions) -> CertificateSource | None:
+def certificate_source(
+    options: ServiceOptions, acme: AutomaticCertificates | None = None, targets: Targets = list
+) -> CertificateSource | None:
     """The source a deploy with these options gets; None when the service has no TLS.
+
+    Args:
+      acme: the process's automatic certificates, for ``--tls`` without files (None: none).
+      targets: the service's target addresses now (an on-demand URL that is a path asks one).
 
     Raises:
       CertificateError: a file is missing, unreadable or not PEM, the key does not match the
-        certificate, or no files were given (automatic certificates are not supported yet).
+        certificate, or no files were given and ACME is unavailable here (or has no cache).
     """
     if not options.tls:
         return None
     if not options.tls_certificate_path:
-        raise CertificateError(AUTOMATIC_TLS_UNSUPPORTED)
+        if acme is None:
+            raise CertificateError(AUTOMATIC_TLS_UNAVAILABLE)
+        return acme.source(options, targets)
     return StaticCertificate(
         server_context(options.tls_certificate_path, options.tls_private_key_path),
         options.tls_certificate_path,
     )
 
 
-def restored_source(name: str, options: ServiceOptions, logger: Logger) -> CertificateSource | None:
+def restored_source(
+    name: str,
+    options: ServiceOptions,
+    logger: Logger,
+    acme: AutomaticCertificates | None = None,
+    targets: Targets = list,
+) -> CertificateSource | None:
     """:func:`certificate_source` for a service brought back (a restart, a worker following
     the supervisor): a certificate that no longer loads is logged, naming the file, and the
     service comes back without one. Its HTTPS handshakes then fail, and plain HTTP keeps its
@@ -87,7 +118,7 @@ def restored_source(name: str, options: ServiceOptions, logger: Logger) -> Certi
     options keep the paths, so the state file does not forget them and the next deploy with
     good files serves HTTPS again."""
     try:
-        return certificate_source(options)
+        return certificate_source(options, acme, targets)
     except CertificateError as exc:
         message = "TLS certificate unavailable; HTTPS fails for the service"
         logger.error(message, service=name, error=str(exc))

@@ -14,6 +14,8 @@ import attrs
 import trio
 
 from kproxy.core import relay_rules
+from kproxy.core.acme_challenges import CHALLENGE_PATH
+from kproxy.core.acme_challenges import CONTENT_TYPE as CHALLENGE_CONTENT_TYPE
 from kproxy.core.buffering import BufferPolicy, has_request_body
 from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import (
@@ -79,6 +81,15 @@ class RequestPipeline:
     async def _route(self, exchange: Exchange, log: RequestLog) -> bool:
         request = exchange.request
         raw_target = request.target
+        # HTTP-01 (RFC 8555 §8.3) before routing, redirects and pause/stop: a pending token
+        # is answered; any other request goes on. One prefix check is all others pay.
+        if raw_target.startswith(CHALLENGE_PATH) and self.router.acme is not None:
+            key_authorization = await self.router.acme.answer(raw_target)
+            if key_authorization is not None:
+                log.status = await self._send_simple(
+                    exchange, 200, key_authorization, CHALLENGE_CONTENT_TYPE, log=log
+                )
+                return True
         routed = self.router.route(log.fields["host"], log.fields["path"])
         if routed is None:
             return await self._fail(exchange, log, NoMatchingService(), ResponseRecord())

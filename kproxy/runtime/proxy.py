@@ -32,7 +32,8 @@ from kproxy.core.options import (
 )
 from kproxy.errors import CommandError, DeployError, KProxyError
 from kproxy.runtime.acceptor import default_max_connections
-from kproxy.runtime.certificates import CertificateStore
+from kproxy.runtime.acme_certificates import AcmeCertificates
+from kproxy.runtime.certificates import AutomaticCertificates, CertificateStore
 from kproxy.runtime.control_server import (
     handle_control_connection,
     open_control_listener,
@@ -217,7 +218,8 @@ class Proxy:
                 control = await open_control_listener(self.options.socket_path)
             self.http_port, self.https_port = await frontend.open()
             async with trio.open_nursery() as nursery:
-                router = self._router = Router(self.logger, store, nursery)
+                acme = self._automatic_certificates(nursery)
+                router = self._router = Router(self.logger, store, nursery, acme=acme)
                 router.replicas = frontend.replicas(router)
                 await router.restore(*saved)
                 connections = await nursery.start(_hold_nursery)
@@ -241,6 +243,15 @@ class Proxy:
             if control is not None:
                 control.socket.close()
                 unlink_socket(self.options.socket_path)
+
+    def _automatic_certificates(self, nursery: trio.Nursery) -> AutomaticCertificates | None:
+        """This process orders ACME certificates (a worker asks its supervisor instead)."""
+        return AcmeCertificates(
+            nursery,
+            self.logger,
+            default_directory=self.options.acme_directory,
+            state_dir=self.options.state_dir,
+        )
 
     @property
     def _http(self) -> HttpServer | None:

@@ -26,7 +26,13 @@ from kproxy.core.service_map import Route, ServiceMap
 from kproxy.core.states import TargetHealth
 from kproxy.core.tls_rules import inherits_tls, policy_for, root_host
 from kproxy.errors import CommandError, DeployError, DeployTimeout, ServiceNotFound, StateError
-from kproxy.runtime.certificates import CertificateSource, certificate_source, restored_source
+from kproxy.runtime.certificates import (
+    AutomaticCertificates,
+    CertificateSource,
+    Targets,
+    certificate_source,
+    restored_source,
+)
 from kproxy.runtime.health import check_once
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
@@ -72,6 +78,8 @@ class Router:
     replicas: Replicas | None = attrs.field(default=None, kw_only=True)
     health_check: HealthCheck = attrs.field(default=check_once, kw_only=True)  # tests script it
     connector: Connector = attrs.field(default=open_tcp, kw_only=True)  # tests: in memory
+    # Automatic certificates, and the HTTP-01 tokens the HTTP port answers (None: none).
+    acme: AutomaticCertificates | None = attrs.field(default=None, kw_only=True)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -80,6 +88,12 @@ class Router:
         if route is None:
             return None
         return self.services[route.service], route
+
+    def _addresses(self, name: str) -> Targets:
+        """The service's target addresses when asked (for an on-demand URL that is a path)."""
+        return lambda: (
+            [t.name for t in self.services[name].targets] if name in self.services else []
+        )
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -94,7 +108,7 @@ class Router:
         """
         self._check_conflicts(name, options)  # fail fast, before any health check
         pages = self._read_pages(options)  # likewise: a bad --error-pages changes nothing
-        certificates = certificate_source(options.service)  # and bad certificate files
+        certificates = certificate_source(options.service, self.acme, self._addresses(name))
         async with self._lock(name):
             if pages.directory:
                 statuses = ", ".join(map(str, sorted(pages.templates)))
@@ -217,7 +231,9 @@ class Router:
             restored = _new_targets(record.options, self.connector, healthy=True)
             targets = self.target_set(record.name, restored)
             pages = self._restore_pages(record.name, record.options)
-            certificates = restored_source(record.name, record.options.service, self.logger)
+            addresses = self._addresses(record.name)
+            options = record.options.service
+            certificates = restored_source(record.name, options, self.logger, self.acme, addresses)
             self.cut_over(record.name, record.options, targets, pages, certificates)
             self.services[record.name].follow(record.state, record.message, record.max_pause)
             await self.nursery.start(targets.run)  # a single target is not checked: it serves

@@ -27,6 +27,7 @@ import trio
 from kproxy.core import worker_protocol as wp
 from kproxy.core.options import RunOptions
 from kproxy.errors import KProxyError
+from kproxy.runtime.acme_workers import answer_worker
 from kproxy.runtime.listen import reserve_port
 from kproxy.runtime.log import Logger
 from kproxy.runtime.proxy import Frontend, Proxy
@@ -313,10 +314,16 @@ class WorkerPool:
         finally:
             theirs.close()
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-        link = WorkerLink(index, process, WorkerChannel(stream), self.logger)
+        channel = WorkerChannel(stream, handle_request=self._answer)
+        link = WorkerLink(index, process, channel, self.logger)
         link.send_nowait(self.workers.state_message())  # its first state: the current one
         self.workers.links[index] = link
         return link
+
+    async def _answer(self, message: wp.Message) -> wp.Message:
+        """A worker's request: certificates and HTTP-01 tokens (runtime/acme_workers.py)."""
+        assert self.workers.router is not None
+        return await answer_worker(self.workers.router, message)
 
     async def _talk(self, link: WorkerLink, done: trio.CancelScope) -> None:
         """Carry the link's messages both ways until the worker goes away."""

@@ -15,7 +15,9 @@ CPU time of the proxy per request: plain HTTP ~180 µs, HTTPS with this transpor
 HTTPS with trio.SSLStream in its place ~235-255 µs (TLS costs a third as much here).
 
 A handshake has its own deadline (``HANDSHAKE_TIMEOUT``), so a client that stalls mid-
-handshake cannot hold a connection slot for longer. TLS 1.2 and 1.3 only (the context's).
+handshake cannot hold a connection slot for longer; the wait for the certificate is not
+counted against it (that time is ours, not the client's) but has its own bound,
+``CERTIFICATE_TIMEOUT``, long enough for an ACME order. TLS 1.2 and 1.3 only.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ from kproxy.runtime.socket_io import READ_SIZE, STREAM_ERRORS
 from kproxy.runtime.transport import SocketTransport
 
 HANDSHAKE_TIMEOUT: Final = 10.0  # seconds from the accept to an established TLS session
+# Seconds a handshake may wait for its certificate, beside HANDSHAKE_TIMEOUT: an ACME order
+# (validation included) takes a few seconds at Let's Encrypt, and the client is only waiting
+# for our ServerHello meanwhile, not holding us up. An order that takes longer goes on in
+# the background (the manager's), and the client's next handshake gets its certificate.
+CERTIFICATE_TIMEOUT: Final = 60.0
 RECORD_SIZE: Final = 16 * 1024  # bytes of plaintext per TLS record (RFC 8446 §5.1)
 
 ChooseContext = Callable[[str | None], Awaitable[ssl.SSLContext | None]]
@@ -208,9 +215,9 @@ async def open_tls(
     """Read the ClientHello, choose its context, and complete the handshake within
     HANDSHAKE_TIMEOUT; None when that fails (logged at debug level, as kamal-proxy does:
     scanners try names and protocols all day). The caller closes ``raw`` then."""
-    with trio.move_on_after(HANDSHAKE_TIMEOUT):
+    with trio.move_on_after(HANDSHAKE_TIMEOUT) as deadline:
         try:
-            return await _handshake(raw, choose, logger)
+            return await _handshake(raw, choose, logger, deadline)
         except STREAM_ERRORS as exc:
             _refused(logger, raw, f"{type(exc).__name__}: {exc}")
             return None
@@ -219,7 +226,7 @@ async def open_tls(
 
 
 async def _handshake(
-    raw: SocketTransport, choose: ChooseContext, logger: Logger
+    raw: SocketTransport, choose: ChooseContext, logger: Logger, deadline: trio.CancelScope
 ) -> TlsTransport | None:
     data = b""
     while True:
@@ -236,7 +243,14 @@ async def _handshake(
             break
         await trio.lowlevel.checkpoint()  # a loop that only reads checkpoints itself
     assert isinstance(hello, ClientHello)
-    context = await choose(hello.server_name)
+    left = deadline.deadline - trio.current_time()
+    with trio.move_on_after(CERTIFICATE_TIMEOUT) as waited:
+        deadline.deadline = trio.current_time() + CERTIFICATE_TIMEOUT + 1.0
+        context = await choose(hello.server_name)
+    deadline.deadline = trio.current_time() + left  # what the client had left
+    if waited.cancelled_caught:
+        _refused(logger, raw, f"no certificate within {CERTIFICATE_TIMEOUT:g}s", hello.server_name)
+        return None
     if context is None:
         _refused(logger, raw, "no TLS service for this name", hello.server_name)
         with contextlib.suppress(*STREAM_ERRORS):

@@ -23,7 +23,8 @@ import trio
 from kproxy.core import worker_protocol as wp
 from kproxy.core.options import DeploymentOptions, RunOptions, parse_target
 from kproxy.core.pages import ErrorPages
-from kproxy.runtime.certificates import restored_source
+from kproxy.runtime.acme_workers import RemoteAcme
+from kproxy.runtime.certificates import AutomaticCertificates, restored_source
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
 from kproxy.runtime.proxy import Frontend, Listeners, Proxy
@@ -52,6 +53,10 @@ class Worker(Proxy):
     frontend: Frontend = attrs.field(
         default=attrs.Factory(_shared_port, takes_self=True), kw_only=True
     )
+
+    def _automatic_certificates(self, nursery: trio.Nursery) -> AutomaticCertificates | None:
+        """The supervisor's, asked over the channel (runtime/acme_workers.py)."""
+        return RemoteAcme(self.channel, self.logger) if self.channel is not None else None
 
     def _prepare(self, router: Router) -> None:
         if self.initial is not None:
@@ -84,7 +89,9 @@ class Worker(Proxy):
                 # A deploy: its --error-pages are read again, as the supervisor did.
                 pages = self._pages(record.name, record.options)
                 # And its certificate files, which this worker loads itself.
-                certificates = restored_source(record.name, record.options.service, self.logger)
+                certificates = restored_source(
+                    record.name, record.options.service, self.logger, router.acme
+                )
                 router.cut_over(
                     record.name,
                     record.options,
