@@ -12,7 +12,8 @@ from typing import Any, TextIO, cast
 import attrs
 import trio
 
-from kproxy.core.options import Address, DeploymentOptions, TargetOptions
+from kproxy.core.addresses import Address
+from kproxy.core.options import DeploymentOptions, TargetOptions
 from kproxy.runtime.health import CheckResult
 from kproxy.runtime.log import Logger
 from kproxy.runtime.target import Target

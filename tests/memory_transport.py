@@ -26,7 +26,7 @@ import attrs
 import h11
 import trio
 
-from kproxy.core.options import Address
+from kproxy.core.addresses import Address
 from kproxy.runtime.socket_io import READ_SIZE
 from kproxy.runtime.transport import Transport
 

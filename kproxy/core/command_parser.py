@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from kproxy.core import options as opt
+from kproxy.core.addresses import parse_target
 from kproxy.core.command_table import ALIASES, COMMANDS, ROLLOUT_UNSUPPORTED, CommandSpec
 from kproxy.core.commands import (
     Command,
@@ -260,7 +261,7 @@ def _build_help(p: Parsed, _env: Mapping[str, str]) -> Help:
 def _build_rollout(p: Parsed, _env: Mapping[str, str]) -> Command:
     # Parsed and validated like any command, then refused by name until rollouts exist.
     for target in p.strings("target") if p.spec.flag("target") else ():
-        opt.parse_target(target)
+        parse_target(target)
     raise UsageError(ROLLOUT_UNSUPPORTED)
 
 

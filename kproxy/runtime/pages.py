@@ -99,5 +99,16 @@ def read_error_pages(directory: str) -> ErrorPages:
         raise ValueError(f"{prefix}: {exc}") from None
 
 
+def error_pages_or_builtin(directory: str) -> tuple[ErrorPages, str | None]:
+    """``--error-pages`` as they read now, or the built-in pages and why (for the log) when
+    they no longer do: a restored service whose directory went away with an old release, say,
+    keeps serving. Its options keep the directory, so the state file does not forget it, and
+    the next deploy reads it again."""
+    try:
+        return read_error_pages(directory), None
+    except ValueError as exc:
+        return BUILTIN_PAGES, str(exc)
+
+
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)

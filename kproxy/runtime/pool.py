@@ -14,7 +14,7 @@ from typing import Final
 import attrs
 import trio
 
-from kproxy.core.options import Address
+from kproxy.core.addresses import Address
 from kproxy.core.upstream_http import ResponseReader
 from kproxy.runtime.transport import SocketTransport, Transport
 

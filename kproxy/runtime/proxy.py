@@ -208,7 +208,7 @@ class Proxy:
     ) -> None:
         """Run until cancelled. ``task_status.started(self)`` once requests are accepted."""
         store = StateStore(Path(self.options.state_dir)) if self.options.state_dir else None
-        saved = Router.load_state(store) if store is not None else ([], [])
+        saved = store.load() if store is not None else ([], [])
         frontend = self.frontend
         control = None
         try:

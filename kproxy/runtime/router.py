@@ -35,7 +35,7 @@ from kproxy.runtime.certificates import (
 )
 from kproxy.runtime.health import check_once
 from kproxy.runtime.log import Logger
-from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
+from kproxy.runtime.pages import BUILTIN_PAGES, error_pages_or_builtin, read_error_pages
 from kproxy.runtime.pool import Connector, open_tcp
 from kproxy.runtime.service import Service
 from kproxy.runtime.state_store import StateStore
@@ -230,7 +230,13 @@ class Router:
                 continue
             restored = _new_targets(record.options, self.connector, healthy=True)
             targets = self.target_set(record.name, restored)
-            pages = self._restore_pages(record.name, record.options)
+            pages, unreadable = error_pages_or_builtin(record.options.service.error_pages)
+            if unreadable is not None:
+                self.logger.error(
+                    "State restore: error pages unavailable, using the built-in pages",
+                    service=record.name,
+                    error=unreadable,
+                )
             addresses = self._addresses(record.name)
             options = record.options.service
             certificates = restored_source(record.name, options, self.logger, self.acme, addresses)
@@ -243,23 +249,6 @@ class Router:
                 targets=record.options.targets,
                 state=record.state.value,
             )
-
-    @staticmethod
-    def load_state(store: StateStore) -> tuple[list[snapshot.ServiceRecord], list[str]]:
-        """Read the state file: the services in it, and why any could not be restored.
-
-        A file that is unusable as a whole (another format version) raises StateError: it is
-        left untouched rather than overwritten by the next change.
-        """
-        data = store.read()
-        if data is None:
-            return [], []
-        try:
-            return snapshot.load(data)
-        except ValueError as exc:
-            raise StateError(
-                f"cannot restore {store.path}: {exc}; move the file away to start with no services"
-            ) from exc
 
     # --- the routing table: the router's commands and the workers' copies use these -------
 
@@ -363,20 +352,6 @@ class Router:
             return read_error_pages(options.service.error_pages)
         except ValueError as exc:
             raise DeployError(str(exc)) from None
-
-    def _restore_pages(self, name: str, options: DeploymentOptions) -> ErrorPages:
-        """A restored service whose --error-pages can no longer be read (the directory went
-        away with an old release, say) keeps serving, with the built-in pages. Its options keep
-        the directory, so the state file does not forget it; the next deploy reads it again."""
-        try:
-            return read_error_pages(options.service.error_pages)
-        except ValueError as exc:
-            self.logger.error(
-                "State restore: error pages unavailable, using the built-in pages",
-                service=name,
-                error=str(exc),
-            )
-            return BUILTIN_PAGES
 
     async def _wait_drained(self, old: TargetSet, timeout: float, progress: Progress) -> None:
         """Report the drain and wait for it; cancelling this wait leaves the drain running."""

@@ -9,6 +9,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from kproxy.core import snapshot
 from kproxy.errors import StateError
 from kproxy.runtime.atomic_file import write_atomically
 
@@ -53,3 +54,19 @@ class StateStore:
                 await trio.to_thread.run_sync(write_atomically, self.path, text.encode())
             except OSError as exc:
                 raise StateError(f"cannot save state to {self.path}: {exc}") from exc
+
+    def load(self) -> tuple[list[snapshot.ServiceRecord], list[str]]:
+        """The services in the state file, and why any could not be restored (none: no file).
+
+        A file that is unusable as a whole (another format version) raises StateError: it is
+        left untouched rather than overwritten by the next change.
+        """
+        data = self.read()
+        if data is None:
+            return [], []
+        try:
+            return snapshot.load(data)
+        except ValueError as exc:
+            raise StateError(
+                f"cannot restore {self.path}: {exc}; move the file away to start with no services"
+            ) from exc

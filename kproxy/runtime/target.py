@@ -10,7 +10,8 @@ import itertools
 import attrs
 import trio
 
-from kproxy.core.options import Address, TargetOptions
+from kproxy.core.addresses import Address
+from kproxy.core.options import TargetOptions
 from kproxy.core.states import TargetHealth
 from kproxy.runtime.pool import ConnectionPool, Connector, open_tcp
 

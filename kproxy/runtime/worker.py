@@ -21,12 +21,13 @@ import attrs
 import trio
 
 from kproxy.core import worker_protocol as wp
-from kproxy.core.options import DeploymentOptions, RunOptions, parse_target
+from kproxy.core.addresses import parse_target
+from kproxy.core.options import DeploymentOptions, RunOptions
 from kproxy.core.pages import ErrorPages
 from kproxy.runtime.acme_workers import RemoteAcme
 from kproxy.runtime.certificates import AutomaticCertificates, restored_source
 from kproxy.runtime.log import Logger
-from kproxy.runtime.pages import BUILTIN_PAGES, read_error_pages
+from kproxy.runtime.pages import error_pages_or_builtin
 from kproxy.runtime.proxy import Frontend, Listeners, Proxy
 from kproxy.runtime.router import Router
 from kproxy.runtime.target import Target
@@ -110,11 +111,10 @@ class Worker(Proxy):
         return version
 
     def _pages(self, name: str, options: DeploymentOptions) -> ErrorPages:
-        try:
-            return read_error_pages(options.service.error_pages)
-        except ValueError as exc:
-            self.logger.error("Error pages unavailable", service=name, error=str(exc))
-            return BUILTIN_PAGES
+        pages, error = error_pages_or_builtin(options.service.error_pages)
+        if error is not None:
+            self.logger.error("Error pages unavailable", service=name, error=error)
+        return pages
 
     async def drain(self, serials: list[int], timeout: float) -> int:
         """Drain the retired targets named (others were never here, or are gone)."""
