@@ -10,6 +10,7 @@ from kproxy.core.service_map import (
     Conflict,
     Route,
     ServiceMap,
+    absolute_form,
     normalize_host,
     normalize_path_prefix,
     request_host,
@@ -397,3 +398,51 @@ def test_lookup_then_strip() -> None:
     assert route == Route("example-api-special", "/api/special")
     assert route is not None
     assert strip_path_prefix(target, route.path_prefix) == b"/list?page=2"
+
+
+HOST_A = [(b"host", b"example.com"), (b"accept", b"*/*")]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        # RFC 9112 §3.2.2: the authority wins over the Host header, in the Host field's place.
+        (b"http://other.example/path?q=1", (b"/path?q=1", b"other.example")),
+        (b"http://other.example:8080/p", (b"/p", b"other.example:8080")),
+        (b"HTTP://Other.Example/p", (b"/p", b"Other.Example")),  # request_host lowercases it
+        (b"https://other.example/p", (b"/p", b"other.example")),  # scheme is not looked at
+        (b"ws://other.example/socket", (b"/socket", b"other.example")),  # any scheme, as Go
+        (b"http://[::1]:8080/p", (b"/p", b"[::1]:8080")),
+        (b"http://other.example", (b"/", b"other.example")),  # an empty path is "/"
+        (b"http://other.example?q", (b"/?q", b"other.example")),
+        (b"http://user:pw@other.example/p", (b"/p", b"other.example")),  # userinfo dropped
+        (b"http:///p", (b"/p", b"example.com")),  # no authority: the Host header stays
+        (b"http://other.example//a/b", (b"//a/b", b"other.example")),
+        # Not absolute form: asterisk (OPTIONS), authority form (CONNECT), nonsense.
+        (b"*", None),
+        (b"other.example:443", None),
+        (b"other.example/p", None),
+        (b"1http://x/p", None),
+        (b"http:/x/p", None),
+    ],
+)
+def test_absolute_form(target: bytes, expected: tuple[bytes, bytes] | None) -> None:
+    result = absolute_form(target, HOST_A)
+    if expected is None:
+        assert result is None
+        return
+    origin, headers = result or (b"", [])
+    assert (origin, headers) == (expected[0], [(b"host", expected[1]), (b"accept", b"*/*")])
+
+
+def test_absolute_form_replaces_every_host_field_with_one() -> None:
+    headers = [(b"accept", b"*/*"), (b"host", b"a.example"), (b"host", b"b.example")]
+    assert absolute_form(b"http://c.example/", headers) == (
+        b"/",
+        [(b"accept", b"*/*"), (b"host", b"c.example")],
+    )
+    # HTTP/1.0 without a Host header gets one.
+    assert absolute_form(b"http://c.example/", [(b"accept", b"*/*")]) == (
+        b"/",
+        [(b"host", b"c.example"), (b"accept", b"*/*")],
+    )

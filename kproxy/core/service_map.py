@@ -133,6 +133,43 @@ def request_host(header: bytes | None) -> str:
     return host
 
 
+# RFC 3986 §3.1 scheme, "://", then the authority up to the path, query or end.
+_ABSOLUTE_FORM: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)(.*)", re.DOTALL)
+
+
+def absolute_form(
+    target: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+    """An absolute-form request target (``http://other.example/path?q``) as the origin-form
+    target and headers to route and forward by, or None for any other form.
+
+    RFC 9112 §3.2.2: the target's authority replaces the ``Host`` header, as Go's server does
+    (``Request.Host`` is the URL's host when it has one). The scheme is not looked at, as in
+    Go: it decides neither the listener nor the redirect to HTTPS. Userinfo is dropped; an
+    empty authority (``http:///p``) keeps the ``Host`` header. ``*`` (OPTIONS) and authority
+    form (``host:port``, CONNECT) are not absolute form. Callers check ``target[:1] != b"/"``
+    first, so origin-form requests (nearly all) never reach this.
+    """
+    match = _ABSOLUTE_FORM.fullmatch(target)
+    if match is None:
+        return None
+    authority = match[1].rpartition(b"@")[2]
+    rest = match[2]
+    origin = rest if rest.startswith(b"/") else b"/" + rest  # "" or "?q" → "/", "/?q"
+    if not authority:
+        return origin, headers
+    # The authority takes the first Host field's place; any other Host field is dropped.
+    out: list[tuple[bytes, bytes]] = []
+    swapped = False
+    for name, value in headers:
+        if name != b"host":
+            out.append((name, value))
+        elif not swapped:
+            out.append((b"host", authority))
+            swapped = True
+    return origin, out if swapped else [(b"host", authority), *out]
+
+
 def normalize_path_prefix(value: str) -> str:
     """Give a ``--path-prefix`` one leading and no trailing slash, like NormalizePathPrefixes.
 

@@ -25,7 +25,7 @@ from kproxy.core.headers import (
 )
 from kproxy.core.pages import CONTENT_TYPE
 from kproxy.core.relay_rules import STATUS_CLIENT_CLOSED
-from kproxy.core.service_map import strip_path_prefix
+from kproxy.core.service_map import absolute_form, strip_path_prefix
 from kproxy.core.tls_rules import check_scheme
 from kproxy.errors import (
     BadRequestBody,
@@ -38,7 +38,7 @@ from kproxy.errors import (
 )
 from kproxy.runtime.access_log import RequestLog, text
 from kproxy.runtime.buffer import SpooledBody
-from kproxy.runtime.exchange import Exchange
+from kproxy.runtime.exchange import Exchange, RequestHead
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import error_page
 from kproxy.runtime.relay import ResponseRecord, forward
@@ -63,6 +63,14 @@ class RequestPipeline:
 
     async def handle(self, exchange: Exchange) -> bool:
         """Serve one request; returns whether its connection may carry another."""
+        request = exchange.request
+        if request.target[:1] != b"/":  # the one check origin-form requests pay
+            absolute = absolute_form(request.target, request.headers)
+            if absolute is not None:  # routed, logged and forwarded by its authority
+                target, headers = absolute
+                exchange.request = RequestHead(
+                    request.method, target, headers, request.http_version
+                )
         log = RequestLog.begin(
             exchange.request,
             port=self.port,

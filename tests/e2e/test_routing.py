@@ -6,13 +6,21 @@ served it; ``None`` below means the proxy answered 404 itself.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import trio
 
 from kproxy import DeployError, DeploymentOptions, Proxy, ServiceOptions, TargetOptions
-from tests.helpers import Upstream, control, request, start_proxy, start_upstream
+from tests.helpers import (
+    Upstream,
+    control,
+    request,
+    start_proxy,
+    start_upstream,
+    wait_until,
+)
 
 
 async def deploy(
@@ -222,3 +230,29 @@ async def test_concurrent_deploys_of_one_route_cannot_both_win(
     assert "already used by service 'quick'" in outcomes["late"]
     assert [s.name for s in proxy.services()] == ["quick"]
     assert await served_by(proxy, "shared.test", "/") == "quick"
+
+
+async def test_absolute_form_is_routed_by_its_authority(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """RFC 9112 §3.2.2: ``GET http://b.test/... `` with ``Host: a.test`` reaches b.test's
+    service, in origin form and with ``Host: b.test``, and is logged so; a host nobody serves
+    is a 404 however the Host header reads (it used to reach a.test's target)."""
+    proxy, logs = await start_proxy(nursery, tmp_path)
+    with trio.fail_after(20):
+        await deploy(nursery, proxy, "public", ("a.test",))
+        await deploy(nursery, proxy, "private", ("b.test",))
+        reply = await request(proxy.http_port, "http://B.test:80/echo?x=1", host="a.test")
+        assert reply.status == 200, reply
+        seen = json.loads(reply.body)
+        headers = dict(seen["headers"])
+        assert (seen["upstream"], seen["target"]) == ("private", "/echo?x=1")
+        assert headers["host"] == headers["x-forwarded-host"] == "B.test:80"
+        await wait_until(lambda: bool(logs.records("Request")))  # access lines are batched
+        [line] = logs.records("Request")
+        assert (line["host"], line["path"], line["query"]) == ("b.test", "/echo", "x=1")
+        assert line["service"] == "private"
+        assert await served_by(proxy, "a.test", "https://b.test") == "private"  # any scheme
+        assert await served_by(proxy, "a.test", "http://c.test/") is None
+        assert await served_by(proxy, "b.test", "http://a.test/") == "public"
+        assert await served_by(proxy, "a.test", "/plain") == "public"  # origin form as ever

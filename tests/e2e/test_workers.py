@@ -244,3 +244,33 @@ async def test_state_is_kept_across_a_restart_and_kill_9_takes_the_workers_down(
         await second.process.wait()
         # The workers see their channel close and exit: nothing keeps serving the port.
         await wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids))
+
+
+async def test_absolute_form_is_routed_by_its_authority_in_every_worker(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``GET http://b.test/...`` with ``Host: a.test`` reaches b.test's service whichever
+    worker takes it (each routes the request it parsed)."""
+    with trio.fail_after(GUARD):
+        public = await start_upstream(nursery, "public")
+        private = await start_upstream(nursery, "private")
+        proxy = await start_workers(nursery, tmp_path)
+        services = (("public", public, ""), ("private", private, "--host b.test"))
+        for name, upstream, hosts in services:
+            answer = await control(
+                proxy.socket_path, f"deploy {name} --target {upstream.address} {hosts}"
+            )
+            assert answer[-1] == f"OK deployed {name}", answer
+        clients = await pin_workers(proxy)  # public, the default service, answers the probes
+        for worker, client in clients.items():
+            path = f"/secret-{worker}"
+            reply = await exchange(client, f"http://b.test{path}", host="a.test")
+            assert (reply.status, reply.body) == (200, b"private"), worker
+            assert private.received[-1].target == path.encode()
+            assert private.received[-1].header(b"host") == b"b.test"
+            await wait_until(functools.partial(_logged, proxy, path))
+            [line] = [r for r in proxy.records("Request") if r.get("path") == path]
+            assert (line["worker"], line["host"], line["service"]) == (worker, "b.test", "private")
+        assert not [r for r in public.received if r.target.startswith(b"/secret")]
+        for client in clients.values():
+            await client.aclose()
