@@ -437,15 +437,18 @@ def test_hop_by_hop_stripped_and_body_framing_kept() -> None:
             ("203.0.113.9", "10.0.0.1"),
         ),
         ([(b"x-forwarded-for", b"203.0.113.9")], None),  # another header is not trusted
-        # Anything but IP addresses is ignored whole: the peer is used instead.
+        # Blank counts as absent (None: the request is forwarded as if the option were unset).
         ([(b"cf-connecting-ip", b"")], None),
         ([(b"cf-connecting-ip", b" ")], None),
-        ([(b"cf-connecting-ip", b"unknown")], None),
-        ([(b"cf-connecting-ip", b"203.0.113.9, evil")], None),
-        ([(b"cf-connecting-ip", b"203.0.113.9,")], None),
-        ([(b"cf-connecting-ip", b"203.0.113.9:443")], None),
-        ([(b"cf-connecting-ip", b"256.1.1.1")], None),
-        ([(b"cf-connecting-ip", b"1.2.3.4\xff")], None),
+        ([(b"cf-connecting-ip", b""), (b"cf-connecting-ip", b"\t")], None),
+        # Anything but IP addresses is ignored whole: () says the peer is used instead.
+        ([(b"cf-connecting-ip", b"unknown")], ()),
+        ([(b"cf-connecting-ip", b"203.0.113.9, evil")], ()),
+        ([(b"cf-connecting-ip", b"203.0.113.9,")], ()),
+        ([(b"cf-connecting-ip", b"203.0.113.9:443")], ()),
+        ([(b"cf-connecting-ip", b"256.1.1.1")], ()),
+        ([(b"cf-connecting-ip", b"1.2.3.4\xff")], ()),
+        ([(b"cf-connecting-ip", b""), (b"cf-connecting-ip", b"1.2.3.4")], ()),
     ],
 )
 def test_client_ips_from_header(headers: HeaderList, expected: tuple[str, ...] | None) -> None:
@@ -456,10 +459,10 @@ def test_client_ips_from_header(headers: HeaderList, expected: tuple[str, ...] |
 @pytest.mark.parametrize(
     ("forwarded_for", "expected"),
     [
-        (None, None),  # no --client-ip-header: the usual rules (other tests)
+        (None, None),  # unset, or the request lacks it: the usual rules (other tests)
         (("203.0.113.9",), b"203.0.113.9, 10.0.0.1"),
         (("203.0.113.9", "10.9.9.9"), b"203.0.113.9, 10.9.9.9, 10.0.0.1"),
-        ((), b"10.0.0.1"),  # set but absent or invalid: the incoming value is not trusted
+        ((), b"10.0.0.1"),  # sent but not IPs: the incoming value is not trusted
     ],
 )
 def test_client_ip_header_replaces_x_forwarded_for(

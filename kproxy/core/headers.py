@@ -188,7 +188,8 @@ def build_upstream_request_headers(
       upgrade: the request is forwarded as an upgrade (see :func:`strip_hop_by_hop`).
       forwarded_for: the addresses a trusted ``--client-ip-header`` gave (see
         :func:`client_ips_from_header`). When not None they replace the incoming
-        X-Forwarded-For whatever ``forward_headers`` says, and ``client_ip`` is appended.
+        X-Forwarded-For whatever ``forward_headers`` says, and ``client_ip`` is appended;
+        None (the option unset, or the request lacks the header) keeps the usual rule.
 
     Returns:
       The new list (kept headers in their original order, then X-Forwarded-For, -Proto, -Host,
@@ -226,19 +227,22 @@ def build_upstream_request_headers(
 
 
 def client_ips_from_header(headers: Sequence[Header], name: str) -> tuple[str, ...] | None:
-    """The addresses in a trusted ``--client-ip-header`` (e.g. CF-Connecting-IP), or None.
+    """The addresses in a trusted ``--client-ip-header`` (e.g. CF-Connecting-IP); None when
+    the request lacks it.
 
     kamal-proxy (internal/server/client_ip_middleware.go) copies every value of that header
     into X-Forwarded-For, as if a trusted proxy had sent it, and logs its first entry as the
     client; the socket peer is appended after them as usual. kproxy takes the same values but
-    only if every comma-separated entry is an IP address: an absent, empty or forged-looking
-    header gives None, and the caller falls back to the socket peer alone.
+    only if every comma-separated entry is an IP address: a forged-looking header gives ``()``,
+    and the caller falls back to the socket peer alone. An absent or blank header gives None:
+    the request is forwarded as if the option were unset (its X-Forwarded-For kept and
+    extended with ``--forward-headers``), as kamal-proxy leaves it alone.
 
     Returns:
       The entries as sent (whitespace trimmed), the client first.
     """
     values = header_values(headers, name.lower().encode("ascii"))
-    if not values:
+    if not any(value.strip(b" \t") for value in values):
         return None
     entries: list[str] = []
     for value in values:
@@ -247,7 +251,7 @@ def client_ips_from_header(headers: Sequence[Header], name: str) -> tuple[str, .
             try:
                 ipaddress.ip_address(text)
             except ValueError:
-                return None
+                return ()
             entries.append(text)
     return tuple(entries)
 

@@ -82,9 +82,13 @@ class RequestLog:
 
     def use_client_ip_header(self, headers: Sequence[Header], name: str) -> None:
         """--client-ip-header: its addresses, if they all parse, become the client for the log
-        and the start of X-Forwarded-For; otherwise the peer alone, and the incoming
-        X-Forwarded-For is not trusted either (kamal-proxy: client_ip_middleware.go)."""
-        self.forwarded_for = client_ips_from_header(headers, name) or ()
+        and the start of X-Forwarded-For; if not, the peer alone, and the incoming
+        X-Forwarded-For is not trusted either. A request without the header is logged and
+        forwarded as if the option were unset (kamal-proxy: client_ip_middleware.go)."""
+        forwarded_for = client_ips_from_header(headers, name)
+        if forwarded_for is None:
+            return
+        self.forwarded_for = forwarded_for
         client = self.forwarded_for[0] if self.forwarded_for else self.peer_ip
         self.fields["client_addr"] = client
         self.fields["remote_addr"] = ", ".join(self.forwarded_for) or client

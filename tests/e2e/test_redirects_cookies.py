@@ -210,35 +210,71 @@ async def test_canonical_host_must_be_one_of_the_hosts(
 
 
 @pytest.mark.parametrize(
-    ("incoming", "xff", "client"),
+    ("incoming", "forward", "xff", "client", "remote"),
     [
         # The header's value leads X-Forwarded-For (the incoming one is not trusted), the
         # socket peer follows, and the log names it as the client.
-        ([(b"cf-connecting-ip", b"203.0.113.9")], b"203.0.113.9, 127.0.0.1", "203.0.113.9"),
-        ([(b"cf-connecting-ip", b"2001:db8::7")], b"2001:db8::7, 127.0.0.1", "2001:db8::7"),
-        # Not an IP address (or absent): ignored, the peer is the client.
-        ([(b"cf-connecting-ip", b"unknown")], b"127.0.0.1", "127.0.0.1"),
-        ([(b"cf-connecting-ip", b"1.2.3.4<script>")], b"127.0.0.1", "127.0.0.1"),
-        ([], b"127.0.0.1", "127.0.0.1"),
+        (
+            [(b"cf-connecting-ip", b"203.0.113.9")],
+            True,
+            b"203.0.113.9, 127.0.0.1",
+            "203.0.113.9",
+            "203.0.113.9",
+        ),
+        (
+            [(b"cf-connecting-ip", b"2001:db8::7")],
+            True,
+            b"2001:db8::7, 127.0.0.1",
+            "2001:db8::7",
+            "2001:db8::7",
+        ),
+        (
+            [(b"cf-connecting-ip", b"203.0.113.9")],
+            False,
+            b"203.0.113.9, 127.0.0.1",
+            "203.0.113.9",
+            "203.0.113.9",
+        ),
+        # Not an IP address: ignored, the peer is the client, the incoming value not trusted.
+        ([(b"cf-connecting-ip", b"unknown")], True, b"127.0.0.1", "127.0.0.1", "127.0.0.1"),
+        ([(b"cf-connecting-ip", b"1.2.3.4<script>")], True, b"127.0.0.1", "127.0.0.1", "127.0.0.1"),
+        # Absent: as if the option were unset, the incoming X-Forwarded-For kept and extended
+        # with --forward-headers (as kamal-proxy), replaced without.
+        ([], True, b"6.6.6.6, 127.0.0.1", "127.0.0.1", "6.6.6.6"),
+        ([(b"cf-connecting-ip", b"")], True, b"6.6.6.6, 127.0.0.1", "127.0.0.1", "6.6.6.6"),
+        ([], False, b"127.0.0.1", "127.0.0.1", "6.6.6.6"),
     ],
-    ids=["ipv4", "ipv6", "garbage", "garbage-with-ip", "absent"],
+    ids=[
+        "ipv4",
+        "ipv6",
+        "ipv4-no-forward",
+        "garbage",
+        "garbage-with-ip",
+        "absent",
+        "empty",
+        "absent-no-forward",
+    ],
 )
 @guard(20)
 async def test_client_ip_header(
     nursery: trio.Nursery,
     tmp_path: Path,
     incoming: list[tuple[bytes, bytes]],
+    forward: bool,
     xff: bytes,
     client: str,
+    remote: str,
 ) -> None:
-    up, proxy, logs = await serve(nursery, tmp_path, client_ip_header="CF-Connecting-IP")
+    up, proxy, logs = await serve(
+        nursery, tmp_path, client_ip_header="CF-Connecting-IP", target_forward_headers=forward
+    )
     headers = [(b"x-forwarded-for", b"6.6.6.6"), *incoming]
     assert (await request(proxy.http_port, "/ip", headers=headers)).status == 200
     got = up.received[-1]
     assert got.target == b"/ip"
     assert [v for k, v in got.headers if k == b"x-forwarded-for"] == [xff]
     line = await request_line(logs)
-    assert (line["client_addr"], line["remote_addr"]) == (client, client)
+    assert (line["client_addr"], line["remote_addr"]) == (client, remote)
 
 
 @guard(20)
