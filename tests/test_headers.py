@@ -363,12 +363,25 @@ def test_x_request_start_kept_or_added(
 
 
 @pytest.mark.parametrize(
-    "incoming",
-    [[], [b"other:80"], [b"a:1", b"b:2"]],
+    ("incoming", "forward_headers", "expected"),
+    [
+        ([], False, b"web-2:8080"),
+        ([], True, b"web-2:8080"),
+        ([b"other:80"], False, b"web-2:8080"),  # not trusted: replaced
+        ([b"a:1", b"b:2"], False, b"web-2:8080"),
+        # Trusted: appended, as kamal-proxy's setTargetHeader (load_balancer.go) does.
+        ([b"other:80"], True, b"other:80, web-2:8080"),
+        ([b"a:1", b"b:2"], True, b"a:1, b:2, web-2:8080"),
+        ([b"a:1, b:2"], True, b"a:1, b:2, web-2:8080"),
+        ([b""], True, b", web-2:8080"),  # Go joins an empty value too
+    ],
 )
-def test_x_kamal_target_replaced(incoming: list[bytes]) -> None:
-    result = build(BASE + [(b"x-kamal-target", v) for v in incoming], target="web-2:8080")
-    assert values(result, b"x-kamal-target") == [b"web-2:8080"]
+def test_x_kamal_target_appended_or_replaced(
+    incoming: list[bytes], forward_headers: bool, expected: bytes
+) -> None:
+    headers = BASE + [(b"x-kamal-target", v) for v in incoming]
+    result = build(headers, target="web-2:8080", forward_headers=forward_headers)
+    assert values(result, b"x-kamal-target") == [expected]
 
 
 @pytest.mark.parametrize("forward_headers", [False, True])

@@ -181,7 +181,8 @@ def build_upstream_request_headers(
         (e.g. a Unix socket), which omits X-Forwarded-For as Go does.
       scheme: "http" or "https", the listener the request came in on.
       forward_headers: the service trusts incoming X-Forwarded-* (``--forward-headers``).
-      target: the chosen target's ``host:port``, sent as X-Kamal-Target.
+      target: the chosen target's ``host:port``, sent as X-Kamal-Target (appended to the
+        incoming value when ``forward_headers``, as kamal-proxy does).
       now: wall-clock unix time in seconds (``time.time()``, not trio's clock): X-Request-Start
         is read by APM tools as an absolute time.
       make_request_id: called only when the client sent no X-Request-ID.
@@ -222,7 +223,10 @@ def build_upstream_request_headers(
     if not incoming_start:
         # "t=<unix ms>" is the form kamal-proxy sends (request_start_middleware.go).
         out.append((X_REQUEST_START, b"t=%d" % int(now * 1000)))
-    out.append((X_KAMAL_TARGET, target.encode("ascii")))
+    # kamal-proxy's setTargetHeader (load_balancer.go): with forwarded headers trusted, every
+    # incoming value (empty ones too, as Go's Header map holds them) then the target.
+    prior = header_values(headers, X_KAMAL_TARGET) if forward_headers else []
+    out.append((X_KAMAL_TARGET, b", ".join([*prior, target.encode("ascii")])))
     return UpstreamRequestHeaders(headers=out, request_id=request_id)
 
 

@@ -133,10 +133,10 @@ async def test_request_headers_at_target(nursery: trio.Nursery, tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    ("forward_headers", "xff", "proto", "xfh"),
+    ("forward_headers", "xff", "proto", "xfh", "kamal_target"),
     [
-        (True, b"10.0.0.1, 127.0.0.1", b"https", b"public.example"),
-        (False, b"127.0.0.1", b"http", b"example.com"),
+        (True, b"10.0.0.1, 127.0.0.1", b"https", b"public.example", b"edge:80, {target}"),
+        (False, b"127.0.0.1", b"http", b"example.com", b"{target}"),
     ],
 )
 async def test_forwarded_headers_trusted_or_replaced(
@@ -146,6 +146,7 @@ async def test_forwarded_headers_trusted_or_replaced(
     xff: bytes,
     proto: bytes,
     xfh: bytes,
+    kamal_target: bytes,
 ) -> None:
     up = await start_upstream(nursery)
     proxy, _ = await start_proxy(nursery, tmp_path)
@@ -154,6 +155,7 @@ async def test_forwarded_headers_trusted_or_replaced(
         (b"x-forwarded-for", b"10.0.0.1"),
         (b"x-forwarded-proto", b"https"),
         (b"x-forwarded-host", b"public.example"),
+        (b"x-kamal-target", b"edge:80"),  # appended to like the others (kamal-proxy)
     ]
     with trio.fail_after(10):
         assert (await request(proxy.http_port, headers=incoming)).status == 200
@@ -161,6 +163,8 @@ async def test_forwarded_headers_trusted_or_replaced(
     assert [v for k, v in got.headers if k == b"x-forwarded-for"] == [xff]
     assert [v for k, v in got.headers if k == b"x-forwarded-proto"] == [proto]
     assert [v for k, v in got.headers if k == b"x-forwarded-host"] == [xfh]
+    expected_target = kamal_target.replace(b"{target}", up.address.encode())
+    assert [v for k, v in got.headers if k == b"x-kamal-target"] == [expected_target]
 
 
 async def test_request_id_and_start_kept(nursery: trio.Nursery, tmp_path: Path) -> None:
