@@ -636,6 +636,29 @@ def test_run_flags() -> None:
 
 
 @pytest.mark.parametrize(
+    "words",
+    [
+        ("--state-path=/var/lib/kamal-proxy",),
+        ("--state-path", "/var/lib/kamal-proxy"),
+        ("--state-dir=/elsewhere", "--state-path=/var/lib/kamal-proxy"),  # the last one wins
+    ],
+)
+def test_run_state_path_is_kamal_proxys_name_for_state_dir(words: tuple[str, ...]) -> None:
+    env = {"KPROXY_STATE_DIR": "/env"}  # a flag beats it, whichever name it is given by
+    assert run(*words, env=env).state_dir == "/var/lib/kamal-proxy"
+
+
+def test_state_path_is_a_run_flag_only() -> None:
+    with pytest.raises(UsageError, match=r"^deploy: unknown flag --state-path"):
+        parse("deploy", "web", "--target=a:1", "--state-path=/x")
+
+
+def test_an_alias_names_itself_in_errors() -> None:
+    with pytest.raises(UsageError, match=r"^run: flag --state-path needs a value$"):
+        run("--state-path")
+
+
+@pytest.mark.parametrize(
     ("env", "port"),
     [
         ({"KPROXY_HTTP_PORT": "1", "KAMAL_PROXY_HTTP_PORT": "2", "HTTP_PORT": "3"}, 1),

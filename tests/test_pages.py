@@ -153,8 +153,13 @@ def test_read_error_pages_empty_means_builtin() -> None:
     assert read_error_pages("") == ErrorPages()
 
 
-def test_read_an_empty_directory(tmp_path: Path) -> None:
-    assert read_error_pages(str(tmp_path)) == ErrorPages(str(tmp_path), {})
+def test_a_directory_without_pages_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("not a page")  # other files do not count
+    (tmp_path / "pages").mkdir()
+    assert _error(tmp_path) == (
+        f"--error-pages {tmp_path}: no error pages in the directory; expected <status>.html "
+        "files (400.html to 599.html, such as 502.html or 503.html)"
+    )
 
 
 def _error(directory: Path | str) -> str:

@@ -36,6 +36,7 @@ class Flag:
     supported: bool = True  # False: parsed and validated, refused while its feature is missing
     required: bool = False
     env: bool = False  # a run option: also read from KPROXY_X, KAMAL_PROXY_X, then X
+    aliases: tuple[str, ...] = ()  # other names for it on the command line (kamal-proxy's)
 
 
 @attrs.frozen
@@ -47,7 +48,8 @@ class CommandSpec:
     optional_args: bool = False  # the positionals may be left out (``help`` with no topic)
 
     def flag(self, name: str) -> Flag | None:
-        return next((f for f in (*self.flags, *GLOBAL_FLAGS) if f.name == name), None)
+        flags = (*self.flags, *GLOBAL_FLAGS)
+        return next((f for f in flags if name == f.name or name in f.aliases), None)
 
 
 S, L, B, D, N = Kind.STRING, Kind.LIST, Kind.BOOL, Kind.DURATION, Kind.INT
@@ -106,7 +108,7 @@ COMMANDS: Final = {
             Flag("debug", B, False, "Include debugging logs", env=True),
             Flag("max-connections", N, 0, "Most simultaneous client connections; more wait (0 = 10000, fewer if ulimit -n is low)", env=True),
             Flag("workers", N, 0, "Processes serving HTTP on the shared ports (0 = one per core; 1 = this process alone)", env=True),
-            Flag("state-dir", S, "", "Directory for the state file (env KPROXY_STATE_DIR; default ~/.config/kproxy)", env=True),
+            Flag("state-dir", S, "", "Directory for the state file (env KPROXY_STATE_DIR; default ~/.config/kproxy)", env=True, aliases=("state-path",)),
         )),
         CommandSpec("deploy", "Deploy targets for a service; returns when traffic is cut over and the old targets drained", ("service",), _DEPLOY_FLAGS),
         CommandSpec("remove", "Remove a service", ("service",)),

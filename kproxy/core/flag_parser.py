@@ -90,13 +90,14 @@ def parse_flags(spec: CommandSpec, words: Sequence[str], env: Mapping[str, str])
                 raw, i = words[i], i + 1
             else:
                 raise UsageError(f"{spec.name}: flag --{name} needs a value")
+        key = flag.name  # an alias (run --state-path) sets the flag it names
         if flag.kind is Kind.LIST:
             items = [item.strip() for item in raw.split(",")]
-            lists.setdefault(name, []).extend(item for item in items if item)
-            values[name] = tuple(lists[name])
+            lists.setdefault(key, []).extend(item for item in items if item)
+            values[key] = tuple(lists[key])
         else:
-            values[name] = _convert(spec, flag, raw, "")
-        given.add(name)
+            values[key] = _convert(spec, flag, raw, "")
+        given.add(key)
     # Run options the command line left out come from the environment (a flag beats it, and
     # an unusable variable behind a flag does no harm).
     sources: dict[str, str] = {}

@@ -86,6 +86,7 @@ def usage(name: str = "") -> str:
         kind = "" if flag.kind is Kind.BOOL else f" {flag.kind.value}"
         note = " (required)" if flag.required else ""
         note += "" if flag.supported else " (not supported yet)"
+        note += "".join(f" (also --{alias})" for alias in flag.aliases)
         lines.append(f"  --{flag.name}{kind}".ljust(40) + f"{flag.help}{_show_default(flag)}{note}")
     return "\n".join(lines)
 
@@ -98,6 +99,7 @@ def _flag_row(flag: Flag, *, with_env: bool) -> str:
         notes.append("**required**")
     if not flag.supported:
         notes.append("*not supported yet: refused by name*")
+    notes.extend(f"also `--{alias}`" for alias in flag.aliases)
     cells = [f"`--{flag.name}{kind}`", f"`{default}`" if default else "", "; ".join(notes)]
     if with_env:
         key = flag.name.upper().replace("-", "_")

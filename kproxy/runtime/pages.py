@@ -64,8 +64,10 @@ def read_error_pages(directory: str) -> ErrorPages:
       directory: the directory; "" means the built-in pages (nothing is read).
 
     Raises:
-      ValueError: the directory or a page cannot be read, or a page does not parse; the
-        message names the directory, the file and the problem.
+      ValueError: the directory or a page cannot be read, holds no ``<status>.html`` file
+        (as kamal-proxy, which refuses a directory without templates: the user most likely
+        named the wrong one), or a page does not parse; the message names the directory, the
+        file and the problem.
     """
     if not directory:
         return BUILTIN_PAGES
@@ -75,6 +77,11 @@ def read_error_pages(directory: str) -> ErrorPages:
             pages = {e.name: e.is_file() for e in entries if page_status(e.name) is not None}
     except OSError as exc:
         raise ValueError(f"{prefix}: cannot read the directory: {_reason(exc)}") from None
+    if not pages:
+        raise ValueError(
+            f"{prefix}: no error pages in the directory; expected <status>.html files "
+            "(400.html to 599.html, such as 502.html or 503.html)"
+        )
     files: dict[str, str] = {}
     for name, is_file in sorted(pages.items()):
         if not is_file:  # a FIFO would block the whole proxy in open()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Final
 
 import attrs
@@ -327,12 +328,12 @@ class _Relay:
         head = await self._read_head()
         record.status = head.status
         record.headers = head.headers
-        if head.status == 101:
-            await self._splice(head)
-            return False
         headers = head.headers
-        if self.cookie_scope is not None:  # as kamal-proxy's targetResponseWriter.WriteHeader
-            headers = self.cookie_scope.apply(headers)
+        if self.cookie_scope is not None:  # as kamal-proxy's targetResponseWriter.WriteHeader,
+            headers = self.cookie_scope.apply(headers)  # which a 101 goes through too
+        if head.status == 101:
+            await self._splice(headers)
+            return False
         if target.options.buffer_responses and not response_streams(headers):
             await self._relay_buffered(head, headers)
             return head.keep_alive and not self.upstream.reader.trailing
@@ -401,10 +402,11 @@ class _Relay:
             exchange.queue_end()
             await exchange.flush()
 
-    async def _splice(self, head: ResponseHead) -> None:
-        """After 101, the client's connection and the target's are one tunnel."""
+    async def _splice(self, headers: Sequence[Header]) -> None:
+        """After 101 (``headers`` its fields), the client's connection and the target's are
+        one tunnel."""
         exchange, upstream = self.exchange, self.upstream
-        tunnel = await exchange.switch_protocols(head.headers)
+        tunnel = await exchange.switch_protocols(headers)
         self.record.head_sent = self.record.upgraded = True
         self.target.mark_upgraded(exchange.scope)
         await splice(tunnel, Tunnel(upstream.transport, upstream.reader.trailing))

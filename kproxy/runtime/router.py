@@ -112,7 +112,6 @@ class Router:
         async with self._lock(name):
             if pages.directory:
                 statuses = ", ".join(map(str, sorted(pages.templates)))
-                statuses = statuses or "no <status>.html files, the built-in pages stay"
                 await progress(f"{name}: error pages from {pages.directory}: {statuses}")
             new = self.target_set(name, _new_targets(options, self.connector))
             self.logger.info("Deploying", service=name, targets=options.targets)

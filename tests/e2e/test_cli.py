@@ -245,6 +245,21 @@ async def test_run_socket_from_environment(
         assert version.code == 0, version.err
 
 
+async def test_run_state_path_is_the_state_directory(nursery: trio.Nursery, tmp_path: Path) -> None:
+    state = tmp_path / "kamal-proxy"  # kamal-proxy's --state-path: a directory, as --state-dir
+    upstream = await start_upstream(nursery, "one")
+    with trio.fail_after(GUARD):
+        proxy = await start_proxy_process(nursery, tmp_path, "--state-path", str(state))
+        socket = str(proxy.socket_path)
+        deployed = await cli("deploy", "web", "--target", upstream.address, "--socket", socket)
+        assert deployed.code == 0, deployed.err
+        assert (await request(proxy.http_port)).body == b"one"
+        assert "web" in (state / "kproxy.state.json").read_text()
+        assert not (tmp_path / "state" / "kproxy.state.json").exists()  # --state-dir lost
+        proxy.process.send_signal(signal.SIGTERM)
+        assert await proxy.process.wait() == 0
+
+
 async def test_run_bad_environment_value_is_an_error(tmp_path: Path) -> None:
     result = await cli("run", "--socket", str(tmp_path / "s.sock"), KPROXY_HTTP_PORT="eighty")
     assert result.code == 1

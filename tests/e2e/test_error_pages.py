@@ -239,6 +239,20 @@ async def test_missing_directory_fails_the_deploy(nursery: trio.Nursery, tmp_pat
 
 
 @guard(15)
+async def test_directory_without_pages_fails_the_deploy(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "public"
+    wrong.mkdir()
+    (wrong / "index.html").write_text("<p>the app's files, not error pages</p>")
+    _, answer = await failed_deploy(nursery, tmp_path, wrong)
+    assert answer == [
+        f"ERR --error-pages {wrong}: no error pages in the directory; expected <status>.html "
+        "files (400.html to 599.html, such as 502.html or 503.html)"
+    ]
+
+
+@guard(15)
 async def test_unreadable_page_fails_the_deploy(nursery: trio.Nursery, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     (bad / "502.html").mkdir(parents=True)

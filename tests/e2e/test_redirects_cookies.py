@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
 import trio
 
@@ -365,6 +366,45 @@ async def test_cookie_paths_untouched(
     reply = await request(proxy.http_port, path, host="example.com")
     assert reply.status == 200
     assert set_cookies(reply.headers) == UNSCOPED
+
+
+@pytest.mark.parametrize("scoped", [True, False], ids=["scoped", "flag-off"])
+@guard(20)
+async def test_cookie_paths_scoped_on_a_101(
+    nursery: trio.Nursery, tmp_path: Path, scoped: bool
+) -> None:
+    """A 101 goes through kamal-proxy's targetResponseWriter.WriteHeader like any response."""
+
+    async def upgrade(_up: Upstream, _req: Received, client: H11Stream) -> None:
+        headers = [
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"set-cookie", b"sid=1; HttpOnly"),
+            (b"set-cookie", b"ext=4; Path=/; Domain=other.example"),
+        ]
+        await client.send(h11.InformationalResponse(status_code=101, headers=headers))
+        await client.stream.send_all(b"hello from target;")  # then hangs up
+
+    up = await start_upstream(nursery, handlers={b"/ws": upgrade})
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    service = ServiceOptions(path_prefixes=("/app",), scope_cookie_paths=scoped)
+    await proxy.deploy("web", options(up, service=service))
+    data = await raw_exchange(
+        proxy.http_port,
+        b"GET /app/ws HTTP/1.1\r\nhost: example.com\r\nconnection: Upgrade\r\n"
+        b"upgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"sec-websocket-version: 13\r\n\r\n",
+    )
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert rest == b"hello from target;"
+    cookies = [
+        line.partition(b":")[2].strip()
+        for line in head.split(b"\r\n")[1:]
+        if line.lower().startswith(b"set-cookie:")
+    ]
+    sid = b"sid=1; HttpOnly; Path=/app" if scoped else b"sid=1; HttpOnly"
+    assert cookies == [sid, b"ext=4; Path=/; Domain=other.example"]
 
 
 @guard(20)
