@@ -15,7 +15,7 @@ choice that takes the request's method and its affinity cookie.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -55,3 +55,47 @@ class RoundRobin(Generic[T]):
                 self._next = (index + 1) % count
                 return self.members[index]
         return None
+
+
+READ_METHODS: Final = frozenset({b"GET", b"HEAD"})
+
+
+def is_read_request(method: bytes, websocket: bool, read_websockets: bool) -> bool:
+    """kamal-proxy's isReadRequest: GET or HEAD, and not a WebSocket upgrade unless
+    ``--read-target-websockets``."""
+    return method in READ_METHODS and (read_websockets or not websocket)
+
+
+class ReadWriteBalancer(Generic[T]):
+    """A writer rotation and a reader rotation (kamal-proxy's LoadBalancer.nextTarget).
+
+    A read (see :func:`is_read_request`) without a valid writer-affinity cookie goes to the
+    next healthy reader; everything else, and a read when no reader is healthy, goes to the
+    next healthy writer.
+
+    Args:
+        writers: the ``--target`` rotation.
+        readers: the ``--read-target`` rotation (may be empty).
+        read_websockets: ``--read-target-websockets``.
+    """
+
+    __slots__ = ("read_websockets", "readers", "writers")
+
+    def __init__(
+        self, writers: RoundRobin[T], readers: RoundRobin[T], read_websockets: bool = False
+    ) -> None:
+        self.writers = writers
+        self.readers = readers
+        self.read_websockets = read_websockets
+
+    def choose(self, method: bytes, websocket: bool, has_affinity_cookie: bool) -> T | None:
+        """The target for one request, or None when no suitable member is healthy."""
+        if (
+            self.readers.members
+            and not has_affinity_cookie
+            and is_read_request(method, websocket, self.read_websockets)
+        ):
+            reader = self.readers.choose()
+            if reader is not None:
+                return reader
+        return self.writers.choose()
