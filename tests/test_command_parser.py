@@ -548,7 +548,6 @@ def test_unsupported_deploy_flags_with_their_default_are_accepted(flag: table.Fl
 def test_every_not_yet_supported_flag_is_known() -> None:
     names = {f.name for spec in table.COMMANDS.values() for f in _unsupported(spec)}
     assert names == {
-        "read-target", "writer-affinity-timeout", "read-target-websockets",
         "metrics-port",
     }  # fmt: skip
 
@@ -807,3 +806,24 @@ def test_redirect_client_ip_and_cookie_flags_parse() -> None:
 )
 def test_redirect_and_client_ip_flags_are_validated(words: list[str], message: str) -> None:
     assert error("deploy", "app", T, *words) == message
+
+
+def test_read_targets_and_writer_affinity() -> None:
+    options = deploy(
+        T,
+        "--read-target=127.0.0.1:4001,127.0.0.1:4002",
+        "--read-target",
+        "127.0.0.1:4003",
+        "--read-target=127.0.0.1:4001",  # repeated: once
+        "--writer-affinity-timeout=500ms",
+        "--read-target-websockets",
+    )
+    assert options.read_targets == ("127.0.0.1:4001", "127.0.0.1:4002", "127.0.0.1:4003")
+    assert options.service.writer_affinity_timeout == 0.5
+    assert options.service.read_target_websockets is True
+    plain = deploy(T)
+    assert plain.read_targets == ()
+    assert plain.service.writer_affinity_timeout == 3.0  # kamal-proxy's default
+    assert plain.service.read_target_websockets is False
+    assert deploy(T, "--writer-affinity-timeout=0").service.writer_affinity_timeout == 0
+    assert "writer-affinity-timeout" in error("deploy", "app", T, "--writer-affinity-timeout=-1s")

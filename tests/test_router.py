@@ -192,10 +192,10 @@ async def test_force_cuts_over_before_the_target_is_healthy(
     assert _targets(router) == [ONE]
     routed = router.route("example.test", "/")
     assert routed is not None
-    assert routed[0].active.balancer.choose() is None  # 503 until healthy
+    assert routed[0].active.balancer.writers.choose() is None  # 503 until healthy
     _script(router).healthy.add(ONE)
     await trio.sleep(1.5)
-    assert routed[0].active.balancer.choose() is routed[0].targets[0]
+    assert routed[0].active.balancer.writers.choose() is routed[0].targets[0]
 
 
 async def test_remove_drains_the_service(
@@ -283,7 +283,7 @@ async def test_a_paused_service_is_restored_paused_and_serving_targets(
         service = copy.services["web"]
         assert service.record() == router.services["web"].record()
         assert service.state is ServiceState.PAUSED
-        assert service.active.balancer.choose() is service.targets[0]
+        assert service.active.balancer.writers.choose() is service.targets[0]
         await trio.sleep(5)
         assert _script(copy).checks == []  # a restored single target is not checked
         nursery.cancel_scope.cancel()

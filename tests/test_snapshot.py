@@ -193,9 +193,9 @@ NEWER = (
          "unknown option 'options.target.health_check_method'"),
         ({"options.service.h2": True}, "unknown option 'options.service.h2'"),
         ({"options.rollout": {"percent": 10}}, "unknown option 'options.rollout'"),
-        ({"options.read_targets": ["r:1"], "options.service.h2": True,
+        ({"options.target_weights": ["r:1"], "options.service.h2": True,
           "options.target.health_check_method": "HEAD"},
-         "unknown options 'options.read_targets', 'options.service.h2', "
+         "unknown options 'options.target_weights', 'options.service.h2', "
          "'options.target.health_check_method'"),
         # Named even when a known option is also bad: the unknown one says why.
         ({"options.service.h2": True, "options.targets": ["foo bar"]},
@@ -218,3 +218,23 @@ def test_keys_beside_the_options_are_not_checked() -> None:
     records, errors = snapshot.load({"version": FORMAT_VERSION, "services": [entry]})
     assert errors == []
     assert records == [RECORDS[1]]
+
+
+def test_read_targets_round_trip_and_default_for_older_files() -> None:
+    options = opt.DeploymentOptions(
+        targets=("127.0.0.1:3000",),
+        read_targets=("127.0.0.1:3001", "127.0.0.1:3002"),
+        service=opt.ServiceOptions(writer_affinity_timeout=0.5, read_target_websockets=True),
+    )
+    record = ServiceRecord("split", options, ServiceState.RUNNING, "", 30.0)
+    data = through_json(snapshot.dump([record]))
+    assert snapshot.load(data) == ([record], [])
+    # A file written before read targets existed: none, and kamal-proxy's defaults.
+    del data["services"][0]["options"]["read_targets"]
+    del data["services"][0]["options"]["service"]["writer_affinity_timeout"]
+    del data["services"][0]["options"]["service"]["read_target_websockets"]
+    (loaded,), errors = snapshot.load(data)
+    assert errors == []
+    assert loaded.options.read_targets == ()
+    assert loaded.options.service.writer_affinity_timeout == 3.0
+    assert loaded.options.service.read_target_websockets is False

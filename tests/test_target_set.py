@@ -60,13 +60,13 @@ async def test_the_balancer_follows_health(autojump_clock: trio.testing.MockCloc
         await nursery.start(targets.run)
         await trio.sleep(0.5)
         one, two = targets.targets
-        assert [targets.balancer.choose() for _ in range(4)] == [one, two, one, two]
+        assert [targets.balancer.writers.choose() for _ in range(4)] == [one, two, one, two]
         script.healthy = {A}
         await trio.sleep(1)
-        assert [targets.balancer.choose() for _ in range(3)] == [one, one, one]
+        assert [targets.balancer.writers.choose() for _ in range(3)] == [one, one, one]
         script.healthy = set()
         await trio.sleep(1)
-        assert targets.balancer.choose() is None
+        assert targets.balancer.writers.choose() is None
         targets.close()
     assert changes == ["changed"] * 4  # two became healthy, then each unhealthy
 
@@ -100,7 +100,7 @@ async def test_a_restored_single_target_is_not_checked(
         await trio.sleep(10)
         targets.close()
     assert script.checks == []
-    assert targets.balancer.choose() is one
+    assert targets.balancer.writers.choose() is one
 
 
 async def test_wait_healthy_reports_progress(autojump_clock: trio.testing.MockClock) -> None:
@@ -143,7 +143,7 @@ async def test_drain_lets_tracked_requests_finish(autojump_clock: trio.testing.M
         assert trio.current_time() == 3  # the slower request finished: no need to wait on
     assert len(script.checks) == checks  # the health checks stopped when the drain began
     assert one.health is two.health is TargetHealth.DRAINING
-    assert targets.balancer.choose() is None
+    assert targets.balancer.writers.choose() is None
     assert one.inflight_count == two.inflight_count == 0
     drained = logs.records("Target drained")
     assert sorted((r["target"], r["cancelled_requests"]) for r in drained) == [(A, 0), (B, 0)]

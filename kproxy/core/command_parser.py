@@ -202,6 +202,8 @@ def _build_deploy(p: Parsed, _env: Mapping[str, str]) -> Deploy:
             tls_on_demand_url=p.text("tls-on-demand-url"),
             tls_acme_cache_path=p.text("tls-acme-cache-path"),
             tls_acme_directory=p.text("tls-acme-directory"),
+            writer_affinity_timeout=p.seconds("writer-affinity-timeout"),
+            read_target_websockets=p.flag("read-target-websockets"),
         ),
         target=opt.TargetOptions(
             health_check_path=p.text("health-check-path"),
@@ -222,6 +224,7 @@ def _build_deploy(p: Parsed, _env: Mapping[str, str]) -> Deploy:
         deploy_timeout=p.seconds("deploy-timeout"),
         drain_timeout=p.seconds("drain-timeout"),
         force=p.flag("force"),
+        read_targets=p.strings("read-target"),
     )
     return Deploy(service, options)
 

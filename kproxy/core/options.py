@@ -181,6 +181,12 @@ class ServiceOptions:
     tls_on_demand_url: str = attrs.field(default="", converter=_on_demand_url)
     tls_acme_cache_path: str = ""
     tls_acme_directory: str = attrs.field(default="", converter=_acme_directory)
+    # Read targets (issue 12): how long after a write the client's reads go to a writer
+    # (0: never), and whether WebSocket upgrades may go to read targets.
+    writer_affinity_timeout: float = attrs.field(
+        default=DEFAULT_WRITER_AFFINITY_TIMEOUT, validator=not_negative("writer-affinity-timeout")
+    )
+    read_target_websockets: bool = False
 
     @property
     def automatic_tls(self) -> bool:
@@ -267,6 +273,10 @@ class TargetOptions:
 def _parse_targets(values: tuple[str, ...]) -> tuple[str, ...]:
     if not values:
         raise ValueError("at least one --target is required")
+    return _parse_read_targets(values)
+
+
+def _parse_read_targets(values: tuple[str, ...]) -> tuple[str, ...]:
     targets: list[str] = []
     for value in values:
         target = str(parse_target(value))
@@ -294,10 +304,16 @@ class DeploymentOptions:
         default=DEFAULT_DRAIN_TIMEOUT, validator=not_negative("drain-timeout")
     )
     force: bool = False
+    # --read-target: GET and HEAD requests go to these (core/balancer.py ReadWriteBalancer).
+    read_targets: tuple[str, ...] = attrs.field(default=(), converter=_parse_read_targets)
 
     @property
     def addresses(self) -> tuple[Address, ...]:
         return tuple(parse_target(t) for t in self.targets)
+
+    @property
+    def read_addresses(self) -> tuple[Address, ...]:
+        return tuple(parse_target(t) for t in self.read_targets)
 
 
 def _port(name: str) -> Callable[[object, object, int], None]:

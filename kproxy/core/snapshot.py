@@ -112,6 +112,7 @@ def _load_service(entry: Mapping[str, Any]) -> ServiceRecord:
             deploy_timeout=float(options["deploy_timeout"]),
             drain_timeout=float(options["drain_timeout"]),
             force=bool(options["force"]),
+            read_targets=tuple(options.get("read_targets", ())),
         ),
         state=ServiceState(entry.get("state", "running")),
         message=str(entry.get("message", "")),

@@ -220,6 +220,9 @@ class RequestPipeline:
                         body=body,
                         buffer_dir=self.buffer_dir,
                         cookie_scope=log.cookie_scope,
+                        writer_affinity=(
+                            service.writer_affinity(request) if service.active.has_readers else None
+                        ),
                     )
             except (trio.Cancelled, BaseExceptionGroup) as stopped:
                 # The exchange alone (not the connection, nor the server) was cancelled: the

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -40,6 +41,7 @@ from kproxy.core.upstream_http import (
     ResponseHead,
     UpstreamRequest,
 )
+from kproxy.core.writer_affinity import write_response_headers
 from kproxy.errors import (
     BadRequestBody,
     ClientGone,
@@ -120,6 +122,7 @@ async def forward(
     body: SpooledBody | None = None,
     buffer_dir: str | None = None,
     cookie_scope: CookieScope | None = None,
+    writer_affinity: float | None = None,
 ) -> None:
     """Relay ``request`` (headers already rewritten) to ``target`` and its answer back.
 
@@ -129,6 +132,8 @@ async def forward(
     ``body`` is the request body when it was buffered (see receive_request_body);
     ``buffer_dir`` is where a buffered response spills (None: the system temp dir).
     ``cookie_scope`` rewrites the response's Set-Cookie paths (--scope-cookie-paths).
+    ``writer_affinity``: the response to a write on a service with read targets gets the
+    ``kamal-writer`` cookie for that many seconds (core/writer_affinity.py).
     """
     pump = RequestBodyPump(exchange, request.chunked, body)
     replayable = request.method in relay_rules.REPLAYABLE_METHODS and not exchange.has_body
@@ -142,7 +147,9 @@ async def forward(
             raise UpstreamUnreachable(
                 f"cannot connect to {target.name}: {describe_connect_error(exc)}"
             ) from exc
-        relay = _Relay(exchange, upstream, target, pump, record, buffer_dir, cookie_scope)
+        relay = _Relay(
+            exchange, upstream, target, pump, record, buffer_dir, cookie_scope, writer_affinity
+        )
         try:
             await relay.run(request)
             return
@@ -161,6 +168,7 @@ class _Relay:
     record: ResponseRecord
     buffer_dir: str | None
     cookie_scope: CookieScope | None
+    writer_affinity: float | None
     # Set when the request had no body to pump and is no upgrade: the client is looked at for
     # a hang-up only while the target keeps it waiting (see _receive), not on every request.
     hangup_watch: _HangupWatch | None = None
@@ -331,6 +339,8 @@ class _Relay:
         headers = head.headers
         if self.cookie_scope is not None:  # as kamal-proxy's targetResponseWriter.WriteHeader,
             headers = self.cookie_scope.apply(headers)  # which a 101 goes through too
+        if self.writer_affinity is not None:  # kamal-proxy's loadBalancerResponseWriter
+            headers = write_response_headers(headers, time.time(), self.writer_affinity)
         if head.status == 101:
             await self._splice(headers)
             return False

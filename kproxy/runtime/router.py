@@ -403,6 +403,10 @@ def _new_targets(
 ) -> list[Target]:
     """The deploy's targets: checked before they serve, or, restored, serving at once."""
     targets = [Target(a, options.target, connector=connector) for a in options.addresses]
+    targets += [
+        Target(a, options.target, connector=connector, read_only=True)
+        for a in options.read_addresses
+    ]
     if healthy:
         for target in targets:
             target.set_health(TargetHealth.HEALTHY)

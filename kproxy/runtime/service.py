@@ -2,22 +2,26 @@
 
 The shape of kamal-proxy's Service (internal/server/service.go). Today a service has one group,
 ``active``. Issue 12 adds a ``rollout`` group beside it (chosen per request by the rollout
-split, core/rollout.py) and read targets inside a group's balancer; ``choose_target`` takes the
-request so that those choices have what they need.
+split, core/rollout.py). A group's read targets get the reads (``choose_target``), and the
+response to a write gets the writer-affinity cookie (``writer_affinity``).
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
+from kproxy.core.balancer import is_read_request
+from kproxy.core.headers import upgrade_type
 from kproxy.core.options import DEFAULT_PAUSE_TIMEOUT, DeploymentOptions
 from kproxy.core.pages import ErrorPages
 from kproxy.core.snapshot import ServiceRecord
 from kproxy.core.states import ServiceState
 from kproxy.core.tls_rules import NO_TLS, TlsPolicy
+from kproxy.core.writer_affinity import has_valid_cookie
 from kproxy.errors import NoHealthyTargets, PauseExpired, ServiceUnavailable
 from kproxy.runtime.target import Target
 from kproxy.runtime.target_set import TargetSet
@@ -48,6 +52,7 @@ class Service:
     tls: TlsPolicy = attrs.field(default=NO_TLS, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
+        self._read_websockets()
         if self.state is ServiceState.RUNNING:
             self._running.set()
 
@@ -59,15 +64,37 @@ class Service:
     def replace_active(self, options: DeploymentOptions, targets: TargetSet) -> TargetSet:
         """The cutover: one assignment, so every request after it sees the new targets."""
         old, self.active, self.options = self.active, targets, options
+        self._read_websockets()
         return old
 
     def choose_target(self, request: RequestHead) -> Target:
-        """Round robin over the active group's healthy targets (``request`` is for issue 12's
-        read targets and rollout group: see the module doc)."""
-        target = self.active.balancer.choose()
+        """Round robin over the active group's healthy targets: with read targets, reads go to
+        them and the rest to the writers (core/balancer.py ReadWriteBalancer)."""
+        active = self.active
+        if not active.has_readers:
+            target = active.balancer.writers.choose()
+        else:
+            target = active.balancer.choose(
+                request.method,
+                _is_websocket(request),
+                has_valid_cookie(request.headers, time.time()),
+            )
         if target is None:
             raise NoHealthyTargets(f"service {self.name} has no healthy target")
         return target
+
+    def writer_affinity(self, request: RequestHead) -> float | None:
+        """The ``kamal-writer`` cookie's lifetime for the response to ``request``, or None when
+        it gets none (core/writer_affinity.py). Asked only when ``active.has_readers``."""
+        timeout = self.options.service.writer_affinity_timeout
+        if timeout <= 0 or is_read_request(
+            request.method, _is_websocket(request), self.options.service.read_target_websockets
+        ):
+            return None
+        return timeout
+
+    def _read_websockets(self) -> None:
+        self.active.balancer.read_websockets = self.options.service.read_target_websockets
 
     def record(self) -> ServiceRecord:
         """What the state file keeps of the service (and what workers are sent)."""
@@ -131,3 +158,11 @@ class Service:
     async def wait_idle(self, timeout: float) -> bool:
         """Let in-flight requests finish (pause and stop), without cancelling any."""
         return await self.active.wait_idle(timeout)
+
+
+def _is_websocket(request: RequestHead) -> bool:
+    """kamal-proxy's isWebSocketRequest: a GET asking to upgrade to ``websocket``."""
+    if request.method != b"GET":
+        return False
+    upgrade = upgrade_type(request.headers)
+    return upgrade is not None and upgrade.lower() == b"websocket"

@@ -31,6 +31,7 @@ class Target:
     _idle: trio.Event = attrs.field(factory=trio.Event)
     serial: int = attrs.field(factory=lambda: next(_serials), kw_only=True)
     connector: Connector = attrs.field(default=open_tcp, kw_only=True)  # tests: in memory
+    read_only: bool = attrs.field(default=False, kw_only=True)  # a --read-target
     name: str = attrs.field(init=False)  # host:port, spelled once: every request logs it
 
     def __attrs_post_init__(self) -> None:

@@ -24,7 +24,7 @@ from typing import Final
 import attrs
 import trio
 
-from kproxy.core.balancer import RoundRobin
+from kproxy.core.balancer import ReadWriteBalancer, RoundRobin
 from kproxy.core.flag_values import format_duration
 from kproxy.core.states import TargetHealth
 from kproxy.runtime.health import CheckResult, check_once
@@ -49,7 +49,8 @@ class TargetSet:
 
     Args:
         service: the service's name, for logs and progress lines.
-        targets: the group, in deploy order.
+        targets: the group, in deploy order: the writers, then the read targets
+            (``Target.read_only``), which are checked and drained alike.
         logger: where health changes and drains are logged.
         check: one health check of one target (``health.check_once``; tests script it).
         on_change: called after every change of a target's health (the supervisor publishes).
@@ -62,7 +63,8 @@ class TargetSet:
     check: HealthCheck = check_once
     on_change: Callable[[], None] = _ignore
     remote_drain: RemoteDrain | None = None
-    balancer: RoundRobin[Target] = attrs.field(init=False)
+    balancer: ReadWriteBalancer[Target] = attrs.field(init=False)
+    has_readers: bool = attrs.field(init=False)  # the one check the data path makes
     cancelled: int = 0  # requests cut off by the drain, once ``drained`` is set
     drained: trio.Event = attrs.field(factory=trio.Event)  # set when run() has ended
     _changed: trio.Event = attrs.field(factory=trio.Event)  # replaced on each health change
@@ -71,7 +73,13 @@ class TargetSet:
     _running: bool = False
 
     def __attrs_post_init__(self) -> None:
-        self.balancer = RoundRobin(self.targets, [t.healthy for t in self.targets])
+        writers = [t for t in self.targets if not t.read_only]
+        readers = [t for t in self.targets if t.read_only]
+        self.balancer = ReadWriteBalancer(
+            RoundRobin(writers, [t.healthy for t in writers]),
+            RoundRobin(readers, [t.healthy for t in readers]),
+        )
+        self.has_readers = bool(readers)
 
     # --- health -----------------------------------------------------------------------------
 
@@ -79,7 +87,7 @@ class TargetSet:
         """Record a target's health; returns whether it changed (and then calls on_change)."""
         if not target.set_health(health):
             return False
-        self.balancer.set_healthy(target, target.healthy)
+        self._rotation(target).set_healthy(target, target.healthy)
         self._changed.set()
         self._changed = trio.Event()
         self.on_change()
@@ -168,6 +176,9 @@ class TargetSet:
 
     # --- helpers ----------------------------------------------------------------------------
 
+    def _rotation(self, target: Target) -> RoundRobin[Target]:
+        return self.balancer.readers if target.read_only else self.balancer.writers
+
     async def _check_health(self, target: Target) -> None:
         single = len(self.targets) == 1
         if single and target.healthy:
@@ -194,7 +205,7 @@ class TargetSet:
 
     async def _drain(self, timeout: float) -> None:
         for target in self.targets:  # out of rotation, should the set still be asked
-            self.balancer.set_healthy(target, False)
+            self._rotation(target).set_healthy(target, False)
 
         async def drain_one(target: Target) -> None:
             cancelled = await target.drain(timeout)

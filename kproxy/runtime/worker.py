@@ -77,11 +77,17 @@ class Worker(Proxy):
         for view in views:
             record = view.record
             targets = []
-            for seen in view.targets:
+            writers = len(record.options.targets)  # the readers follow (router._new_targets)
+            for index, seen in enumerate(view.targets):
                 target = self._live.get(seen.serial)
                 if target is None:
                     address = parse_target(seen.address)
-                    target = Target(address, record.options.target, connector=router.connector)
+                    target = Target(
+                        address,
+                        record.options.target,
+                        connector=router.connector,
+                        read_only=index >= writers,
+                    )
                     target.serial = seen.serial
                 targets.append(target)
                 live[seen.serial] = target
