@@ -8,8 +8,10 @@ The rotation is over the members in their deploy order, skipping unhealthy ones:
 ``a, b, c`` and ``b`` unhealthy, requests go ``a, c, a, c…``, and a member that recovers rejoins
 at its own place in the order.
 
-Issue 12 adds read targets and writer affinity here: a second rotation over the readers, and a
-choice that takes the request's method and its affinity cookie.
+With read targets (``--read-target``), :class:`ReadWriteBalancer` holds two rotations, one over
+the writers and one over the readers, and chooses by the request's method, whether it is a
+WebSocket upgrade, and whether it carries a valid writer-affinity cookie
+(core/writer_affinity.py).
 """
 
 from __future__ import annotations
