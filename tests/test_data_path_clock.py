@@ -20,8 +20,8 @@ import trio.testing
 
 from kproxy.core.options import TargetOptions
 from kproxy.runtime.alarms import TICK
+from kproxy.runtime.hangup_watch import HANGUP_WATCH_DELAY
 from kproxy.runtime.http_server import HttpServer
-from kproxy.runtime.relay import HANGUP_WATCH_DELAY
 from kproxy.runtime.router import Router
 from tests.health_script import CHECK_TIME, HealthScript, logger, options
 from tests.helpers import LogCapture

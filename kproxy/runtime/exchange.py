@@ -43,6 +43,18 @@ class Tunnel:
     first: bytes  # what that side sent after the HTTP exchange, already read
 
 
+@attrs.define
+class ResponseRecord:
+    """What the access log needs from the exchange."""
+
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
+    body_bytes: int = 0  # response body bytes sent to the client
+    head_sent: bool = False  # the client has seen a status line: no error page any more
+    upgraded: bool = False
+    interruption: Exception | None = None  # why an alarm cancelled the request's scope
+
+
 class Exchange(Protocol):
     """One request from a client and the answer to it. Methods that reach the client raise
     ClientGone when it has left; reading the body raises BadRequestBody when it breaks the

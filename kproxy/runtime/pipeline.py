@@ -38,10 +38,10 @@ from kproxy.errors import (
 )
 from kproxy.runtime.access_log import RequestLog, text
 from kproxy.runtime.buffer import SpooledBody
-from kproxy.runtime.exchange import Exchange, RequestHead
+from kproxy.runtime.exchange import Exchange, RequestHead, ResponseRecord
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import error_page
-from kproxy.runtime.relay import ResponseRecord, forward
+from kproxy.runtime.relay import forward
 from kproxy.runtime.request_body import receive_request_body
 from kproxy.runtime.router import Router
 from kproxy.runtime.service import Service

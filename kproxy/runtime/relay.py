@@ -7,7 +7,7 @@ request body streams to the target (``request_body``) while the response is awai
 ``Expect: 100-continue`` and early answers work); the response streams back as it arrives.
 Once the body is in, the client is watched, so a client that leaves ends the exchange (499);
 for a request without a body, only while the target keeps it waiting, by an alarm that looks
-whether the client left (``_HangupWatch``). Errors before the response head reached the client
+whether the client left (``HangupWatch``). Errors before the response head reached the client
 become UpstreamError (an error page); errors after it abort the client connection, because a
 truncated body must never look complete.
 """
@@ -51,9 +51,9 @@ from kproxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from kproxy.runtime.alarms import TICK, Alarm
 from kproxy.runtime.buffer import SpooledBody
-from kproxy.runtime.exchange import Exchange, Tunnel
+from kproxy.runtime.exchange import Exchange, ResponseRecord, Tunnel
+from kproxy.runtime.hangup_watch import HANGUP_WATCH_DELAY, HangupWatch
 from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
 from kproxy.runtime.request_body import RequestBodyPump
 from kproxy.runtime.socket_io import STREAM_ERRORS
@@ -61,8 +61,6 @@ from kproxy.runtime.target import Target
 from kproxy.runtime.tunnel import splice
 
 EXPECT_CONTINUE_TIMEOUT: Final = 1.0  # seconds; ExpectContinueTimeout of Go's DefaultTransport
-HANGUP_WATCH_DELAY: Final = 0.05  # seconds a bodiless request's answer may take before the
-# client is looked at for a hang-up: far below anything a person notices, above most answers
 
 
 class _StaleConnection(KProxyError):
@@ -75,42 +73,6 @@ class _ConnectionLost(UpstreamUnreachable):
     def __init__(self, message: str, *, request_sent: bool) -> None:
         super().__init__(message)
         self.request_sent = request_sent
-
-
-@attrs.define
-class ResponseRecord:
-    """What the access log needs from the exchange."""
-
-    status: int = 0
-    headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
-    body_bytes: int = 0  # response body bytes sent to the client
-    head_sent: bool = False  # the client has seen a status line: no error page any more
-    upgraded: bool = False
-    interruption: Exception | None = None  # why an alarm cancelled the request's scope
-
-
-@attrs.define(eq=False)
-class _HangupWatch(Alarm):
-    """A bodiless request's alarm while it waits on its target. At ``timeout_at`` (the target
-    timeout, while the head is awaited) it goes off as a 504; before that, from
-    HANGUP_WATCH_DELAY on, it looks every TICK whether the client hung up (499), as Go's server
-    notices with a background read. No task and no cancel scope of its own: see ``alarms``."""
-
-    record: ResponseRecord = attrs.field(kw_only=True)
-    exchange: Exchange = attrs.field(kw_only=True)
-    target_name: str = attrs.field(kw_only=True)
-    timeout_at: float = math.inf
-
-    def due(self, now: float) -> float | None:
-        if now >= self.timeout_at:
-            self.record.interruption = UpstreamTimeout(
-                f"{self.target_name} sent no response within the target timeout"
-            )
-            return None
-        if self.exchange.client_gone():
-            self.record.interruption = ClientGone()
-            return None
-        return min(self.timeout_at, now + TICK)
 
 
 async def forward(
@@ -171,7 +133,7 @@ class _Relay:
     writer_affinity: float | None
     # Set when the request had no body to pump and is no upgrade: the client is looked at for
     # a hang-up only while the target keeps it waiting (see _receive), not on every request.
-    hangup_watch: _HangupWatch | None = None
+    hangup_watch: HangupWatch | None = None
     upgrade: bool = False  # the request asks to switch protocols: a 101 may answer it
 
     async def run(self, request: UpstreamRequest) -> None:
@@ -190,7 +152,7 @@ class _Relay:
             # An upgrade's client bytes belong to the splice: nothing else may read them.
             if pump.end_without_body():  # most requests: no task, no nursery
                 if not self.upgrade:
-                    self.hangup_watch = _HangupWatch(
+                    self.hangup_watch = HangupWatch(
                         self.exchange.scope,
                         record=self.record,
                         exchange=self.exchange,
