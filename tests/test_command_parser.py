@@ -491,60 +491,6 @@ def _unsupported(spec: table.CommandSpec) -> list[table.Flag]:
     return [f for f in spec.flags if not f.supported]
 
 
-def _non_default(flag: table.Flag) -> str:
-    match flag.kind:
-        case table.Kind.BOOL:
-            return f"--{flag.name}=false" if flag.default else f"--{flag.name}"
-        case table.Kind.DURATION:
-            return f"--{flag.name}=17s"
-        case table.Kind.INT:
-            return f"--{flag.name}=17"
-        case _:
-            return f"--{flag.name}=x.example:17"
-
-
-def _default(flag: table.Flag) -> str:
-    match flag.kind:
-        case table.Kind.BOOL:
-            return f"--{flag.name}={str(flag.default).lower()}"
-        case table.Kind.DURATION:
-            assert isinstance(flag.default, float)
-            return f"--{flag.name}={flag.default}s"
-        case table.Kind.INT:
-            return f"--{flag.name}={flag.default}"
-        case _:
-            return f"--{flag.name}="
-
-
-# Flags that first need a partner or a host to get past the rules above.
-_COMPANIONS = {
-    "max-request-body": ["--buffer-requests=false"],
-    "max-response-body": ["--buffer-responses=false"],
-    "tls-certificate-path": ["--tls-private-key-path="],
-    "tls-private-key-path": ["--tls-certificate-path="],
-}
-
-
-@pytest.mark.parametrize("flag", _unsupported(table.COMMANDS["deploy"]), ids=lambda f: f.name)
-def test_unsupported_deploy_flags_are_refused_by_name(flag: table.Flag) -> None:
-    words = [
-        "deploy",
-        "app",
-        T,
-        "--host=a.example",
-        *_COMPANIONS.get(flag.name, []),
-        _non_default(flag),
-    ]
-    assert error(*words) == (
-        f"deploy: --{flag.name} is not supported by kproxy yet; run the command without it"
-    )
-
-
-@pytest.mark.parametrize("flag", _unsupported(table.COMMANDS["deploy"]), ids=lambda f: f.name)
-def test_unsupported_deploy_flags_with_their_default_are_accepted(flag: table.Flag) -> None:
-    assert deploy(T, *_COMPANIONS.get(flag.name, []), _default(flag)).targets == ("127.0.0.1:3000",)
-
-
 def test_every_not_yet_supported_flag_is_known() -> None:
     names = {f.name for spec in table.COMMANDS.values() for f in _unsupported(spec)}
     assert names == {
