@@ -6,34 +6,13 @@ of the UsageError it must raise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pytest
 
-from kproxy.core import command_parser as parser
 from kproxy.core import commands as cmd
 from kproxy.core import flag_parser
 from kproxy.core import options as opt
 from kproxy.core.command_table import COMMANDS
-from kproxy.errors import UsageError
-
-T = "--target=127.0.0.1:3000"  # the required flag, for cases about something else
-
-
-def parse(*words: str, env: Mapping[str, str] | None = None) -> cmd.Command:
-    return parser.parse_command(list(words), env)
-
-
-def deploy(*words: str) -> opt.DeploymentOptions:
-    command = parse("deploy", "app", *words)
-    assert isinstance(command, cmd.Deploy)
-    return command.options
-
-
-def error(*words: str, env: Mapping[str, str] | None = None) -> str:
-    with pytest.raises(UsageError) as info:
-        parser.parse_command(list(words), env)
-    return str(info.value)
+from tests.command_words import T, deploy, error, parse
 
 
 def test_values_given_and_arguments_apart() -> None:
