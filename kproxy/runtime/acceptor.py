@@ -5,10 +5,10 @@ are busy a burst of new ones (a load balancer opening its pool) would be taken o
 scheduling pass, each pass as long as all the busy connections' work: measured, the last of
 128 waited over a second. Here a plain non-blocking socket on the same listening socket is
 read until empty instead; waiting for it stays trio's. Each connection goes to its handler as
-a :class:`~kproxy.runtime.transport.SocketTransport`, which the handler may ``peek`` at before
-choosing how to serve it (a TLS ClientHello, say). One slot of a CapacityLimiter per open
-connection, taken before accept(): beyond the bound, new clients wait in the kernel's listen
-backlog rather than costing memory and descriptors.
+a :class:`~kproxy.runtime.transport.SocketTransport`, whose first bytes the handler may read
+before choosing how to serve it (a TLS ClientHello: ``tls_transport``). One slot of a
+CapacityLimiter per open connection, taken before accept(): beyond the bound, new clients
+wait in the kernel's listen backlog rather than costing memory and descriptors.
 """
 
 from __future__ import annotations

@@ -54,16 +54,6 @@ async def receive(sock: socket.socket) -> bytes:
             pass
 
 
-async def peek(sock: socket.socket, size: int) -> bytes:
-    """Up to ``size`` bytes that have arrived, left unread (MSG_PEEK); waits for the first."""
-    await checkpoint_if_cancelled()
-    while True:
-        try:
-            return sock.recv(size, socket.MSG_PEEK)
-        except BlockingIOError:
-            await wait_readable(sock)
-
-
 async def _send(sock: socket.socket, data: bytes | memoryview) -> int:
     await checkpoint_if_cancelled()
     try:

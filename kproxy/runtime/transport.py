@@ -3,8 +3,8 @@
 Everything above this module (the HTTP/1 exchange, the relay, a WebSocket splice) reads and
 writes a connection through :class:`Transport` only, so a TLS connection (the TLS issue) or
 another socket family slots in beside :class:`SocketTransport` without touching the data path.
-The accept path hands over a connected socket; whoever serves it may ``peek`` at the first
-bytes (a TLS ClientHello's server name, say) before choosing the transport to wrap it in.
+The accept path hands over a connected socket; whoever serves it may read its first bytes
+(a TLS ClientHello's server name: ``tls_transport``) before choosing how to serve it.
 
 :class:`SocketTransport` keeps the fast path of ``socket_io``: the stdlib socket it owns, with
 trio's checkpoints and waits around each call and no stream wrapper in between.
@@ -107,11 +107,6 @@ class SocketTransport:
 
     async def send_parts(self, parts: list[bytes]) -> None:
         await socket_io.send_parts(self.sock, parts)
-
-    async def peek(self, size: int) -> bytes:
-        """Up to ``size`` bytes that have arrived, left in place for the next ``receive``;
-        waits for the first one (b"" at EOF)."""
-        return await socket_io.peek(self.sock, size)
 
     def peer_gone(self) -> bool:
         return socket_io.hung_up(self.sock.fileno())

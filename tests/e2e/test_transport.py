@@ -87,18 +87,6 @@ async def test_receive_waits_for_data_then_sees_eof(tcp_pair: Pair) -> None:
     assert await transport.receive() == b""
 
 
-async def test_peek_leaves_the_bytes_for_receive(tcp_pair: Pair) -> None:
-    """The accept path may look at a connection's first bytes before choosing how to serve
-    it (a TLS ClientHello): what it sees is still there for the server it chose."""
-    transport, peer = tcp_pair
-    with trio.move_on_after(0.2) as waited:  # nothing sent: it waits
-        await transport.peek(5)
-    assert waited.cancelled_caught
-    peer.sendall(b"\x16\x03\x01rest")
-    assert await transport.peek(3) == b"\x16\x03\x01"
-    assert await transport.receive() == b"\x16\x03\x01rest"
-
-
 async def test_send_eof_half_closes(tcp_pair: Pair) -> None:
     transport, peer = tcp_pair
     await transport.send_eof()
