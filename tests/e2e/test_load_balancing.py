@@ -14,7 +14,6 @@ from pathlib import Path
 import trio
 
 from kproxy import Proxy
-from tests.e2e.test_workers import deploy, pin_workers, start_workers
 from tests.helpers import (
     LogCapture,
     ProxyProcess,
@@ -27,6 +26,7 @@ from tests.helpers import (
     start_upstream,
     wait_until,
 )
+from tests.workers import deploy, pin_workers, start_workers
 
 WORKERS_GUARD = 30  # seconds: two worker processes start
 

@@ -17,7 +17,6 @@ from kproxy import DeploymentOptions, Proxy
 from kproxy.core.options import ServiceOptions
 from kproxy.runtime.h11_stream import H11Stream
 from tests.e2e.test_load_balancing import WORKERS_GUARD, health_updates, is_rotation
-from tests.e2e.test_workers import deploy, pin_workers, start_workers
 from tests.helpers import (
     Received,
     Upstream,
@@ -32,6 +31,7 @@ from tests.helpers import (
     start_upstream,
     wait_until,
 )
+from tests.workers import deploy, pin_workers, start_workers
 
 WEBSOCKET = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
 

@@ -18,64 +18,17 @@ import trio
 
 from kproxy.runtime.h11_stream import H11Stream
 from tests.helpers import (
-    ProxyProcess,
     Reply,
-    clean_env,
     control,
     exchange,
-    open_client,
     request,
     start_proxy_process,
     start_upstream,
     wait_until,
 )
+from tests.workers import deploy, logged, pin_workers, served_by, start_workers, worker_pids
 
 GUARD = 30  # seconds per test
-
-
-async def start_workers(nursery: trio.Nursery, tmp_path: Path, *args: str) -> ProxyProcess:
-    proxy = await start_proxy_process(
-        nursery, tmp_path, "--workers", "2", *args, env=clean_env(), timeout=20
-    )
-    await wait_until(lambda: len(proxy.records("Worker ready")) >= 2)
-    return proxy
-
-
-def worker_pids(proxy: ProxyProcess) -> dict[int, int]:
-    """Worker number → its latest process id."""
-    return {r["worker"]: r["pid"] for r in proxy.records("Worker ready")}
-
-
-def served_by(proxy: ProxyProcess) -> set[int]:
-    return {r["worker"] for r in proxy.records("Request")}
-
-
-def _logged(proxy: ProxyProcess, path: str) -> bool:
-    return any(r.get("path") == path for r in proxy.records("Request"))
-
-
-async def pin_workers(proxy: ProxyProcess) -> dict[int, H11Stream]:
-    """One open client connection per worker, keyed by worker number."""
-    clients: dict[int, H11Stream] = {}
-    for attempt in range(64):
-        client = await open_client(proxy.http_port)
-        probe = f"/probe-{len(proxy.logs)}-{attempt}"
-        assert (await exchange(client, probe)).status == 200
-        await wait_until(functools.partial(_logged, proxy, probe))
-        worker = next(r["worker"] for r in proxy.records("Request") if r.get("path") == probe)
-        if worker in clients:
-            await client.aclose()
-        else:
-            clients[worker] = client
-        if len(clients) == 2:
-            return clients
-    raise AssertionError(f"64 connections all went to worker(s) {sorted(clients)}")
-
-
-async def deploy(proxy: ProxyProcess, *args: str) -> list[str]:
-    answer = await control(proxy.socket_path, "deploy web " + " ".join(args))
-    assert answer[-1] == "OK deployed web", answer
-    return answer
 
 
 async def test_requests_spread_over_the_workers_and_list_is_the_same(
@@ -268,7 +221,7 @@ async def test_absolute_form_is_routed_by_its_authority_in_every_worker(
             assert (reply.status, reply.body) == (200, b"private"), worker
             assert private.received[-1].target == path.encode()
             assert private.received[-1].header(b"host") == b"b.test"
-            await wait_until(functools.partial(_logged, proxy, path))
+            await wait_until(functools.partial(logged, proxy, path))
             [line] = [r for r in proxy.records("Request") if r.get("path") == path]
             assert (line["worker"], line["host"], line["service"]) == (worker, "b.test", "private")
         assert not [r for r in public.received if r.target.startswith(b"/secret")]
