@@ -16,6 +16,7 @@ from kproxy.core import command_table as table
 from kproxy.core import commands as cmd
 from kproxy.core import flag_parser
 from kproxy.core import options as opt
+from kproxy.core.rollout import RolloutSplit
 from kproxy.errors import UsageError
 from tests.command_words import T, deploy, error, parse
 
@@ -189,16 +190,33 @@ def test_deploy_every_supported_flag() -> None:
 
 
 @pytest.mark.parametrize(
-    "words",
+    ("words", "command"),
     [
-        ["rollout", "deploy", "web", "--target=a:1"],
-        ["rollout", "set", "web", "--percent=10"],
-        ["rollout", "set", "web", "--list=1,2"],
-        ["rollout", "stop", "web"],
+        (
+            ["rollout", "deploy", "web", "--target=a:1"],
+            cmd.RolloutDeploy("web", ("a:1",)),
+        ),
+        (
+            [
+                "rollout", "deploy", "web", "--target=a:1,b:2", "--read-target=c:3",
+                "--deploy-timeout=5s", "--drain-timeout=0",
+            ],
+            cmd.RolloutDeploy("web", ("a:1", "b:2"), ("c:3",), 5.0, 0.0),
+        ),
+        (["rollout", "set", "web", "--percent=10"], cmd.RolloutSet("web", RolloutSplit(10))),
+        (
+            ["rollout", "set", "web", "--list=1,2"],
+            cmd.RolloutSet("web", RolloutSplit(0, ("1", "2"))),
+        ),
+        (
+            ["rollout", "set", "web", "--percent", "100", "--list=a", "--list=b"],
+            cmd.RolloutSet("web", RolloutSplit(100, ("a", "b"))),
+        ),
+        (["rollout", "stop", "web"], cmd.RolloutStop("web")),
     ],
-)
-def test_rollout_commands_parse_then_are_refused(words: list[str]) -> None:
-    assert error(*words) == table.ROLLOUT_UNSUPPORTED
+)  # fmt: skip
+def test_rollout_commands_parse(words: list[str], command: cmd.Command) -> None:
+    assert parser.parse_command(words) == command
 
 
 @pytest.mark.parametrize(
@@ -208,6 +226,8 @@ def test_rollout_commands_parse_then_are_refused(words: list[str]) -> None:
         (["rollout", "go", "web"], "rollout needs a subcommand"),
         (["rollout", "deploy", "web"], "required flag --target is missing"),
         (["rollout", "deploy", "web", "--target=foo bar"], "invalid target 'foo bar'"),
+        (["rollout", "deploy", "web", "--target=a:1", "--read-target=x y"], "invalid target"),
+        (["rollout", "deploy", "web", "--target=a:1", "--deploy-timeout=0s"], "deploy-timeout"),
         (["rollout", "set", "web"], "one of --percent or --list is required"),
         (["rollout", "set", "web", "--percent=101"], "--percent must be 0-100, got 101"),
         (["rollout", "set", "web", "--allowlist=1"], "unknown flag --allowlist"),

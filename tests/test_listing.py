@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import json
 
-from kproxy.core.listing import HEADINGS, ServiceInfo, json_line, table_lines
+import pytest
+
+from kproxy.core.listing import (
+    HEADINGS,
+    ROLLOUT_HEADING,
+    ServiceInfo,
+    json_line,
+    rollout_cell,
+    table_lines,
+)
+from kproxy.core.rollout import RolloutSplit
+from kproxy.core.snapshot import RolloutRecord
 
 SERVICES = [
     ServiceInfo("web", (), ("/",), ("127.0.0.1:3001",), "running"),
@@ -99,3 +110,49 @@ def test_json_line_is_ascii_so_it_cannot_break_the_line_protocol() -> None:
     )
     assert line.isascii()
     assert json.loads(line)["services"][0]["path_prefixes"] == ["/\u2028"]
+
+
+IN_ROLLOUT = ServiceInfo(
+    "app",
+    ("app.example",),
+    ("/",),
+    ("127.0.0.1:3001",),
+    "running",
+    rollout=RolloutRecord(("127.0.0.1:4001",), split=RolloutSplit(10, ("1", "2"))),
+)
+
+
+def test_a_rollout_adds_a_column_with_its_group_and_split() -> None:
+    lines = table_lines([*SERVICES, IN_ROLLOUT])
+    assert lines[0].split() == [*HEADINGS, ROLLOUT_HEADING]
+    assert lines[-1].endswith("127.0.0.1:4001 10%, list 1,2")
+    assert lines[1].split()[-1] == "no"  # a service without one: an empty cell
+    assert all(line == line.rstrip() for line in lines)
+
+
+def test_no_rollout_no_column() -> None:
+    assert ROLLOUT_HEADING not in table_lines(SERVICES)[0]
+
+
+@pytest.mark.parametrize(
+    ("rollout", "cell"),
+    [
+        (None, ""),
+        (RolloutRecord(("a:1", "b:2")), "a:1,b:2 no traffic"),
+        (RolloutRecord(("a:1",), ("r:1",), split=RolloutSplit(0)), "a:1,r:1 0%"),
+        (RolloutRecord(("a:1",), split=RolloutSplit(100, ("x",))), "a:1 100%, list x"),
+    ],
+)
+def test_rollout_cell(rollout: RolloutRecord | None, cell: str) -> None:
+    assert rollout_cell(rollout) == cell
+
+
+def test_json_line_shows_a_rollout_and_omits_none() -> None:
+    services = json.loads(json_line([SERVICES[0], IN_ROLLOUT]))["services"]
+    assert "rollout" not in services[0]
+    assert services[1]["rollout"] == {
+        "targets": ["127.0.0.1:4001"],
+        "read_targets": [],
+        "percent": 10,
+        "list": ["1", "2"],
+    }

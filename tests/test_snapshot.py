@@ -6,10 +6,12 @@ import json
 import re
 from typing import Any
 
+import attrs
 import pytest
 
 from kproxy.core import options as opt
 from kproxy.core import snapshot
+from kproxy.core.rollout import RolloutSplit
 from kproxy.core.snapshot import FORMAT_VERSION, ServiceRecord
 from kproxy.core.states import ServiceState
 
@@ -238,3 +240,58 @@ def test_read_targets_round_trip_and_default_for_older_files() -> None:
     assert loaded.options.read_targets == ()
     assert loaded.options.service.writer_affinity_timeout == 3.0
     assert loaded.options.service.read_target_websockets is False
+
+
+ROLLOUT = snapshot.RolloutRecord(
+    targets=("127.0.0.1:4000", "127.0.0.1:4001"),
+    read_targets=("127.0.0.1:4002",),
+    drain_timeout=5.0,
+    split=RolloutSplit(25, ("alice", "bob")),
+)
+
+
+@pytest.mark.parametrize(
+    "rollout", [ROLLOUT, attrs.evolve(ROLLOUT, split=None), attrs.evolve(ROLLOUT, read_targets=())]
+)
+def test_a_rollout_round_trips(rollout: snapshot.RolloutRecord) -> None:
+    record = ServiceRecord("web", RECORDS[1].options, rollout=rollout)
+    assert snapshot.load(through_json(snapshot.dump([record]))) == ([record], [])
+
+
+def test_a_file_written_before_rollouts_loads_without_one() -> None:
+    data = through_json(snapshot.dump(RECORDS))
+    for entry in data["services"]:
+        del entry["rollout"]
+    records, errors = snapshot.load(data)
+    assert errors == []
+    assert records == RECORDS
+    assert all(r.rollout is None for r in records)
+
+
+@pytest.mark.parametrize(
+    ("rollout", "fragment"),
+    [
+        ({"targets": []}, "rollout: no targets"),
+        ({"targets": ["bad target"]}, "invalid target"),
+        ({"targets": ["a:1"], "split": {"percent": 101, "allowlist": []}}, "--percent must"),
+        ({"targets": ["a:1"], "split": {"percent": "5", "allowlist": []}}, "percent"),
+        ({"targets": ["a:1"], "split": {"percent": 5, "allowlist": [1]}}, "allowlist"),
+        ("a:1", "rollout: expected an object"),
+    ],
+)
+def test_a_broken_rollout_skips_its_service(rollout: object, fragment: str) -> None:
+    data = through_json(snapshot.dump(RECORDS[:2]))
+    data["services"][1]["rollout"] = rollout
+    records, errors = snapshot.load(data)
+    assert records == RECORDS[:1]
+    assert len(errors) == 1
+    assert fragment in errors[0]
+
+
+def test_rollout_options_are_the_services_with_the_rollouts_targets() -> None:
+    options = ROLLOUT.deployment_options(FULL)
+    assert options.targets == ROLLOUT.targets
+    assert options.read_targets == ROLLOUT.read_targets
+    assert options.drain_timeout == 5.0
+    assert (options.service, options.target) == (FULL.service, FULL.target)
+    assert options.force is False

@@ -13,8 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from kproxy.core import options as opt
-from kproxy.core.addresses import parse_target
-from kproxy.core.command_table import ALIASES, COMMANDS, ROLLOUT_UNSUPPORTED, CommandSpec
+from kproxy.core.command_table import ALIASES, COMMANDS, CommandSpec
 from kproxy.core.commands import (
     Command,
     Deploy,
@@ -23,11 +22,15 @@ from kproxy.core.commands import (
     Pause,
     Remove,
     Resume,
+    RolloutDeploy,
+    RolloutSet,
+    RolloutStop,
     Run,
     Stop,
     Version,
 )
 from kproxy.core.flag_parser import Parsed, parse_flags
+from kproxy.core.rollout import RolloutSplit
 from kproxy.core.service_map import normalize_path_prefix
 from kproxy.errors import UsageError
 
@@ -261,11 +264,22 @@ def _build_help(p: Parsed, _env: Mapping[str, str]) -> Help:
     return Help(topic, markdown=p.flag("markdown"))
 
 
-def _build_rollout(p: Parsed, _env: Mapping[str, str]) -> Command:
-    # Parsed and validated like any command, then refused by name until rollouts exist.
-    for target in p.strings("target") if p.spec.flag("target") else ():
-        parse_target(target)
-    raise UsageError(ROLLOUT_UNSUPPORTED)
+def _build_rollout_deploy(p: Parsed, _env: Mapping[str, str]) -> RolloutDeploy:
+    # The targets are checked and normalized as a deploy's are.
+    checked = opt.DeploymentOptions(
+        targets=p.strings("target"), read_targets=p.strings("read-target")
+    )
+    return RolloutDeploy(
+        p.args[0],
+        checked.targets,
+        checked.read_targets,
+        deploy_timeout=p.seconds("deploy-timeout"),
+        drain_timeout=p.seconds("drain-timeout"),
+    )
+
+
+def _build_rollout_set(p: Parsed, _env: Mapping[str, str]) -> RolloutSet:
+    return RolloutSet(p.args[0], RolloutSplit(p.integer("percent"), p.strings("list")))
 
 
 _BUILDERS: Final[dict[str, Callable[[Parsed, Mapping[str, str]], Command]]] = {
@@ -276,9 +290,9 @@ _BUILDERS: Final[dict[str, Callable[[Parsed, Mapping[str, str]], Command]]] = {
     "stop": _build_stop,
     "resume": lambda p, _env: Resume(p.args[0]),
     "list": lambda p, _env: List(json=p.flag("json")),
-    "rollout deploy": _build_rollout,
-    "rollout set": _build_rollout,
-    "rollout stop": _build_rollout,
+    "rollout deploy": _build_rollout_deploy,
+    "rollout set": _build_rollout_set,
+    "rollout stop": lambda p, _env: RolloutStop(p.args[0]),
     "help": _build_help,
     "version": lambda _p, _env: Version(),
 }

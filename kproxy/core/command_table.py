@@ -122,17 +122,17 @@ COMMANDS: Final = {
         )),
         CommandSpec("resume", "Resume a paused or stopped service", ("service",)),
         CommandSpec("list", "List the services", flags=(Flag("json", B, False, "Print one JSON line"),)),
-        CommandSpec("rollout deploy", "Deploy a rollout target", ("service",), (
+        CommandSpec("rollout deploy", "Deploy a rollout group beside a service's targets; it gets no traffic until rollout set", ("service",), (
             Flag("target", L, (), "Target host:port(s) to deploy", required=True),
             Flag("read-target", L, (), "Read-only target host:port(s)"),
             Flag("deploy-timeout", D, opt.DEFAULT_DEPLOY_TIMEOUT, "How long new targets may take to become healthy"),
             Flag("drain-timeout", D, opt.DEFAULT_DRAIN_TIMEOUT, "How long in-flight requests may take"),
         )),
-        CommandSpec("rollout set", "Send a share of traffic to the rollout target", ("service",), (
-            Flag("percent", N, 0, "Percentage of requests for the rollout target"),
-            Flag("list", L, (), "Values (e.g. account ids) always sent to the rollout target"),
+        CommandSpec("rollout set", "Send the kamal-rollout cookie values listed, and a share by hash, to the rollout group", ("service",), (
+            Flag("percent", N, 0, "Percentage of kamal-rollout cookie values (by FNV-1a hash) for the rollout group"),
+            Flag("list", L, (), "kamal-rollout cookie values (e.g. account ids) always sent to the rollout group"),
         )),
-        CommandSpec("rollout stop", "Stop sending traffic to the rollout target", ("service",)),
+        CommandSpec("rollout stop", "Send all traffic back to the service's targets; drain and remove the rollout group", ("service",)),
         CommandSpec("help", "Show help for a command", ("command",), (
             Flag("markdown", B, False, "Print every command's reference as Markdown"),
         ), optional_args=True),
@@ -141,4 +141,3 @@ COMMANDS: Final = {
 }  # fmt: skip
 
 ALIASES: Final = {"ls": "list"}
-ROLLOUT_UNSUPPORTED: Final = "rollout is not supported by kproxy yet"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import attrs
 
 from kproxy.core import options as opt
+from kproxy.core.rollout import RolloutSplit
 
 
 @attrs.frozen
@@ -48,6 +49,36 @@ class Resume:
 
 
 @attrs.frozen
+class RolloutDeploy:
+    """``rollout deploy``: a rollout group beside the service's targets, with no traffic yet."""
+
+    service: str
+    targets: tuple[str, ...]  # as DeploymentOptions normalizes them (the parser does)
+    read_targets: tuple[str, ...] = ()
+    deploy_timeout: float = attrs.field(
+        default=opt.DEFAULT_DEPLOY_TIMEOUT, validator=opt.positive("deploy-timeout")
+    )
+    drain_timeout: float = attrs.field(
+        default=opt.DEFAULT_DRAIN_TIMEOUT, validator=opt.not_negative("drain-timeout")
+    )
+
+
+@attrs.frozen
+class RolloutSet:
+    """``rollout set``: which requests go to the rollout group (core/rollout.py)."""
+
+    service: str
+    split: RolloutSplit
+
+
+@attrs.frozen
+class RolloutStop:
+    """``rollout stop``: every request to the main group; the rollout group drained."""
+
+    service: str
+
+
+@attrs.frozen
 class List:
     json: bool = False
 
@@ -68,4 +99,17 @@ class Run:
     options: opt.RunOptions
 
 
-Command = Deploy | Remove | Pause | Stop | Resume | List | Help | Version | Run
+Command = (
+    Deploy
+    | Remove
+    | Pause
+    | Stop
+    | Resume
+    | RolloutDeploy
+    | RolloutSet
+    | RolloutStop
+    | List
+    | Help
+    | Version
+    | Run
+)

@@ -13,7 +13,6 @@ from kproxy.core.command_table import (
     ALIASES,
     COMMANDS,
     GLOBAL_FLAGS,
-    ROLLOUT_UNSUPPORTED,
     CommandSpec,
     Flag,
     Kind,
@@ -70,7 +69,7 @@ def usage(name: str = "") -> str:
     if name == "rollout":
         lines = ["Usage: rollout <deploy|set|stop> <service> [flags]", "", "Subcommands:"]
         lines += [f"  {n:<16} {s.summary}" for n, s in COMMANDS.items() if n.startswith("rollout ")]
-        return "\n".join([*lines, "", ROLLOUT_UNSUPPORTED])
+        return "\n".join(lines)
     spec = COMMANDS.get(ALIASES.get(name, name))
     if spec is None:
         raise UsageError(f"unknown command {name!r}; try 'help'")

@@ -7,6 +7,9 @@ changes when old files cannot be read, so an additive option arrives under the s
 and dropping it could serve the service differently from how it was deployed (other hosts,
 other targets). Keys beside ``options`` in an entry are not checked: the worker channel
 (``worker_protocol.py``) adds its own there.
+
+A service in a rollout has a ``rollout`` entry (its rollout group and split, see
+:class:`RolloutRecord`); files written before rollouts existed have none and load as before.
 """
 
 from __future__ import annotations
@@ -17,15 +20,39 @@ from typing import Any, Final
 import attrs
 
 from kproxy.core.options import (
+    DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_PAUSE_TIMEOUT,
     DeploymentOptions,
     ServiceOptions,
     TargetOptions,
     validate_service_name,
 )
+from kproxy.core.rollout import RolloutSplit
 from kproxy.core.states import ServiceState
 
 FORMAT_VERSION: Final = 1
+
+
+@attrs.frozen
+class RolloutRecord:
+    """A service's rollout group (``rollout deploy``) and its split (``rollout set``; None
+    until then: the group gets no traffic)."""
+
+    targets: tuple[str, ...]
+    read_targets: tuple[str, ...] = ()
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # the rollout deploy's: used by rollout stop
+    split: RolloutSplit | None = None
+
+    def deployment_options(self, main: DeploymentOptions) -> DeploymentOptions:
+        """The group's options: the service's (``main``), with the rollout's targets and drain
+        timeout (kamal-proxy builds the group with the service's own options)."""
+        return attrs.evolve(
+            main,
+            targets=self.targets,
+            read_targets=self.read_targets,
+            drain_timeout=self.drain_timeout,
+            force=False,
+        )
 
 
 @attrs.frozen
@@ -35,6 +62,7 @@ class ServiceRecord:
     state: ServiceState = ServiceState.RUNNING
     message: str = ""
     max_pause: float = DEFAULT_PAUSE_TIMEOUT
+    rollout: RolloutRecord | None = None
 
 
 def dump(records: Iterable[ServiceRecord]) -> dict[str, Any]:
@@ -47,10 +75,50 @@ def dump(records: Iterable[ServiceRecord]) -> dict[str, Any]:
                 "message": r.message,
                 "max_pause": r.max_pause,
                 "options": attrs.asdict(r.options),
+                "rollout": _dump_rollout(r.rollout),
             }
             for r in records
         ],
     }
+
+
+def _dump_rollout(rollout: RolloutRecord | None) -> dict[str, Any] | None:
+    if rollout is None:
+        return None
+    split = rollout.split
+    return {
+        "targets": list(rollout.targets),
+        "read_targets": list(rollout.read_targets),
+        "drain_timeout": rollout.drain_timeout,
+        "split": None
+        if split is None
+        else {"percent": split.percent, "allowlist": list(split.allowlist)},
+    }
+
+
+def _load_rollout(entry: object) -> RolloutRecord | None:
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"rollout: expected an object, got {type(entry).__name__}")
+    split = entry.get("split")
+    if split is not None:
+        allowlist = split["allowlist"]
+        if not isinstance(allowlist, list) or not all(isinstance(v, str) for v in allowlist):
+            raise TypeError("rollout.split.allowlist: expected a list of strings")
+        percent = split["percent"]
+        if type(percent) is not int:
+            raise TypeError(f"rollout.split.percent: expected an integer, got {percent!r}")
+        split = RolloutSplit(percent, tuple(allowlist))
+    targets = tuple(str(t) for t in entry["targets"])
+    if not targets:
+        raise ValueError("rollout: no targets")
+    return RolloutRecord(
+        targets=targets,
+        read_targets=tuple(str(t) for t in entry.get("read_targets", ())),
+        drain_timeout=float(entry.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
+        split=split,
+    )
 
 
 def load(data: Mapping[str, Any]) -> tuple[list[ServiceRecord], list[str]]:
@@ -103,7 +171,7 @@ def _load_service(entry: Mapping[str, Any]) -> ServiceRecord:
             "(written by a newer kproxy?); start that kproxy again to keep the service as it was, "
             "or deploy the service again with this version, which drops the entry at its next save"
         )
-    return ServiceRecord(
+    record = ServiceRecord(
         name=validate_service_name(entry["name"]),
         options=DeploymentOptions(
             targets=tuple(options["targets"]),
@@ -117,7 +185,11 @@ def _load_service(entry: Mapping[str, Any]) -> ServiceRecord:
         state=ServiceState(entry.get("state", "running")),
         message=str(entry.get("message", "")),
         max_pause=float(entry.get("max_pause", DEFAULT_PAUSE_TIMEOUT)),
+        rollout=_load_rollout(entry.get("rollout")),
     )
+    if record.rollout is not None:
+        record.rollout.deployment_options(record.options)  # its targets are checked there
+    return record
 
 
 def _unknown_options(options: object) -> list[str]:

@@ -104,6 +104,7 @@ class TargetView:
 class ServiceView:
     record: snapshot.ServiceRecord
     targets: tuple[TargetView, ...]
+    rollout_targets: tuple[TargetView, ...] = ()  # the rollout group's (``record.rollout``)
 
 
 def state_message(version: int, services: Iterable[ServiceView]) -> Message:
@@ -111,6 +112,9 @@ def state_message(version: int, services: Iterable[ServiceView]) -> Message:
     data = snapshot.dump(v.record for v in views)
     for entry, view in zip(data["services"], views, strict=True):
         entry["targets"] = [[t.serial, t.address, t.health.value] for t in view.targets]
+        entry["rollout_targets"] = [
+            [t.serial, t.address, t.health.value] for t in view.rollout_targets
+        ]
     return {"type": "state", "version": version, "services": data["services"]}
 
 
@@ -128,9 +132,18 @@ def read_state(message: Message) -> tuple[int, list[ServiceView]]:
         raise ChannelError("; ".join(errors))
     views = []
     for record, entry in zip(records, entries, strict=True):
-        targets = tuple(
-            TargetView(int(serial), str(address), TargetHealth(health))
-            for serial, address, health in entry["targets"]
+        views.append(
+            ServiceView(
+                record,
+                _target_views(entry["targets"]),
+                _target_views(entry.get("rollout_targets", [])),
+            )
         )
-        views.append(ServiceView(record, targets))
     return int(message["version"]), views
+
+
+def _target_views(entries: list[list[Any]]) -> tuple[TargetView, ...]:
+    return tuple(
+        TargetView(int(serial), str(address), TargetHealth(health))
+        for serial, address, health in entries
+    )

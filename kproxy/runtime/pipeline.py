@@ -221,7 +221,7 @@ class RequestPipeline:
                         buffer_dir=self.buffer_dir,
                         cookie_scope=log.cookie_scope,
                         writer_affinity=(
-                            service.writer_affinity(request) if service.active.has_readers else None
+                            service.writer_affinity(request) if service.has_readers else None
                         ),
                     )
             except (trio.Cancelled, BaseExceptionGroup) as stopped:

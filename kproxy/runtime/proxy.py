@@ -31,6 +31,7 @@ from kproxy.core.options import (
     RunOptions,
 )
 from kproxy.errors import CommandError, DeployError, KProxyError
+from kproxy.runtime import rollouts
 from kproxy.runtime.acceptor import default_max_connections
 from kproxy.runtime.acme_certificates import AcmeCertificates
 from kproxy.runtime.certificates import AutomaticCertificates, CertificateStore
@@ -365,6 +366,15 @@ class Proxy:
             case cmd.Resume(service):
                 await self.resume(service)
                 return f"resumed {service}"
+            case cmd.RolloutDeploy(service):
+                await rollouts.deploy(self.router, command, progress)
+                return f"rollout deployed for {service}"
+            case cmd.RolloutSet(service, split):
+                await rollouts.set_split(self.router, service, split)
+                return f"rollout set for {service}"
+            case cmd.RolloutStop(service):
+                stopped = await rollouts.stop(self.router, service, progress)
+                return f"rollout stopped for {service}" if stopped else f"{service} has no rollout"
             case cmd.List(as_json):
                 services = self.services()
                 for line in [json_line(services)] if as_json else table_lines(services):

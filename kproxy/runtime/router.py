@@ -159,8 +159,13 @@ class Router:
             self.logger.info("Removed", service=name)
             timeout = service.options.drain_timeout
             service.active.drain_nowait(timeout)  # before any await, as in deploy
+            rollout, rollout_options, _ = service.replace_rollout(None, None)
+            if rollout is not None and rollout_options is not None:
+                rollout.drain_nowait(rollout_options.drain_timeout)
             save_error = await self._save_quietly()
             await self._wait_drained(service.active, timeout, progress)
+            if rollout is not None and rollout_options is not None:
+                await self._wait_drained(rollout, rollout_options.drain_timeout, progress)
             if save_error is not None:
                 raise CommandError(f"removed {name}, but {save_error}")
 
@@ -202,6 +207,7 @@ class Router:
                 targets=tuple(t.name for t in s.targets),
                 state=s.state.value,
                 tls=s.tls.enabled,  # a path-prefix service's is its root service's
+                rollout=s.record().rollout,
             )
             for s in sorted(self.services.values(), key=lambda s: s.name)
         ]
@@ -242,6 +248,11 @@ class Router:
             self.cut_over(record.name, record.options, targets, pages, certificates)
             self.services[record.name].follow(record.state, record.message, record.max_pause)
             await self.nursery.start(targets.run)  # a single target is not checked: it serves
+            if record.rollout is not None:  # its rollout group (runtime/rollouts.py), likewise
+                rollout = record.rollout.deployment_options(record.options)
+                group = self.target_set(record.name, _new_targets(rollout, self.connector, True))
+                self.services[record.name].replace_rollout(group, rollout, record.rollout.split)
+                await self.nursery.start(group.run)
             self.logger.info(
                 "Restored",
                 service=record.name,
@@ -310,7 +321,7 @@ class Router:
     def close_nowait(self) -> None:
         """Release every pooled upstream connection (the proxy is stopping)."""
         for service in self.services.values():
-            for target in service.targets:
+            for target in service.all_targets:
                 target.pool.close_nowait()
 
     # --- helpers ----------------------------------------------------------------------------
@@ -399,7 +410,7 @@ class Router:
 
 
 def _new_targets(
-    options: DeploymentOptions, connector: Connector, *, healthy: bool = False
+    options: DeploymentOptions, connector: Connector, healthy: bool = False
 ) -> list[Target]:
     """The deploy's targets: checked before they serve, or, restored, serving at once."""
     targets = [Target(a, options.target, connector=connector) for a in options.addresses]

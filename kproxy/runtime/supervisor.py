@@ -104,6 +104,10 @@ class Workers:
             wp.ServiceView(
                 s.record(),
                 tuple(wp.TargetView(t.serial, t.name, t.health) for t in s.targets),
+                tuple(  # the rollout group's (runtime/rollouts.py)
+                    wp.TargetView(t.serial, t.name, t.health)
+                    for t in (s.rollout.targets if s.rollout is not None else ())
+                ),
             )
             for s in self.router.services.values()
         ]

@@ -30,6 +30,7 @@ from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import error_pages_or_builtin
 from kproxy.runtime.proxy import Frontend, Listeners, Proxy
 from kproxy.runtime.router import Router
+from kproxy.runtime.service import Service
 from kproxy.runtime.target import Target
 from kproxy.runtime.target_set import drain_targets
 from kproxy.runtime.worker_channel import WorkerChannel
@@ -76,21 +77,7 @@ class Worker(Proxy):
         live: dict[int, Target] = {}
         for view in views:
             record = view.record
-            targets = []
-            writers = len(record.options.targets)  # the readers follow (router._new_targets)
-            for index, seen in enumerate(view.targets):
-                target = self._live.get(seen.serial)
-                if target is None:
-                    address = parse_target(seen.address)
-                    target = Target(
-                        address,
-                        record.options.target,
-                        connector=router.connector,
-                        read_only=index >= writers,
-                    )
-                    target.serial = seen.serial
-                targets.append(target)
-                live[seen.serial] = target
+            targets = self._targets(router, record.options, view.targets, live)
             service = router.services.get(record.name)
             if service is None or service.targets != targets or service.options != record.options:
                 # A deploy: its --error-pages are read again, as the supervisor did.
@@ -109,12 +96,53 @@ class Worker(Proxy):
                 service = router.services[record.name]
             for target, seen in zip(targets, view.targets, strict=True):
                 service.active.set_health(target, seen.health)
+            self._follow_rollout(router, service, view, live)
             service.follow(record.state, record.message, record.max_pause)
         for serial, target in self._live.items():
             if serial not in live:
                 self._retired[serial] = target
         self._live = live
         return version
+
+    def _targets(
+        self,
+        router: Router,
+        options: DeploymentOptions,
+        views: tuple[wp.TargetView, ...],
+        live: dict[int, Target],
+    ) -> list[Target]:
+        """A group's targets as the supervisor has them: the ones this worker routes to
+        already (by serial), new ones made; each is entered in ``live``."""
+        targets = []
+        writers = len(options.targets)  # the readers follow (router._new_targets)
+        for index, seen in enumerate(views):
+            target = self._live.get(seen.serial)
+            if target is None:
+                address = parse_target(seen.address)
+                target = Target(
+                    address, options.target, connector=router.connector, read_only=index >= writers
+                )
+                target.serial = seen.serial
+            targets.append(target)
+            live[seen.serial] = target
+        return targets
+
+    def _follow_rollout(
+        self, router: Router, service: Service, view: wp.ServiceView, live: dict[int, Target]
+    ) -> None:
+        """The service's rollout group and split as the supervisor has them (rollouts.py)."""
+        rollout = view.record.rollout
+        if rollout is None:
+            service.replace_rollout(None, None)
+            return
+        options = rollout.deployment_options(view.record.options)
+        targets = self._targets(router, options, view.rollout_targets, live)
+        group = service.rollout
+        if group is None or group.targets != targets:
+            group = router.target_set(service.name, targets)
+        service.replace_rollout(group, options, rollout.split)
+        for target, seen in zip(targets, view.rollout_targets, strict=True):
+            group.set_health(target, seen.health)
 
     def _pages(self, name: str, options: DeploymentOptions) -> ErrorPages:
         pages, error = error_pages_or_builtin(options.service.error_pages)
