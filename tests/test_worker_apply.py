@@ -13,10 +13,13 @@ import trio
 import trio.testing
 
 from kproxy.core import worker_protocol as wp
+from kproxy.core.commands import RolloutDeploy
 from kproxy.core.options import RunOptions, ServiceOptions
+from kproxy.core.rollout import RolloutSplit
 from kproxy.errors import NoHealthyTargets
+from kproxy.runtime import rollouts
 from kproxy.runtime.exchange import RequestHead
-from kproxy.runtime.router import Router
+from kproxy.runtime.router import Router, _no_progress
 from kproxy.runtime.supervisor import Workers
 from kproxy.runtime.target import Target
 from kproxy.runtime.worker import Worker
@@ -127,3 +130,47 @@ async def test_remove_and_pause_reach_the_replica(
     assert routed[0].choose_target(REQUEST).name == TWO
     with pytest.raises(NoHealthyTargets, match="was removed"):
         await web.admit()
+
+
+def _with_cookie(value: bytes) -> RequestHead:
+    return RequestHead(
+        b"GET", b"/", [(b"host", b"example.test"), (b"cookie", b"kamal-rollout=" + value)], b"1.1"
+    )
+
+
+async def test_the_replica_follows_the_rollout_group_its_health_and_split(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    pair.script.healthy = {ONE, TWO, THREE}
+    await pair.supervisor.deploy("web", options(ONE))
+    await rollouts.deploy(pair.supervisor, RolloutDeploy("web", (TWO, THREE)), _no_progress)
+    pair.publish()
+    replica = pair.replica.services["web"]
+    assert replica.rollout is not None
+    assert replica.split is None
+    assert replica.choose_target(_with_cookie(b"alice")).name == ONE
+    await rollouts.set_split(pair.supervisor, "web", RolloutSplit(0, ("alice",)))
+    pair.publish()
+    group = replica.rollout
+    assert [replica.choose_target(_with_cookie(b"alice")).name for _ in range(4)] == [
+        TWO,
+        THREE,
+    ] * 2
+    assert replica.choose_target(_with_cookie(b"bob")).name == ONE
+    assert replica.record() == pair.supervisor.services["web"].record()
+
+    pair.script.healthy = {ONE, TWO}  # the supervisor's checks see THREE fail
+    await trio.sleep(1.5)
+    pair.publish()
+    assert replica.rollout is group  # the same group, new health
+    assert [replica.choose_target(_with_cookie(b"alice")).name for _ in range(3)] == [TWO] * 3
+
+    retired = list(group.targets)
+    async with trio.open_nursery() as stopping:
+        stopping.start_soon(rollouts.stop, pair.supervisor, "web", _no_progress)
+        await trio.sleep(0.1)
+        pair.publish()
+    after = pair.replica.services["web"]  # (a fresh look: mypy narrowed replica.rollout)
+    assert (after.rollout, after.split, after.record().rollout) == (None, None, None)
+    assert replica.choose_target(_with_cookie(b"alice")).name == ONE
+    assert await pair.worker.drain([t.serial for t in retired], 1) == 0  # retired: drainable

@@ -7,6 +7,7 @@ import pytest
 from kproxy.core import snapshot
 from kproxy.core import worker_protocol as wp
 from kproxy.core.options import DeploymentOptions, ServiceOptions
+from kproxy.core.rollout import RolloutSplit
 from kproxy.core.states import ServiceState, TargetHealth
 from kproxy.errors import KProxyError, ProtocolError
 
@@ -104,3 +105,19 @@ def test_state_round_trips_with_target_identities_and_health() -> None:
 def test_a_state_without_services_raises() -> None:
     with pytest.raises(wp.ChannelError):
         wp.read_state({"type": "state", "version": 1})
+
+
+def test_a_rollout_group_round_trips_and_older_messages_have_none() -> None:
+    options = DeploymentOptions(targets=("127.0.0.1:3000",))
+    rollout = snapshot.RolloutRecord(("127.0.0.1:4000",), split=RolloutSplit(5, ("a",)))
+    view = wp.ServiceView(
+        snapshot.ServiceRecord("web", options, rollout=rollout),
+        (wp.TargetView(1, "127.0.0.1:3000", TargetHealth.HEALTHY),),
+        (wp.TargetView(2, "127.0.0.1:4000", TargetHealth.UNHEALTHY),),
+    )
+    message = wp.state_message(7, [view])
+    assert wp.read_state(message) == (7, [view])
+    del message["services"][0]["rollout_targets"]
+    del message["services"][0]["rollout"]
+    (read,) = wp.read_state(message)[1]
+    assert (read.record.rollout, read.rollout_targets) == (None, ())

@@ -250,7 +250,8 @@ class Router:
             await self.nursery.start(targets.run)  # a single target is not checked: it serves
             if record.rollout is not None:  # its rollout group (runtime/rollouts.py), likewise
                 rollout = record.rollout.deployment_options(record.options)
-                group = self.target_set(record.name, _new_targets(rollout, self.connector, True))
+                grouped = _new_targets(rollout, self.connector, healthy=True)
+                group = self.target_set(record.name, grouped)
                 self.services[record.name].replace_rollout(group, rollout, record.rollout.split)
                 await self.nursery.start(group.run)
             self.logger.info(
@@ -410,7 +411,7 @@ class Router:
 
 
 def _new_targets(
-    options: DeploymentOptions, connector: Connector, healthy: bool = False
+    options: DeploymentOptions, connector: Connector, *, healthy: bool = False
 ) -> list[Target]:
     """The deploy's targets: checked before they serve, or, restored, serving at once."""
     targets = [Target(a, options.target, connector=connector) for a in options.addresses]
