@@ -86,6 +86,12 @@ def test_allowlist_and_percentage_together() -> None:  # kamal-proxy's AllowList
     assert not split.chooses_rollout([])
 
 
+def test_a_listed_value_that_no_cookie_can_hold_matches_nothing() -> None:
+    split = RolloutSplit(0, ("ü", "a"))
+    assert not split.chooses_rollout([(b"cookie", "kamal-rollout=ü".encode())])
+    assert split.chooses_rollout(cookie(b"a"))
+
+
 def test_the_allowlist_matches_with_zero_percent() -> None:
     split = RolloutSplit(0, ("1", "2"))
     assert split.chooses_rollout(cookie(b"1"))
@@ -110,6 +116,12 @@ def test_percent_is_checked(percent: int) -> None:
         ([(b"cookie", b"kamal-rollout=abc;kamal-rollout=def")], b"abc"),  # the first wins
         ([(b"cookie", b"kamal-rollout=a\\b; kamal-rollout=def")], b"def"),  # invalid: skipped
         ([(b"cookie", b"kamal-rollout=")], b""),
+        ([(b"cookie", b"kamal-rollout=a,b c")], b"a,b c"),  # valid cookie-value bytes
+        ([(b"cookie", b"kamal-rollout=a\x7f; kamal-rollout=b")], b"b"),
+        ([(b"cookie", "kamal-rollout=ü".encode())], None),
+        ([(b"cookie", b'kamal-rollout=a"b')], None),
+        ([(b"cookie", b" kamal-rollout=x ")], b"x"),  # the part is trimmed, as in Go
+        ([(b"cookie", b"kamal-rollout = x")], None),  # "kamal-rollout " is another name
         ([(b"cookie", b"kamal-rollouts=abc")], None),
         ([(b"cookie", b"xkamal-rollout=abc")], None),
         ([(b"x-kamal-rollout", b"abc")], None),

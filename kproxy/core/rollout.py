@@ -15,6 +15,8 @@ The same cookie gets the same answer in every process, so ``--workers N`` agree.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
 from typing import Final
 
@@ -26,6 +28,8 @@ FNV_OFFSET_BASIS: Final = 0x811C9DC5  # FNV-1a 32-bit (RFC draft-eastlake-fnv, G
 FNV_PRIME: Final = 0x01000193
 
 _COOKIE_NAME: Final = COOKIE_NAME.encode()
+# Go's validCookieValueByte: 0x20-0x7E except '"', ';' and '\\'.
+_COOKIE_VALUE: Final = re.compile(rb"[\x20\x21\x23-\x3a\x3c-\x5b\x5d-\x7e]*")
 Header = tuple[bytes, bytes]
 
 
@@ -35,6 +39,10 @@ def fnv1a_32(data: bytes) -> int:
     for byte in data:
         value = ((value ^ byte) * FNV_PRIME) & MAX_HASH
     return value
+
+
+# The same users come back: their values' hashes are kept (a pure function, bounded memory).
+_cached_fnv1a_32: Final = functools.lru_cache(maxsize=4096)(fnv1a_32)
 
 
 def split_point(percent: int) -> float:
@@ -54,17 +62,19 @@ class RolloutSplit:
     percent: int = attrs.field(validator=_valid_percent)
     allowlist: tuple[str, ...] = ()
     _point: float = attrs.field(init=False, eq=False, repr=False)
+    _listed: frozenset[bytes] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_point", split_point(self.percent))
+        object.__setattr__(self, "_listed", frozenset(v.encode() for v in self.allowlist))
 
     def uses_rollout(self, value: bytes | None) -> bool:
         """Whether a request whose ``kamal-rollout`` cookie is ``value`` goes to the rollout."""
         if not value:
             return False
-        if value.decode("ascii") in self.allowlist:  # cookie_value() returns ASCII only
+        if value in self._listed:
             return True
-        return self.percent > 0 and fnv1a_32(value) <= self._point
+        return self.percent > 0 and _cached_fnv1a_32(value) <= self._point
 
     def chooses_rollout(self, headers: Sequence[Header]) -> bool:
         """The decision for a request with these headers (names in lower case)."""
@@ -73,17 +83,18 @@ class RolloutSplit:
 
 def cookie_value(headers: Sequence[Header]) -> bytes | None:
     """The first valid ``kamal-rollout`` cookie's value, as Go's ``Request.Cookie`` reads it:
-    parts split on ``;`` and trimmed; a value in double quotes loses them; a value with a byte
-    a cookie value may not hold (outside 0x20-0x7E, or ``"``, ``;``, ``\\``) is skipped."""
+    parts split on ``;`` and trimmed, the name being what precedes the first ``=``; a value in
+    double quotes loses them; a value with a byte a cookie value may not hold (outside
+    0x20-0x7E, or ``"``, ``;``, ``\\``) is skipped."""
     for name, line in headers:
-        if name != b"cookie":
+        if name != b"cookie" or _COOKIE_NAME not in line:
             continue
         for part in line.split(b";"):
             cookie, _, value = part.strip(b" \t\r\n").partition(b"=")
-            if cookie.strip(b" \t\r\n") != _COOKIE_NAME:
+            if cookie != _COOKIE_NAME:
                 continue
             if len(value) > 1 and value[:1] == value[-1:] == b'"':
                 value = value[1:-1]
-            if all(0x20 <= b < 0x7F and b not in b'";\\' for b in value):
+            if _COOKIE_VALUE.fullmatch(value):
                 return value
     return None
