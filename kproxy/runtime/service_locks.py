@@ -33,9 +33,8 @@ class ServiceLocks:
         """
         lock = self._locks.setdefault(name, trio.Lock())
         if lock.locked():
-            await progress(
-                f"{name}: waiting for the {self._holders.get(name, 'command')} to finish"
-            )
+            holder = self._holders.get(name, "command")
+            await progress(f"{name}: waiting for the {holder} in progress to finish")
         with trio.move_on_at(deadline) as wait:
             await lock.acquire()  # a cancelled acquire leaves the lock to its holder
         if wait.cancelled_caught:
