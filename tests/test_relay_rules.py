@@ -9,6 +9,7 @@ from kproxy.core.relay_rules import Interim
 from kproxy.core.upstream_http import Framing
 from kproxy.errors import (
     BadRequestBody,
+    BodyTimeout,
     ClientGone,
     NoHealthyTargets,
     ResponseAborted,
@@ -25,6 +26,7 @@ from kproxy.errors import (
         (ClientGone(), True, 499),  # a client that left is the news, whatever was sent
         (BadRequestBody("bad chunk"), False, 400),
         (BadRequestBody("bad chunk"), True, 200),  # past the head: the status sent stays
+        (BodyTimeout("too slow"), False, 408),
         (UpstreamUnreachable("refused"), False, 502),
         (UpstreamTimeout("slow"), False, 504),
         (NoHealthyTargets("none"), False, 503),

@@ -15,7 +15,7 @@ from typing import Final
 from kproxy.core.buffering import buffered_request_headers
 from kproxy.core.headers import header_value, strip_response_hop_by_hop
 from kproxy.core.upstream_http import Framing, Header, UpstreamRequest
-from kproxy.errors import BadRequestBody, ClientGone, UpstreamError
+from kproxy.errors import BadRequestBody, BodyTimeout, ClientGone, UpstreamError
 
 STATUS_CLIENT_CLOSED: Final = 499  # nginx's convention, as kamal-proxy logs it
 # Methods a client may repeat without changing the outcome (RFC 9110 §9.2.2); like Go's
@@ -30,6 +30,8 @@ def status_for(exc: Exception, *, head_sent: bool, sent_status: int) -> int:
         return STATUS_CLIENT_CLOSED
     if head_sent:
         return sent_status
+    if isinstance(exc, BodyTimeout):
+        return 408
     if isinstance(exc, BadRequestBody):
         return 400
     if isinstance(exc, UpstreamError):

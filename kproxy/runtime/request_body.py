@@ -8,6 +8,7 @@ task at all. ``receive_request_body`` is --buffer-requests: the whole body befor
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 import attrs
 import trio
@@ -15,11 +16,18 @@ import trio
 from kproxy.core.buffering import BufferAction, declared_length
 from kproxy.core.chunked import LAST_CHUNK, encode_chunk
 from kproxy.core.upstream_http import Header
-from kproxy.errors import BodyTooLarge, ClientGone, UpstreamUnreachable
+from kproxy.errors import BodyTimeout, BodyTooLarge, ClientGone, UpstreamUnreachable
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.exchange import Exchange
 from kproxy.runtime.pool import UpstreamConnection
 from kproxy.runtime.socket_io import STREAM_ERRORS
+
+# A buffered body must keep coming: it may take BODY_TIMEOUT plus one second per MIN_BODY_RATE
+# bytes received, so a slow upload goes on while a trickle (1 byte/s) is cut off after about
+# BODY_TIMEOUT, as Apache's mod_reqtimeout does (body=20,MinRate=500). Go's server, and so
+# kamal-proxy, has no body timeout at all; kproxy's matches its own header timeout.
+BODY_TIMEOUT: Final = 30.0  # seconds
+MIN_BODY_RATE: Final = 1024  # bytes per second that extend it
 
 
 @attrs.define(eq=False)
@@ -86,17 +94,25 @@ async def receive_request_body(
     contacted, answering ``Expect: 100-continue`` here (a body declared too large gets its 413
     at once, without the client sending it, RFC 9110 §10.1.1).
 
-    Raises BodyTooLarge, BadRequestBody or ClientGone.
+    Raises BodyTooLarge, BadRequestBody, BodyTimeout (see BODY_TIMEOUT) or ClientGone.
     """
     limit = body.policy.max_body
     if body.policy.declare(declared_length(headers)) is BufferAction.REJECT:
         raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
     if exchange.waiting_for_100:
         await exchange.send_informational(100)
-    while data := await exchange.receive_body():
-        if body.write(data) is BufferAction.REJECT:
-            raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
-        await trio.lowlevel.checkpoint()  # a loop that only reads (see transport)
+    start, received = trio.current_time(), 0
+    with trio.CancelScope(deadline=start + BODY_TIMEOUT) as reading:
+        while data := await exchange.receive_body():
+            if body.write(data) is BufferAction.REJECT:
+                raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
+            received += len(data)
+            reading.deadline = start + BODY_TIMEOUT + received / MIN_BODY_RATE
+            await trio.lowlevel.checkpoint()  # a loop that only reads (see transport)
+    if reading.cancelled_caught:
+        raise BodyTimeout(
+            f"request body too slow: {received} bytes in {trio.current_time() - start:.0f}s"
+        )
 
 
 async def _send_upstream(upstream: UpstreamConnection, data: bytes) -> None:
