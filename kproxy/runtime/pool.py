@@ -6,6 +6,7 @@ unless one is given (tests pass an in-memory one, so the data path runs on trio'
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,10 @@ MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side u
 # whether the target closed it meanwhile: targets close idle connections after seconds, not
 # milliseconds, and a busy proxy would otherwise pay a select(2) per request.
 STALE_CHECK_AFTER: Final = 1.0  # seconds
+# A connection idle this long is closed rather than reused: Go's DefaultTransport
+# IdleConnTimeout, which kamal-proxy's targets see. A target's own keep-alive timeout is then
+# rarely longer than what the pool hands out, so few reuses race the target's close.
+IDLE_TIMEOUT: Final = 90.0  # seconds
 
 # Opens a connection to a target; raises OSError when it cannot (refused, unreachable).
 Connector = Callable[[Address], Awaitable[Transport]]
@@ -72,7 +77,8 @@ class ConnectionPool:
     address: Address
     max_idle: int = MAX_IDLE_CONNECTIONS
     connector: Connector = attrs.field(default=open_tcp, kw_only=True)
-    _idle: list[UpstreamConnection] = attrs.field(factory=list)
+    idle_timeout: float = attrs.field(default=IDLE_TIMEOUT, kw_only=True)
+    _idle: list[UpstreamConnection] = attrs.field(factory=list)  # oldest first
     _closed: bool = False
 
     @property
@@ -82,7 +88,9 @@ class ConnectionPool:
     async def acquire(self, *, replayable: bool = False) -> UpstreamConnection:
         """A pooled connection that still looks alive, else a new one (OSError if refused).
         ``replayable``: the request may be retried if the connection proves stale."""
-        recent = trio.current_time() - STALE_CHECK_AFTER if replayable else math.inf
+        now = trio.current_time()
+        self._expire(now)
+        recent = now - STALE_CHECK_AFTER if replayable else math.inf
         while self._idle:
             connection = self._idle.pop()
             # An idle HTTP connection must be silent: readable means EOF, a reset, or stray bytes.
@@ -100,10 +108,20 @@ class ConnectionPool:
         """Back to the pool (the caller knows the last exchange ended cleanly), or closed when
         the pool is full or closing."""
         if not self._closed and len(self._idle) < self.max_idle:
-            connection.idle_since = trio.current_time()
+            connection.idle_since = now = trio.current_time()
+            self._expire(now)
             self._idle.append(connection)
         else:
             await connection.aclose()
+
+    def _expire(self, now: float) -> None:
+        """Close the connections idle for longer than ``idle_timeout`` (at the bottom)."""
+        idle = self._idle
+        if idle and idle[0].idle_since < now - self.idle_timeout:
+            count = bisect.bisect_left(idle, now - self.idle_timeout, key=_idle_since)
+            for connection in idle[:count]:
+                connection.transport.close_nowait()
+            del idle[:count]
 
     async def aclose(self) -> None:
         self.close_nowait()
@@ -115,3 +133,7 @@ class ConnectionPool:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.transport.close_nowait()
+
+
+def _idle_since(connection: UpstreamConnection) -> float:
+    return connection.idle_since
