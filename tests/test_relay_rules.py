@@ -161,6 +161,10 @@ _FRESH = {
         (b"GET", {"response_began": True}, False),
         (b"PUT", {"request_sent": False, "body_sent": True}, False),  # the body is gone
         (b"PUT", {"request_sent": False, "body_sent": True, "body_buffered": True}, True),
+        # the target reset the connection without acknowledging a byte (core/tcp_info.py)
+        (b"POST", {"never_received": True}, True),
+        (b"POST", {"never_received": True, "body_sent": True}, False),  # body gone
+        (b"POST", {"never_received": True, "response_began": True}, False),
     ],
 )
 def test_may_resend(method: bytes, changes: dict[str, bool], expected: bool) -> None:

@@ -112,14 +112,18 @@ def may_resend(
     body_sent: bool,
     body_buffered: bool,
     request_sent: bool,
+    never_received: bool = False,
 ) -> bool:
     """Whether a request whose target connection closed before any byte of a response may go
     again on a fresh connection: only when that connection was a reused one (it closed while
-    idle, as targets do), no body bytes were streamed from the client (a buffered body can be
-    sent again), and either the request never left or it is safe to repeat (Go's transport)."""
+    idle, as targets do), the body can be sent again (buffered, or still kept: ``body_sent``
+    says it is gone), and either no byte of it reached the target (it never left, or the
+    target reset the connection without acknowledging any: core/tcp_info.py) or it is safe
+    to repeat. Go's transport retries only the first for any method; the second closes the
+    window a target that closes after each answer leaves."""
     return (
         reused
         and not response_began
         and (not body_sent or body_buffered)
-        and (not request_sent or method in REPLAYABLE_METHODS)
+        and (not request_sent or never_received or method in REPLAYABLE_METHODS)
     )

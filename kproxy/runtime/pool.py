@@ -9,12 +9,14 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 import attrs
 import trio
 
+from kproxy.core import tcp_info
 from kproxy.core.addresses import Address
 from kproxy.core.upstream_http import ResponseReader
 from kproxy.runtime.transport import SocketTransport, Transport
@@ -30,6 +32,7 @@ STALE_CHECK_AFTER: Final = 1.0  # seconds
 # IdleConnTimeout, which kamal-proxy's targets see. A target's own keep-alive timeout is then
 # rarely longer than what the pool hands out, so few reuses race the target's close.
 IDLE_TIMEOUT: Final = 90.0  # seconds
+RESET_WAIT: Final = 0.5  # seconds at most to wait for a target's reset after its FIN
 
 # Opens a connection to a target; raises OSError when it cannot (refused, unreachable).
 Connector = Callable[[Address], Awaitable[Transport]]
@@ -60,6 +63,32 @@ class UpstreamConnection:
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+    def tcp_info(self) -> tcp_info.TcpInfo | None:
+        """The kernel's TCP_INFO for a TCP connection (core/tcp_info.py); None for any other
+        kind of transport, or where the kernel does not tell."""
+        transport = self.transport
+        if not isinstance(transport, SocketTransport) or transport.sock.fileno() < 0:
+            return None
+        try:
+            data = transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, tcp_info.SIZE)
+        except (OSError, AttributeError):  # AttributeError: no socket.TCP_INFO (not Linux)
+            return None
+        return tcp_info.parse(data)
+
+    async def never_received(self, acked_before: int | None) -> bool:
+        """No byte sent since the target had acknowledged ``acked_before`` reached it
+        (core/tcp_info.py); a reset that follows the target's FIN is waited for, a few round
+        trips at most. False when unknown (``acked_before`` None: not asked)."""
+        if acked_before is None:
+            return False
+        info = self.tcp_info()
+        if info is not None and tcp_info.reset_may_follow(acked_before, info):
+            with trio.move_on_after(min(RESET_WAIT, 4 * info.rtt + 0.005)):
+                while info is not None and tcp_info.reset_may_follow(acked_before, info):
+                    await trio.sleep(0.001)  # nothing to wait on: a FIN'd socket stays readable
+                    info = self.tcp_info()
+        return info is not None and tcp_info.never_received(acked_before, info)
 
 
 def describe_connect_error(exc: OSError) -> str:

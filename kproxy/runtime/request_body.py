@@ -28,6 +28,9 @@ from kproxy.runtime.socket_io import STREAM_ERRORS
 # kamal-proxy, has no body timeout at all; kproxy's matches its own header timeout.
 BODY_TIMEOUT: Final = 30.0  # seconds
 MIN_BODY_RATE: Final = 1024  # bytes per second that extend it
+# A streamed body is kept while it is this small, so a request whose target connection proved
+# dead before any byte reached the target can be sent again, body and all (relay.py).
+KEEP_FOR_RESEND: Final = 64 * 1024  # bytes
 
 
 @attrs.define(eq=False)
@@ -37,7 +40,9 @@ class RequestBodyPump:
     exchange: Exchange
     chunked: bool  # the request goes to the target chunked (else by its Content-Length)
     body: SpooledBody | None = None  # --buffer-requests: the whole body, already read
-    sent_data: bool = False  # body bytes went to a target: the request can't be replayed
+    sent_data: bool = False  # body bytes went to a target and are gone: no replay
+    # What went to the target so far, as sent, while it is small (KEEP_FOR_RESEND).
+    _kept: bytearray | None = attrs.field(factory=bytearray)
     finished: bool = False  # the whole request body was read (or there is none)
     error: Exception | None = None
 
@@ -72,19 +77,35 @@ class RequestBodyPump:
             self.error = ClientGone()
             cancel.cancel()
 
+    def rewind(self) -> None:
+        """Ready to send the body again, on another connection (``relay``'s one retry)."""
+        self.error = None
+
     async def _pump(self, upstream: UpstreamConnection) -> None:
         if self.body is not None:  # a buffered body can be replayed: sent_data stays False
             for chunk in self.body.chunks():
                 await _send_upstream(upstream, chunk)
+        elif self._kept:  # a retry: what the dead connection was given, again
+            await _send_upstream(upstream, bytes(self._kept))
         while not self.finished:
             data = await self.exchange.receive_body()
             if data:
-                self.sent_data = True
-                await _send_upstream(upstream, encode_chunk(data) if self.chunked else data)
+                if self.chunked:
+                    data = encode_chunk(data)
+                self._keep(data)  # before the send: a cancelled send is sent again too
+                await _send_upstream(upstream, data)
             else:
                 self.finished = True
         if self.chunked:
             await _send_upstream(upstream, LAST_CHUNK)  # trailers are dropped
+
+    def _keep(self, data: bytes) -> None:
+        kept = self._kept
+        if kept is not None and len(kept) + len(data) <= KEEP_FOR_RESEND:
+            kept += data
+        else:
+            self._kept = None
+            self.sent_data = True
 
 
 async def receive_request_body(
