@@ -22,6 +22,7 @@ from kproxy.runtime.state_store import STATE_FILE_NAME
 from tests.helpers import (
     clean_env,
     control,
+    exchange,
     guard,
     hits,
     quick_options,
@@ -29,6 +30,7 @@ from tests.helpers import (
     start_proxy,
     start_upstream,
 )
+from tests.workers import deploy, pin_workers, start_workers
 
 
 @contextlib.contextmanager
@@ -205,3 +207,34 @@ def test_an_unwritable_state_dir_stops_the_start_with_a_clear_error(
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(f"Error: cannot write to the state directory {state}")
     assert "choose another with --state-dir" in result.stderr
+
+
+@guard(60)
+async def test_with_workers_a_deploy_that_cannot_save_moves_no_worker(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``run --workers 2``: the supervisor saves first, so on a full disk no worker is told
+    to cut over; both keep sending every request to the old target."""
+    old = await start_upstream(nursery, "old")
+    new = await start_upstream(nursery, "new")
+    state = tmp_path / "state"
+    with tmpfs(state):
+        disk = FullDisk(state)
+        proxy = await start_workers(nursery, tmp_path)
+        await deploy(proxy, "--target", old.address)
+        before = state_text(tmp_path)
+        clients = await pin_workers(proxy)
+        disk.fill()
+        answer = await control(proxy.socket_path, f"deploy web --target {new.address}")
+        assert answer[-1].startswith("ERR cannot save state"), answer
+        for client in clients.values():
+            for _ in range(3):
+                assert (await exchange(client, "/")).body == b"old"
+        assert state_text(tmp_path) == before
+        disk.free()
+        await deploy(proxy, "--target", new.address)
+        for client in clients.values():
+            assert (await exchange(client, "/")).body == b"new"
+            await client.aclose()
+        proxy.process.terminate()
+        await proxy.process.wait()
