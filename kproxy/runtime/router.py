@@ -144,7 +144,7 @@ class Router:
                     self._check_conflicts(name, options)
                     current = self.services.get(name)  # its pause or stop stays
                     record = current.record() if current else ServiceRecord(name, options)
-                    return self._records_with(name, attrs.evolve(record, options=options))
+                    return self.records_with(name, attrs.evolve(record, options=options))
 
                 def switch() -> TargetSet | None:
                     old = self.cut_over(name, options, new, pages, certificates)
@@ -174,7 +174,7 @@ class Router:
                 service.active.drain_nowait(service.options.drain_timeout)  # as in deploy
                 return service
 
-            service = await self.saver.commit(lambda: self._records_with(name, None), switch)
+            service = await self.saver.commit(lambda: self.records_with(name, None), switch)
             self.logger.info("Removed", service=name)
             await self._wait_drained(service.active, service.options.drain_timeout, progress)
 
@@ -218,8 +218,8 @@ class Router:
 
     # --- state ------------------------------------------------------------------------------
 
-    def _records_with(self, name: str, record: ServiceRecord | None) -> list[ServiceRecord]:
-        """Every service's record once ``name`` has become ``record`` (None: removed)."""
+    def records_with(self, name: str, record: ServiceRecord | None) -> list[ServiceRecord]:
+        """Every service's record once ``name`` is ``record`` (None: gone), for saver.commit."""
         return replaced_record([s.record() for s in self.services.values()], name, record)
 
     async def _change_state(
@@ -236,7 +236,7 @@ class Router:
         def prospective() -> list[ServiceRecord]:
             if self.services.get(name) is not service:
                 raise ServiceNotFound(f"service {name!r} was removed meanwhile")
-            return self._records_with(name, attrs.evolve(service.record(), state=state, **fields))
+            return self.records_with(name, attrs.evolve(service.record(), state=state, **fields))
 
         return await self.saver.commit(prospective, switch)
 
