@@ -97,7 +97,10 @@ async def test_posts_to_a_target_that_closes_after_each_answer_all_succeed(
         assert failed <= 20, [r["error"] for r in logs.records("Proxy error")]
     finally:
         await target.stdin.aclose()  # it prints how many POSTs it got, and exits
-        with trio.fail_after(10):
-            out = await receive_all(target.stdout)
-            await target.wait()
+        try:
+            with trio.fail_after(10):
+                out = await receive_all(target.stdout)
+                await target.wait()
+        finally:
+            target.kill()  # no-op once it has exited; never left behind
     assert int(out) == statuses[200]  # each answered POST reached the target once: none twice
