@@ -129,5 +129,9 @@ class BadRequestBody(ExchangeError):
     """The client's body broke HTTP framing (e.g. a malformed chunk): answered 400."""
 
 
+class BodyTimeout(BadRequestBody):
+    """The client sent a buffered request body too slowly (runtime/request_body.py): 408."""
+
+
 class ResponseAborted(ExchangeError):
     """The target broke off after the response head was sent: the client connection is cut."""

@@ -9,6 +9,7 @@ from kproxy.core.relay_rules import Interim
 from kproxy.core.upstream_http import Framing
 from kproxy.errors import (
     BadRequestBody,
+    BodyTimeout,
     ClientGone,
     NoHealthyTargets,
     ResponseAborted,
@@ -25,6 +26,7 @@ from kproxy.errors import (
         (ClientGone(), True, 499),  # a client that left is the news, whatever was sent
         (BadRequestBody("bad chunk"), False, 400),
         (BadRequestBody("bad chunk"), True, 200),  # past the head: the status sent stays
+        (BodyTimeout("too slow"), False, 408),
         (UpstreamUnreachable("refused"), False, 502),
         (UpstreamTimeout("slow"), False, 504),
         (NoHealthyTargets("none"), False, 503),
@@ -159,6 +161,10 @@ _FRESH = {
         (b"GET", {"response_began": True}, False),
         (b"PUT", {"request_sent": False, "body_sent": True}, False),  # the body is gone
         (b"PUT", {"request_sent": False, "body_sent": True, "body_buffered": True}, True),
+        # the target reset the connection without acknowledging a byte (core/tcp_info.py)
+        (b"POST", {"never_received": True}, True),
+        (b"POST", {"never_received": True, "body_sent": True}, False),  # body gone
+        (b"POST", {"never_received": True, "response_began": True}, False),
     ],
 )
 def test_may_resend(method: bytes, changes: dict[str, bool], expected: bool) -> None:

@@ -46,6 +46,11 @@ def verdict(data: bytes, max_headers: int = 100) -> Accept | Reject:
         (head(b"X-A: a \t b"), Accept()),
         (head(b"X-Empty:"), Accept()),
         (head(b"Content-Length-X: 5", b"X-Transfer-Encoding: gzip"), Accept()),
+        # request-target forms (RFC 9112 §3.2)
+        (head(request_line=b"GET http://a.example/x HTTP/1.1"), Accept()),
+        (head(request_line=b"GET HTTPS://a.example HTTP/1.1"), Accept()),
+        (head(request_line=b"OPTIONS * HTTP/1.1"), Accept()),
+        (head(request_line=b"CONNECT a.example:443 HTTP/1.1"), Accept()),
     ],
 )
 def test_accepted(data: bytes, expected: Accept) -> None:
@@ -122,6 +127,13 @@ def test_accepted(data: bytes, expected: Accept) -> None:
         (head(request_line=b"GET / HTTP/2.0"), 505, "HTTP/2.0"),
         (head(request_line=b"PRI * HTTP/2.0"), 505, "HTTP/2.0"),
         (head(request_line=b"GET / HTTP/0.9"), 505, "HTTP/0.9"),
+        # request targets that are no form of RFC 9112 §3.2
+        (head(request_line=b"GET ?p HTTP/1.1"), 400, "invalid request target b'?p'"),
+        (head(request_line=b"GET x/y HTTP/1.1"), 400, "invalid request target"),
+        (head(request_line=b"GET a.example:80 HTTP/1.1"), 400, "invalid request target"),
+        (head(request_line=b"GET * HTTP/1.1"), 400, "invalid request target"),
+        (head(request_line=b"GET #f HTTP/1.1"), 400, "invalid request target"),
+        (head(request_line=b"GET 1http://a/ HTTP/1.1"), 400, "invalid request target"),
     ],
 )
 def test_rejected(data: bytes, status: int, reason: str) -> None:

@@ -136,7 +136,7 @@ COMMANDS: Final = {
         CommandSpec("help", "Show help for a command", ("command",), (
             Flag("markdown", B, False, "Print every command's reference as Markdown"),
         ), optional_args=True),
-        CommandSpec("version", "Show the version"),
+        CommandSpec("version", "Show the version of this program, and of the proxy if one answers"),
     )
 }  # fmt: skip
 

@@ -15,7 +15,7 @@ from typing import Final
 from kproxy.core.buffering import buffered_request_headers
 from kproxy.core.headers import header_value, strip_response_hop_by_hop
 from kproxy.core.upstream_http import Framing, Header, UpstreamRequest
-from kproxy.errors import BadRequestBody, ClientGone, UpstreamError
+from kproxy.errors import BadRequestBody, BodyTimeout, ClientGone, UpstreamError
 
 STATUS_CLIENT_CLOSED: Final = 499  # nginx's convention, as kamal-proxy logs it
 # Methods a client may repeat without changing the outcome (RFC 9110 §9.2.2); like Go's
@@ -30,6 +30,8 @@ def status_for(exc: Exception, *, head_sent: bool, sent_status: int) -> int:
         return STATUS_CLIENT_CLOSED
     if head_sent:
         return sent_status
+    if isinstance(exc, BodyTimeout):
+        return 408
     if isinstance(exc, BadRequestBody):
         return 400
     if isinstance(exc, UpstreamError):
@@ -110,14 +112,18 @@ def may_resend(
     body_sent: bool,
     body_buffered: bool,
     request_sent: bool,
+    never_received: bool = False,
 ) -> bool:
     """Whether a request whose target connection closed before any byte of a response may go
     again on a fresh connection: only when that connection was a reused one (it closed while
-    idle, as targets do), no body bytes were streamed from the client (a buffered body can be
-    sent again), and either the request never left or it is safe to repeat (Go's transport)."""
+    idle, as targets do), the body can be sent again (buffered, or still kept: ``body_sent``
+    says it is gone), and either no byte of it reached the target (it never left, or the
+    target reset the connection without acknowledging any: core/tcp_info.py) or it is safe
+    to repeat. Go's transport retries only the first for any method; the second closes the
+    window a target that closes after each answer leaves."""
     return (
         reused
         and not response_began
         and (not body_sent or body_buffered)
-        and (not request_sent or method in REPLAYABLE_METHODS)
+        and (not request_sent or never_received or method in REPLAYABLE_METHODS)
     )

@@ -56,6 +56,9 @@ Header: TypeAlias = tuple[bytes, bytes]
 
 # RFC 9112 §3: method SP request-target SP HTTP-version; h11's request-target is VCHARs only.
 _REQUEST_LINE: Final = re.compile(TOKEN + rb" ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+# RFC 9112 §3.2.2 absolute-form: a scheme (RFC 3986 §3.1) and an authority, as the http and
+# https URIs have (RFC 9110 §4.2) and core/service_map.py absolute_form routes by.
+_SCHEME: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @attrs.frozen
@@ -124,6 +127,9 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
     version = (int(match[2]), int(match[3]))
     if version[0] != 1:
         return Reject(505, f"HTTP/{version[0]}.{version[1]} is not supported")
+    target = match[1]
+    if target[:1] != b"/" and not _other_target_form(request_line, target):
+        return Reject(400, f"invalid request target {target[:80]!r}")
     if len(field_lines) > max_headers:
         return Reject(431, f"more than {max_headers} header fields")
     headers: list[Header] = []
@@ -140,6 +146,18 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
             return Reject(400, f"header {field[0].decode('ascii')} looks like a framing field")
         headers.append(field)
     return _body_framing(headers, version)
+
+
+def _other_target_form(request_line: bytes, target: bytes) -> bool:
+    """RFC 9112 §3.2: besides origin-form (``/path``), a target is absolute-form
+    (``http://host/path``), authority-form (``host:port``, CONNECT only) or ``*`` (OPTIONS
+    only). Anything else (``?q``, ``path``) would reach the target as a path it never meant;
+    Go's server refuses most of it too (url.ParseRequestURI)."""
+    if request_line.startswith(b"CONNECT "):
+        return True  # as Go: any form; CONNECT itself is the pipeline's to refuse
+    if target == b"*":
+        return request_line.startswith(b"OPTIONS ")
+    return _SCHEME.match(target) is not None
 
 
 def _body_framing(headers: list[Header], version: tuple[int, int]) -> Verdict:

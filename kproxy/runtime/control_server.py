@@ -3,7 +3,8 @@
 Per connection, a reader feeds ``ControlConnection`` and queues commands; one executor answers
 them in order. After the client half-closes, the queued commands still run and their answers
 are written, then the connection closes. If the client goes away completely (its socket hangs
-up, or a write fails), the running command is cancelled.
+up, or a write fails), the running command is cancelled. When the proxy shuts down, the
+command running and those queued are cancelled and each gets ``ERR shutting down``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ Execute = Callable[[tuple[str, ...], Callable[[str], Awaitable[None]]], Awaitabl
 
 QUEUED_COMMANDS: Final = 16  # commands read ahead of the one running
 HANGUP_POLL_INTERVAL: Final = 0.2  # seconds between checks for a vanished client
+SHUTDOWN_ANSWER_TIMEOUT: Final = 1.0  # seconds to write the ERR lines of a shutdown
 
 
 async def open_control_listener(path: str) -> trio.SocketListener:
@@ -83,6 +85,13 @@ def _hung_up(sock: trio.socket.SocketType) -> bool:
 async def handle_control_connection(stream: trio.SocketStream, execute: Execute) -> None:
     protocol = ControlConnection()
     send, receive = trio.open_memory_channel[CommandLine | BadLine](QUEUED_COMMANDS)
+    unanswered = 0  # lines read whose final line is not written yet
+    ended_here = False  # the connection's own end (a client gone, all answered), not shutdown
+
+    def end() -> None:
+        nonlocal ended_here
+        ended_here = True
+        nursery.cancel_scope.cancel()
 
     async def read_commands(task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
@@ -91,7 +100,7 @@ async def handle_control_connection(stream: trio.SocketStream, execute: Execute)
                 try:
                     data = await stream.receive_some(64 * 1024)
                 except (trio.BrokenResourceError, OSError):
-                    nursery.cancel_scope.cancel()
+                    end()
                     return
                 protocol.receive_data(data)
                 while True:
@@ -101,18 +110,25 @@ async def handle_control_connection(stream: trio.SocketStream, execute: Execute)
                     if isinstance(event, EndOfInput):
                         nursery.start_soon(watch_hangup)
                         return
+                    nonlocal unanswered
+                    unanswered += 1
                     await send.send(event)
 
     async def watch_hangup() -> None:
         while not _hung_up(stream.socket):  # noqa: ASYNC110  # no event exists for a hang-up
             await trio.sleep(HANGUP_POLL_INTERVAL)
-        nursery.cancel_scope.cancel()
+        end()
+
+    async def answer(data: bytes) -> None:
+        nonlocal unanswered
+        await write(data)
+        unanswered -= 1
 
     async def write(data: bytes) -> None:
         try:
             await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            nursery.cancel_scope.cancel()  # the client is gone: stop the command it asked for
+            end()  # the client is gone: stop the command it asked for
             await trio.lowlevel.checkpoint()
 
     async def progress(line: str) -> None:
@@ -124,20 +140,26 @@ async def handle_control_connection(stream: trio.SocketStream, execute: Execute)
             async with receive:
                 async for event in receive:
                     if isinstance(event, BadLine):
-                        await write(format_err(event.message))
+                        await answer(format_err(event.message))
                         continue
                     try:
                         text = await execute(event.words, progress)
                     except KProxyError as exc:
-                        await write(format_err(str(exc)))
+                        await answer(format_err(str(exc)))
                     except Exception as exc:
                         # execute() reports bugs as CommandError; this backstop keeps a bug in
                         # it from escaping into the listener's nursery and stopping the proxy.
-                        await write(format_err(f"internal error: {exc!r}"))
+                        await answer(format_err(f"internal error: {exc!r}"))
                     else:
-                        await write(format_ok(text))
-            nursery.cancel_scope.cancel()
+                        await answer(format_ok(text))
+            end()
     finally:
+        if unanswered and not ended_here:
+            # Cancelled from outside: the proxy is shutting down. Each line still gets its
+            # one final line (the client is still there: it did not cancel this).
+            with trio.move_on_after(SHUTDOWN_ANSWER_TIMEOUT, shield=True):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(format_err("shutting down") * unanswered)
         with contextlib.suppress(OSError):
             stream.socket.shutdown(socket.SHUT_RDWR)
         await trio.aclose_forcefully(stream)

@@ -6,14 +6,17 @@ unless one is given (tests pass an in-memory one, so the data path runs on trio'
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 import attrs
 import trio
 
+from kproxy.core import tcp_info
 from kproxy.core.addresses import Address
 from kproxy.core.upstream_http import ResponseReader
 from kproxy.runtime.transport import SocketTransport, Transport
@@ -25,6 +28,11 @@ MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side u
 # whether the target closed it meanwhile: targets close idle connections after seconds, not
 # milliseconds, and a busy proxy would otherwise pay a select(2) per request.
 STALE_CHECK_AFTER: Final = 1.0  # seconds
+# A connection idle this long is closed rather than reused: Go's DefaultTransport
+# IdleConnTimeout, which kamal-proxy's targets see. A target's own keep-alive timeout is then
+# rarely longer than what the pool hands out, so few reuses race the target's close.
+IDLE_TIMEOUT: Final = 90.0  # seconds
+RESET_WAIT: Final = 0.5  # seconds at most to wait for a target's reset after its FIN
 
 # Opens a connection to a target; raises OSError when it cannot (refused, unreachable).
 Connector = Callable[[Address], Awaitable[Transport]]
@@ -56,6 +64,32 @@ class UpstreamConnection:
     async def aclose(self) -> None:
         await self.transport.aclose()
 
+    def tcp_info(self) -> tcp_info.TcpInfo | None:
+        """The kernel's TCP_INFO for a TCP connection (core/tcp_info.py); None for any other
+        kind of transport, or where the kernel does not tell."""
+        transport = self.transport
+        if not isinstance(transport, SocketTransport) or transport.sock.fileno() < 0:
+            return None
+        try:
+            data = transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, tcp_info.SIZE)
+        except (OSError, AttributeError):  # AttributeError: no socket.TCP_INFO (not Linux)
+            return None
+        return tcp_info.parse(data)
+
+    async def never_received(self, acked_before: int | None) -> bool:
+        """No byte sent since the target had acknowledged ``acked_before`` reached it
+        (core/tcp_info.py); a reset that follows the target's FIN is waited for, a few round
+        trips at most. False when unknown (``acked_before`` None: not asked)."""
+        if acked_before is None:
+            return False
+        info = self.tcp_info()
+        if info is not None and tcp_info.reset_may_follow(acked_before, info):
+            with trio.move_on_after(min(RESET_WAIT, 4 * info.rtt + 0.005)):
+                while info is not None and tcp_info.reset_may_follow(acked_before, info):
+                    await trio.sleep(0.001)  # nothing to wait on: a FIN'd socket stays readable
+                    info = self.tcp_info()
+        return info is not None and tcp_info.never_received(acked_before, info)
+
 
 def describe_connect_error(exc: OSError) -> str:
     """trio reports "all attempts to connect ... failed": name the first real cause instead."""
@@ -72,7 +106,8 @@ class ConnectionPool:
     address: Address
     max_idle: int = MAX_IDLE_CONNECTIONS
     connector: Connector = attrs.field(default=open_tcp, kw_only=True)
-    _idle: list[UpstreamConnection] = attrs.field(factory=list)
+    idle_timeout: float = attrs.field(default=IDLE_TIMEOUT, kw_only=True)
+    _idle: list[UpstreamConnection] = attrs.field(factory=list)  # oldest first
     _closed: bool = False
 
     @property
@@ -82,7 +117,9 @@ class ConnectionPool:
     async def acquire(self, *, replayable: bool = False) -> UpstreamConnection:
         """A pooled connection that still looks alive, else a new one (OSError if refused).
         ``replayable``: the request may be retried if the connection proves stale."""
-        recent = trio.current_time() - STALE_CHECK_AFTER if replayable else math.inf
+        now = trio.current_time()
+        self._expire(now)
+        recent = now - STALE_CHECK_AFTER if replayable else math.inf
         while self._idle:
             connection = self._idle.pop()
             # An idle HTTP connection must be silent: readable means EOF, a reset, or stray bytes.
@@ -100,10 +137,20 @@ class ConnectionPool:
         """Back to the pool (the caller knows the last exchange ended cleanly), or closed when
         the pool is full or closing."""
         if not self._closed and len(self._idle) < self.max_idle:
-            connection.idle_since = trio.current_time()
+            connection.idle_since = now = trio.current_time()
+            self._expire(now)
             self._idle.append(connection)
         else:
             await connection.aclose()
+
+    def _expire(self, now: float) -> None:
+        """Close the connections idle for longer than ``idle_timeout`` (at the bottom)."""
+        idle = self._idle
+        if idle and idle[0].idle_since < now - self.idle_timeout:
+            count = bisect.bisect_left(idle, now - self.idle_timeout, key=_idle_since)
+            for connection in idle[:count]:
+                connection.transport.close_nowait()
+            del idle[:count]
 
     async def aclose(self) -> None:
         self.close_nowait()
@@ -115,3 +162,7 @@ class ConnectionPool:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.transport.close_nowait()
+
+
+def _idle_since(connection: UpstreamConnection) -> float:
+    return connection.idle_since

@@ -117,6 +117,7 @@ async def forward(
             return
         except _StaleConnection:  # only a reused connection can be: at most once
             await upstream.aclose()
+            pump.rewind()
 
 
 @attrs.define(eq=False)
@@ -142,6 +143,13 @@ class _Relay:
         upstream.start(head_request=request.method == b"HEAD")
         self.upgrade = request.upgrade
         release = False
+        # What the target had acknowledged before this request, to tell later whether any of
+        # it arrived (core/tcp_info.py); asked only where that decides a retry.
+        acked_before = None
+        replayable = request.method in relay_rules.REPLAYABLE_METHODS
+        if upstream.reused and (self.exchange.has_body or not replayable):
+            info = upstream.tcp_info()
+            acked_before = info.bytes_acked if info is not None else None
         try:
             try:
                 await upstream.transport.send(request.head)
@@ -162,13 +170,18 @@ class _Relay:
             else:
                 release = await self._relay_with_pump(watch=not self.upgrade)
         except Exception as error:
-            if isinstance(error, _ConnectionLost) and relay_rules.may_resend(
+            # The connection broke: reading the answer, or sending the body (the pump's error).
+            lost = isinstance(error, _ConnectionLost) or (
+                error is pump.error and isinstance(error, UpstreamUnreachable)
+            )
+            if lost and relay_rules.may_resend(
                 request.method,
                 reused=upstream.reused,
                 response_began=self.record.status != 0,
                 body_sent=pump.sent_data,
                 body_buffered=pump.body is not None,
-                request_sent=error.request_sent,
+                request_sent=getattr(error, "request_sent", True),
+                never_received=await upstream.never_received(acked_before),
             ):
                 raise _StaleConnection() from error
             release = False

@@ -8,6 +8,7 @@ task at all. ``receive_request_body`` is --buffer-requests: the whole body befor
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 import attrs
 import trio
@@ -15,11 +16,21 @@ import trio
 from kproxy.core.buffering import BufferAction, declared_length
 from kproxy.core.chunked import LAST_CHUNK, encode_chunk
 from kproxy.core.upstream_http import Header
-from kproxy.errors import BodyTooLarge, ClientGone, UpstreamUnreachable
+from kproxy.errors import BodyTimeout, BodyTooLarge, ClientGone, UpstreamUnreachable
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.exchange import Exchange
 from kproxy.runtime.pool import UpstreamConnection
 from kproxy.runtime.socket_io import STREAM_ERRORS
+
+# A buffered body must keep coming: it may take BODY_TIMEOUT plus one second per MIN_BODY_RATE
+# bytes received, so a slow upload goes on while a trickle (1 byte/s) is cut off after about
+# BODY_TIMEOUT, as Apache's mod_reqtimeout does (body=20,MinRate=500). Go's server, and so
+# kamal-proxy, has no body timeout at all; kproxy's matches its own header timeout.
+BODY_TIMEOUT: Final = 30.0  # seconds
+MIN_BODY_RATE: Final = 1024  # bytes per second that extend it
+# A streamed body is kept while it is this small, so a request whose target connection proved
+# dead before any byte reached the target can be sent again, body and all (relay.py).
+KEEP_FOR_RESEND: Final = 64 * 1024  # bytes
 
 
 @attrs.define(eq=False)
@@ -29,7 +40,9 @@ class RequestBodyPump:
     exchange: Exchange
     chunked: bool  # the request goes to the target chunked (else by its Content-Length)
     body: SpooledBody | None = None  # --buffer-requests: the whole body, already read
-    sent_data: bool = False  # body bytes went to a target: the request can't be replayed
+    sent_data: bool = False  # body bytes went to a target and are gone: no replay
+    # What went to the target so far, as sent, while it is small (KEEP_FOR_RESEND).
+    _kept: bytearray | None = attrs.field(factory=bytearray)
     finished: bool = False  # the whole request body was read (or there is none)
     error: Exception | None = None
 
@@ -64,19 +77,35 @@ class RequestBodyPump:
             self.error = ClientGone()
             cancel.cancel()
 
+    def rewind(self) -> None:
+        """Ready to send the body again, on another connection (``relay``'s one retry)."""
+        self.error = None
+
     async def _pump(self, upstream: UpstreamConnection) -> None:
         if self.body is not None:  # a buffered body can be replayed: sent_data stays False
             for chunk in self.body.chunks():
                 await _send_upstream(upstream, chunk)
+        elif self._kept:  # a retry: what the dead connection was given, again
+            await _send_upstream(upstream, bytes(self._kept))
         while not self.finished:
             data = await self.exchange.receive_body()
             if data:
-                self.sent_data = True
-                await _send_upstream(upstream, encode_chunk(data) if self.chunked else data)
+                if self.chunked:
+                    data = encode_chunk(data)
+                self._keep(data)  # before the send: a cancelled send is sent again too
+                await _send_upstream(upstream, data)
             else:
                 self.finished = True
         if self.chunked:
             await _send_upstream(upstream, LAST_CHUNK)  # trailers are dropped
+
+    def _keep(self, data: bytes) -> None:
+        kept = self._kept
+        if kept is not None and len(kept) + len(data) <= KEEP_FOR_RESEND:
+            kept += data
+        else:
+            self._kept = None
+            self.sent_data = True
 
 
 async def receive_request_body(
@@ -86,17 +115,25 @@ async def receive_request_body(
     contacted, answering ``Expect: 100-continue`` here (a body declared too large gets its 413
     at once, without the client sending it, RFC 9110 §10.1.1).
 
-    Raises BodyTooLarge, BadRequestBody or ClientGone.
+    Raises BodyTooLarge, BadRequestBody, BodyTimeout (see BODY_TIMEOUT) or ClientGone.
     """
     limit = body.policy.max_body
     if body.policy.declare(declared_length(headers)) is BufferAction.REJECT:
         raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
     if exchange.waiting_for_100:
         await exchange.send_informational(100)
-    while data := await exchange.receive_body():
-        if body.write(data) is BufferAction.REJECT:
-            raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
-        await trio.lowlevel.checkpoint()  # a loop that only reads (see transport)
+    start, received = trio.current_time(), 0
+    with trio.CancelScope(deadline=start + BODY_TIMEOUT) as reading:
+        while data := await exchange.receive_body():
+            if body.write(data) is BufferAction.REJECT:
+                raise BodyTooLarge(f"request body larger than --max-request-body ({limit} bytes)")
+            received += len(data)
+            reading.deadline = start + BODY_TIMEOUT + received / MIN_BODY_RATE
+            await trio.lowlevel.checkpoint()  # a loop that only reads (see transport)
+    if reading.cancelled_caught:
+        raise BodyTimeout(
+            f"request body too slow: {received} bytes in {trio.current_time() - start:.0f}s"
+        )
 
 
 async def _send_upstream(upstream: UpstreamConnection, data: bytes) -> None:

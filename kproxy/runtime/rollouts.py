@@ -7,8 +7,8 @@ health-checked like the main one, and the split (core/rollout.py) sends it the r
 take its per-service lock, run the group in its nursery, publish to the workers and save, as
 ``Router.deploy`` does.
 
-OK means it happened and was saved; ERR means nothing changed: each change is made without an
-await, saved at once, and put back if the save fails.
+OK means it happened and was saved; ERR means nothing changed: each change is saved first and
+made after, with no await between (``Router.saver``, runtime/state_saver.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from kproxy.core.commands import RolloutDeploy
 from kproxy.core.flag_values import format_duration
 from kproxy.core.options import DeploymentOptions
 from kproxy.core.rollout import RolloutSplit
-from kproxy.errors import CommandError, DeployTimeout
+from kproxy.core.snapshot import RolloutRecord, ServiceRecord
+from kproxy.errors import CommandError, DeployTimeout, ServiceNotFound
 from kproxy.runtime.router import Progress, Router, _new_targets
 from kproxy.runtime.service import Service
 from kproxy.runtime.target_set import TargetSet
@@ -39,7 +40,9 @@ async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> 
     """
     name = command.service
     router._get(name)  # fail fast, before any health check
-    async with router._lock(name):
+    deadline = trio.current_time() + command.deploy_timeout  # a queued command's wait counts
+    what = f"rollout deploy to {', '.join(command.targets)}"
+    async with router._locks.hold(name, what, progress, deadline):
         service = router._get(name)  # a remove may have run while this waited for the lock
         options = attrs.evolve(
             service.options,
@@ -53,7 +56,7 @@ async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> 
         router.logger.info("Deploying for rollout", service=name, targets=options.targets)
         try:
             await router.nursery.start(new.run)
-            with trio.move_on_after(options.deploy_timeout) as health_wait:
+            with trio.move_on_at(deadline) as health_wait:
                 await new.wait_healthy(progress, options.deploy_timeout)
             if health_wait.cancelled_caught:
                 router.logger.info(
@@ -63,12 +66,11 @@ async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> 
                     f"rollout target failed to become healthy within configured timeout "
                     f"({format_duration(options.deploy_timeout)})"
                 )
+            split = service.split
+            old, _, _ = await _commit(router, service, new, options, split)
         except BaseException:
             new.close()
             raise
-        old, old_options, split = service.replace_rollout(new, options, service.split)
-        await _save_or_put_back(router, service, (old, old_options, split), new, options)
-        router._publish()
         if old is not None:
             old.drain_nowait(command.drain_timeout)
         router.logger.info("Deployed for rollout", service=name, targets=options.targets)
@@ -97,9 +99,7 @@ async def set_split(router: Router, name: str, split: RolloutSplit) -> None:
             f"service {name!r} has no rollout group (rollout target not set); "
             f"deploy one first: rollout deploy {name} --target HOST:PORT"
         )
-    old = service.replace_rollout(service.rollout, service.rollout_options, split)
-    await _save_or_put_back(router, service, old)
-    router._publish()
+    await _commit(router, service, service.rollout, service.rollout_options, split)
     router.logger.info(
         "Set rollout split", service=name, percentage=split.percent, allowlist=split.allowlist
     )
@@ -114,14 +114,13 @@ async def stop(router: Router, name: str, progress: Progress) -> bool:
     Raises:
         ServiceNotFound: the service is not deployed.
     """
-    async with router._lock(name):  # not in the middle of a rollout deploy's cutover
+    async with router._locks.hold(name, "rollout stop", progress):
         service = router._get(name)
-        old = service.replace_rollout(None, None)
-        group, options, _split = old
-        if group is None or options is None:
+        if service.rollout is None:
             return False
-        await _save_or_put_back(router, service, old)
-        router._publish()
+        group, options, _split = await _commit(router, service, None, None, None)
+        if group is None or options is None:  # a rollout stop that ran meanwhile
+            return False
         group.drain_nowait(options.drain_timeout)
         router.logger.info("Stopped rollout", service=name)
     await router._sync()
@@ -130,20 +129,30 @@ async def stop(router: Router, name: str, progress: Progress) -> bool:
     return True
 
 
-async def _save_or_put_back(
+async def _commit(
     router: Router,
     service: Service,
-    before: tuple[TargetSet | None, DeploymentOptions | None, RolloutSplit | None],
-    new: TargetSet | None = None,
-    new_options: DeploymentOptions | None = None,
-) -> None:
-    """Save the change just made; if that fails, put ``before`` back (and drain ``new``, which
-    may have taken requests meanwhile) and raise, so the answer is ERR with nothing changed."""
-    try:
-        await router._save()
-    except CommandError:
-        service.replace_rollout(*before)
-        router._publish()  # a health change of the new group may have published it
-        if new is not None and new_options is not None:
-            new.drain_nowait(new_options.drain_timeout)
-        raise
+    group: TargetSet | None,
+    options: DeploymentOptions | None,
+    split: RolloutSplit | None,
+) -> tuple[TargetSet | None, DeploymentOptions | None, RolloutSplit | None]:
+    """Save the service with this rollout group (None: none) and split, then install it and
+    publish it; returns what it replaced. ERR (CommandError) with nothing changed when the
+    state cannot be saved."""
+
+    def prospective() -> list[ServiceRecord]:
+        if router.services.get(service.name) is not service:
+            raise ServiceNotFound(f"service {service.name!r} was removed meanwhile")
+        rollout = None
+        if group is not None and options is not None:
+            rollout = RolloutRecord(
+                options.targets, options.read_targets, options.drain_timeout, split
+            )
+        return router.records_with(service.name, attrs.evolve(service.record(), rollout=rollout))
+
+    def switch() -> tuple[TargetSet | None, DeploymentOptions | None, RolloutSplit | None]:
+        old = service.replace_rollout(group, options, split)
+        router._publish()
+        return old
+
+    return await router.saver.commit(prospective, switch)

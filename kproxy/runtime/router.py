@@ -1,8 +1,8 @@
 """The router: services by name, the current ServiceMap, and the commands that change them.
 
-Every change follows one pattern: validate, wait (health, drain) under a deadline, then swap
-the ServiceMap value whole and save a snapshot. Requests read ``router.service_map`` once, so
-they always see either the old or the new routing, never a mix.
+Every change follows one pattern: validate, wait (health) under a deadline, save the state the
+change will make, then swap the ServiceMap value whole (``StateSaver.commit``: an unsaved change
+is not made), then drain. Requests read ``router.service_map`` once: old or new, never a mix.
 
 A service's targets come as a TargetSet (runtime/target_set.py), made by :meth:`Router.target_set`
 and run in the router's nursery: their health checks and drains outlive the command that began
@@ -12,20 +12,21 @@ them. Worker processes build their read-only copy of the routing with the same m
 
 from __future__ import annotations
 
-from typing import Any, Final, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import attrs
 import trio
 
-from kproxy.core import snapshot
 from kproxy.core.flag_values import format_duration
 from kproxy.core.listing import ServiceInfo
 from kproxy.core.options import DeploymentOptions
 from kproxy.core.pages import ErrorPages
 from kproxy.core.service_map import Route, ServiceMap
-from kproxy.core.states import TargetHealth
+from kproxy.core.snapshot import ServiceRecord
+from kproxy.core.states import ServiceState, TargetHealth
 from kproxy.core.tls_rules import inherits_tls, policy_for, root_host
-from kproxy.errors import CommandError, DeployError, DeployTimeout, ServiceNotFound, StateError
+from kproxy.errors import DeployError, DeployTimeout, ServiceNotFound
 from kproxy.runtime.certificates import (
     AutomaticCertificates,
     CertificateSource,
@@ -38,12 +39,12 @@ from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES, error_pages_or_builtin, read_error_pages
 from kproxy.runtime.pool import Connector, open_tcp
 from kproxy.runtime.service import Service
+from kproxy.runtime.service_locks import ServiceLocks
+from kproxy.runtime.state_saver import StateSaver, replaced_record
 from kproxy.runtime.state_store import StateStore
 from kproxy.runtime.target import Target
 from kproxy.runtime.target_set import HealthCheck, TargetSet
 from kproxy.runtime.target_set import Progress as Progress  # the commands' type, for proxy.py
-
-SAVE_TIMEOUT: Final = 10.0  # seconds a state save may take (it runs shielded)
 
 
 async def _no_progress(_line: str) -> None:
@@ -73,13 +74,18 @@ class Router:
     nursery: trio.Nursery  # runs the target sets: their checks and drains outlive a command
     services: dict[str, Service] = attrs.field(factory=dict)
     service_map: ServiceMap = attrs.field(factory=ServiceMap.empty)
-    _locks: dict[str, trio.Lock] = attrs.field(factory=dict)
+    _locks: ServiceLocks = attrs.field(factory=ServiceLocks)
     # Set in the supervisor of ``run --workers N``: the workers serve; this router decides.
     replicas: Replicas | None = attrs.field(default=None, kw_only=True)
     health_check: HealthCheck = attrs.field(default=check_once, kw_only=True)  # tests script it
     connector: Connector = attrs.field(default=open_tcp, kw_only=True)  # tests: in memory
     # Automatic certificates, and the HTTP-01 tokens the HTTP port answers (None: none).
     acme: AutomaticCertificates | None = attrs.field(default=None, kw_only=True)
+    # Every change to the saved state: saved first, then made (``ERR`` means nothing changed).
+    saver: StateSaver = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.saver = StateSaver(self.store, self.logger)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -109,7 +115,9 @@ class Router:
         self._check_conflicts(name, options)  # fail fast, before any health check
         pages = self._read_pages(options)  # likewise: a bad --error-pages changes nothing
         certificates = certificate_source(options.service, self.acme, self._addresses(name))
-        async with self._lock(name):
+        deadline = trio.current_time() + options.deploy_timeout  # a queued deploy's wait counts
+        what = f"deploy to {', '.join(options.targets)}"
+        async with self._locks.hold(name, what, progress, deadline):
             if pages.directory:
                 statuses = ", ".join(map(str, sorted(pages.templates)))
                 await progress(f"{name}: error pages from {pages.directory}: {statuses}")
@@ -120,7 +128,7 @@ class Router:
                 if options.force:
                     await progress(f"{name}: --force given, not waiting for health checks")
                 else:
-                    with trio.move_on_after(options.deploy_timeout) as health_wait:
+                    with trio.move_on_at(deadline) as health_wait:
                         await new.wait_healthy(progress, options.deploy_timeout)
                     if health_wait.cancelled_caught:
                         self.logger.info(
@@ -130,72 +138,76 @@ class Router:
                             f"target failed to become healthy within configured timeout "
                             f"({format_duration(options.deploy_timeout)})"
                         )
-                # Another service's deploy may have taken the route meanwhile; no await
-                # separates this check from the cutover.
-                self._check_conflicts(name, options)
+
+                def prospective() -> list[ServiceRecord]:
+                    # Another service's deploy may have taken the route meanwhile.
+                    self._check_conflicts(name, options)
+                    current = self.services.get(name)  # its pause or stop stays
+                    record = current.record() if current else ServiceRecord(name, options)
+                    return self.records_with(name, attrs.evolve(record, options=options))
+
+                def switch() -> TargetSet | None:
+                    old = self.cut_over(name, options, new, pages, certificates)
+                    self._publish()
+                    # The drain starts with the cutover, before an await that a vanished
+                    # control client can cancel: the old targets must not keep their checks.
+                    if old is not None:
+                        old.drain_nowait(options.drain_timeout)
+                    return old
+
+                old = await self.saver.commit(prospective, switch)
             except BaseException:
                 new.close()
                 raise
-            old = self.cut_over(name, options, new, pages, certificates)
-            self._publish()
-            # The deploy has happened. Start the drain and save before the first await that a
-            # vanished control client can cancel (a progress write), or neither would happen:
-            # the old targets would keep their health checks and the state file its old targets.
-            if old is not None:
-                old.drain_nowait(options.drain_timeout)
             self.logger.info("Deployed", service=name, targets=options.targets)
-            save_error = await self._save_quietly()
             await self._sync()  # with workers, the cutover is done once every one has cut over
             await progress(f"{name}: traffic now goes to {', '.join(options.targets)}")
             if old is not None:
                 await self._wait_drained(old, options.drain_timeout, progress)
-            if save_error is not None:
-                raise CommandError(f"deployed {name}, but {save_error}")
 
     async def remove(self, name: str, progress: Progress = _no_progress) -> None:
-        async with self._lock(name):
-            service = self.withdraw(name)
-            self._publish()
+        async with self._locks.hold(name, "remove", progress):
+
+            def switch() -> tuple[Service, TargetSet | None, float | None]:
+                service = self.withdraw(name)
+                self._publish()
+                service.active.drain_nowait(service.options.drain_timeout)  # as in deploy
+                rollout, rollout_options, _ = service.replace_rollout(None, None)
+                rollout_drain = rollout_options.drain_timeout if rollout_options else None
+                if rollout is not None and rollout_drain is not None:
+                    rollout.drain_nowait(rollout_drain)
+                return service, rollout, rollout_drain
+
+            removed = await self.saver.commit(lambda: self.records_with(name, None), switch)
+            service, rollout, rollout_drain = removed
             self.logger.info("Removed", service=name)
-            timeout = service.options.drain_timeout
-            service.active.drain_nowait(timeout)  # before any await, as in deploy
-            rollout, rollout_options, _ = service.replace_rollout(None, None)
-            if rollout is not None and rollout_options is not None:
-                rollout.drain_nowait(rollout_options.drain_timeout)
-            save_error = await self._save_quietly()
-            await self._wait_drained(service.active, timeout, progress)
-            if rollout is not None and rollout_options is not None:
-                await self._wait_drained(rollout, rollout_options.drain_timeout, progress)
-            if save_error is not None:
-                raise CommandError(f"removed {name}, but {save_error}")
+            await self._wait_drained(service.active, service.options.drain_timeout, progress)
+            if rollout is not None and rollout_drain is not None:
+                await self._wait_drained(rollout, rollout_drain, progress)
 
     async def pause(
         self, name: str, drain_timeout: float, max_pause: float, progress: Progress = _no_progress
     ) -> None:
-        service = self._get(name)
-        service.pause(max_pause)
-        self._publish()
+        service = await self._change_state(
+            name, ServiceState.PAUSED, lambda s: s.pause(max_pause), max_pause=max_pause
+        )
         self.logger.info("Paused", service=name)
-        await self._save()
         await self._sync()
         await self._wait_in_flight(service, drain_timeout, progress)
 
     async def stop(
         self, name: str, drain_timeout: float, message: str, progress: Progress = _no_progress
     ) -> None:
-        service = self._get(name)
-        service.stop(message)
-        self._publish()
+        service = await self._change_state(
+            name, ServiceState.STOPPED, lambda s: s.stop(message), message=message
+        )
         self.logger.info("Stopped", service=name, message=message)
-        await self._save()
         await self._sync()
         await self._wait_in_flight(service, drain_timeout, progress)
 
     async def resume(self, name: str) -> None:
-        self._get(name).resume()
-        self._publish()
+        await self._change_state(name, ServiceState.RUNNING, Service.resume, message="")
         self.logger.info("Resumed", service=name)
-        await self._save()
         await self._sync()
 
     def service_infos(self) -> list[ServiceInfo]:
@@ -214,10 +226,29 @@ class Router:
 
     # --- state ------------------------------------------------------------------------------
 
-    def state_data(self) -> dict[str, Any]:
-        return snapshot.dump(s.record() for s in self.services.values())
+    def records_with(self, name: str, record: ServiceRecord | None) -> list[ServiceRecord]:
+        """Every service's record once ``name`` is ``record`` (None: gone), for saver.commit."""
+        return replaced_record([s.record() for s in self.services.values()], name, record)
 
-    async def restore(self, records: list[snapshot.ServiceRecord], errors: list[str]) -> None:
+    async def _change_state(
+        self, name: str, state: ServiceState, change: Callable[[Service], None], **fields: Any
+    ) -> Service:
+        """Pause, stop or resume service ``name``: saved first, then made and published."""
+        service = self._get(name)
+
+        def switch() -> Service:
+            change(service)
+            self._publish()
+            return service
+
+        def prospective() -> list[ServiceRecord]:
+            if self.services.get(name) is not service:
+                raise ServiceNotFound(f"service {name!r} was removed meanwhile")
+            return self.records_with(name, attrs.evolve(service.record(), state=state, **fields))
+
+        return await self.saver.commit(prospective, switch)
+
+    async def restore(self, records: list[ServiceRecord], errors: list[str]) -> None:
         """Bring back saved services (see ``load_state``), serving at once: their targets
         start out healthy."""
         for error in errors:
@@ -335,9 +366,6 @@ class Router:
         if self.replicas is not None:
             await self.replicas.sync()
 
-    def _lock(self, name: str) -> trio.Lock:
-        return self._locks.setdefault(name, trio.Lock())
-
     def _get(self, name: str) -> Service:
         service = self.services.get(name)
         if service is None:
@@ -382,32 +410,6 @@ class Router:
             idle = await self.replicas.wait_idle(service.name, timeout) and idle
         if not idle:
             await progress(f"{service.name}: some requests are still running after the timeout")
-
-    async def _save(self) -> None:
-        """Save the state the change just made; called once that change has happened.
-
-        Shielded, with a bound: a control client that goes away at this moment must not leave
-        the file behind the running proxy (a restart would bring back the old state).
-        """
-        if self.store is None:
-            return
-        with trio.move_on_after(SAVE_TIMEOUT, shield=True) as scope:
-            try:
-                await self.store.write(self.state_data())
-            except StateError as exc:
-                self.logger.error("State save failed", error=str(exc))
-                raise CommandError(str(exc)) from exc
-        if scope.cancelled_caught:
-            self.logger.error("State save failed", error="timed out")
-            raise CommandError(f"saving the state took longer than {SAVE_TIMEOUT:g}s")
-
-    async def _save_quietly(self) -> str | None:
-        """Save after a change that has already happened: report, don't undo, on failure."""
-        try:
-            await self._save()
-        except CommandError as exc:
-            return str(exc)
-        return None
 
 
 def _new_targets(

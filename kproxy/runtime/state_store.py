@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Final
 
@@ -61,6 +62,7 @@ class StateStore:
         A file that is unusable as a whole (another format version) raises StateError: it is
         left untouched rather than overwritten by the next change.
         """
+        self._check_writable()
         data = self.read()
         if data is None:
             return [], []
@@ -70,3 +72,17 @@ class StateStore:
             raise StateError(
                 f"cannot restore {self.path}: {exc}; move the file away to start with no services"
             ) from exc
+
+    def _check_writable(self) -> None:
+        """Refuse to start with a state directory that cannot be written: every command would
+        answer ERR (a read-only file system, a path that is a file)."""
+        probe = self.directory / f".{STATE_FILE_NAME}.{os.getpid()}.tmp"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+            probe.unlink()
+        except OSError as exc:
+            raise StateError(
+                f"cannot write to the state directory {self.directory} "
+                f"({exc.strerror or exc}); make it writable or choose another with --state-dir"
+            ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import attrs
 import pytest
 import trio
 
+from kproxy._version import version_line
 from tests.helpers import (
     clean_env,
     control,
@@ -127,9 +129,44 @@ async def test_socket_from_flag_and_environment(nursery: trio.Nursery, tmp_path:
         kproxy_first = await cli("version", KPROXY_SOCKET=bad, KAMAL_PROXY_SOCKET=good)
     for result in (kproxy_env, kamal_env, flag_wins):
         assert result.code == 0, result.err
-        assert result.out.startswith("kproxy ")
-    assert kproxy_first.code == 1
-    assert f"cannot reach the proxy at {bad}" in kproxy_first.err
+        assert result.out.splitlines()[1].startswith("proxy: kproxy ")  # the proxy answered
+    assert kproxy_first.code == 0  # the client's version, without the proxy's
+    assert kproxy_first.out.splitlines() == [version_line()]
+    assert f"no proxy answers at {bad}" in kproxy_first.err
+
+
+async def test_version_prints_the_clients_and_the_proxys(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    sock = str(tmp_path / "kproxy.sock")
+    alone = await cli("version", "--socket", sock)
+    assert (alone.code, alone.out) == (0, version_line() + "\n")
+    assert alone.err.startswith(f"no proxy answers at {sock}: No such file or directory")
+    with trio.fail_after(GUARD):
+        await start_proxy(nursery, tmp_path)
+        both = await cli("version", "--socket", sock)
+    assert (both.code, both.err) == (0, "")
+    assert both.out.splitlines() == [version_line(), f"proxy: {version_line()}"]
+
+
+@pytest.mark.parametrize("argv", [["help"], ["help", "--markdown"], ["help", "deploy"]])
+def test_help_into_a_closed_pipe_exits_quietly(argv: list[str]) -> None:
+    """``kproxy help | head``: the reader goes away; no BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "kproxy", *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=clean_env(),
+            timeout=15,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == b""
+    assert done.returncode == 1
 
 
 @pytest.mark.skipif(shutil.which("kamal-proxy") is None, reason="console script not installed")

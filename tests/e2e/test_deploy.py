@@ -383,6 +383,35 @@ async def test_deploys_of_one_service_are_serialized(nursery: trio.Nursery, tmp_
     assert (await request(proxy.http_port)).body == b"two"
 
 
+@guard(15)
+async def test_a_queued_deploy_says_what_it_waits_for_and_its_timeout_counts_the_wait(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    stuck = await start_upstream(nursery, "stuck", healthy=False)
+    good = await start_upstream(nursery, "good")
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    first = await open_control(tmp_path / "kproxy.sock")
+    await first.send(f"deploy web --target {stuck.address} --deploy-timeout 6s")
+    await wait_until(lambda: hits(stuck) >= 1)
+    second = await open_control(tmp_path / "kproxy.sock")
+    start = trio.current_time()
+    await second.send(f"deploy web --target {good.address} --deploy-timeout 1s")
+    with trio.fail_after(0.5):  # at once, not when the first deploy ends
+        waiting = await second.read_line()
+    assert waiting == f"  web: waiting for the deploy to {stuck.address} in progress to finish"
+    final = await second.read_line()
+    assert 0.9 < trio.current_time() - start < 2.0  # its own 1s, not the first deploy's 6s
+    assert final == (
+        f"ERR web: the deploy to {stuck.address} in progress did not finish in time; "
+        "nothing changed"
+    )
+    assert hits(good) == 0  # never checked, never routed to
+    assert (await first.read_answer())[-1].startswith("ERR target failed to become healthy")
+    assert proxy.services() == []
+    await first.stream.aclose()
+    await second.stream.aclose()
+
+
 @guard(10)
 async def test_different_services_deploy_concurrently(
     nursery: trio.Nursery, tmp_path: Path

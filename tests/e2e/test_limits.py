@@ -17,6 +17,7 @@ from kproxy import DeploymentOptions, Proxy, RunOptions, TargetOptions
 from kproxy.core.command_parser import parse_command
 from kproxy.core.commands import Run
 from kproxy.errors import UsageError
+from kproxy.runtime import request_body
 from kproxy.runtime.acceptor import default_max_connections
 from kproxy.runtime.h11_stream import H11Stream
 from kproxy.runtime.http_server import (
@@ -191,6 +192,41 @@ async def test_a_trickled_head_is_cut_off(
             sending.cancel_scope.cancel()
     assert 0.4 < elapsed < 1.5
     assert [r.target for r in up.received if r.target != b"/up"] == ([] if first else [b"/first"])
+
+
+@guard(20)
+async def test_a_trickled_buffered_body_is_cut_off_and_a_slow_one_is_not(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--buffer-requests: a body may take BODY_TIMEOUT plus a second per MIN_BODY_RATE bytes.
+    Here 1 s and 100 B/s: 20 B/s is cut off (408, at about 1.25 s), while 500 B/s for 2 s,
+    longer than the base timeout, goes through."""
+    monkeypatch.setattr(request_body, "BODY_TIMEOUT", 1.0)
+    monkeypatch.setattr(request_body, "MIN_BODY_RATE", 100)
+    up = await start_upstream(nursery)
+    proxy, _ = await start_proxy(nursery, tmp_path, state=False)
+    target = TargetOptions(buffer_requests=True)
+    await proxy.deploy("web", DeploymentOptions(targets=(up.address,), target=target))
+    head = b"POST /x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1000\r\n\r\n"
+
+    async def send_body(interval: float) -> tuple[bytes, float]:
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.http_port)
+        async with stream, trio.open_nursery() as sending:
+            await stream.send_all(head)
+            started = trio.current_time()
+            sending.start_soon(trickle, stream, b"b" * 1000, interval)
+            answer = await receive_until(stream, b"\r\n\r\n")
+            sending.cancel_scope.cancel()
+        return answer, trio.current_time() - started
+
+    answer, elapsed = await send_body(0.05)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert 1.1 < elapsed < 2.0
+    assert [r.target for r in up.received if r.target != b"/up"] == []
+    answer, elapsed = await send_body(0.002)  # 500 B/s
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert elapsed > 1.5
+    assert [r.body for r in up.received if r.target == b"/x"] == [b"b" * 1000]
 
 
 @guard(20)

@@ -16,6 +16,7 @@ from kproxy import DeployError, DeploymentOptions, Proxy, ServiceOptions, Target
 from tests.helpers import (
     Upstream,
     control,
+    raw_exchange,
     request,
     start_proxy,
     start_upstream,
@@ -256,3 +257,22 @@ async def test_absolute_form_is_routed_by_its_authority(
         assert await served_by(proxy, "a.test", "http://c.test/") is None
         assert await served_by(proxy, "b.test", "http://a.test/") == "public"
         assert await served_by(proxy, "a.test", "/plain") == "public"  # origin form as ever
+
+
+async def test_a_request_target_of_no_known_form_is_400(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """RFC 9112 §3.2: ``GET ?p`` is neither origin-, absolute-, authority- nor asterisk-form;
+    it is answered 400 and never reaches a target (it used to, as the path ``?p``)."""
+    proxy, _ = await start_proxy(nursery, tmp_path)
+    with trio.fail_after(20):
+        upstream = await deploy(nursery, proxy, "web")
+        before = len(upstream.received)  # its health checks
+        for target in (b"?p", b"p", b"*", b"a.test:80"):
+            answer = await raw_exchange(
+                proxy.http_port, b"GET " + target + b" HTTP/1.1\r\nHost: a.test\r\n\r\n"
+            )
+            assert answer.startswith(b"HTTP/1.1 400 "), (target, answer)
+        assert len(upstream.received) == before
+        assert (await request(proxy.http_port, "/ok")).status == 200
+        assert upstream.received[-1].target == b"/ok"

@@ -140,3 +140,25 @@ async def test_restart_after_kill_9_replaces_the_stale_socket(
         listing = await control(second.socket_path, "list")
         assert listing[1].split()[:4] == ["web", "*", "/", app.address]
         assert (await request(second.http_port)).body == b"app"
+
+
+async def test_commands_running_at_shutdown_end_with_err_shutting_down(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Each command line gets its one final line, also when SIGTERM cuts it short: the deploy
+    waiting for a health check that never passes, and the command queued behind it."""
+    with trio.fail_after(GUARD):
+        never = await start_upstream(nursery, "never", healthy=False)
+        proxy = await start_proxy_process(nursery, tmp_path)
+        controller = await open_control(proxy.socket_path)
+        await controller.send(f"deploy web --target {never.address} --deploy-timeout 60s", "list")
+        first = await controller.read_line()
+        assert first.startswith("  web: waiting for"), first
+        proxy.process.send_signal(signal.SIGTERM)
+        lines = [first]
+        while line := await controller.read_line():
+            lines.append(line)
+        assert await proxy.process.wait() == 0
+        await controller.stream.aclose()
+    finals = [line for line in lines if not line.startswith("  ")]
+    assert finals == ["ERR shutting down", "ERR shutting down"]
