@@ -238,3 +238,14 @@ def test_read_targets_round_trip_and_default_for_older_files() -> None:
     assert loaded.options.read_targets == ()
     assert loaded.options.service.writer_affinity_timeout == 3.0
     assert loaded.options.service.read_target_websockets is False
+
+
+def test_excluded_metrics_paths_round_trip_and_default_for_older_files() -> None:
+    service = opt.ServiceOptions(exclude_metrics_paths=("/up", "/health"))
+    record = ServiceRecord("quiet", opt.DeploymentOptions(targets=("a:1",), service=service))
+    data = through_json(snapshot.dump([record]))
+    assert snapshot.load(data) == ([record], [])
+    del data["services"][0]["options"]["service"]["exclude_metrics_paths"]
+    (loaded,), errors = snapshot.load(data)
+    assert errors == []
+    assert loaded.options.service.exclude_metrics_paths == ()

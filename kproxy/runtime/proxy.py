@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Final, Protocol
 
 import attrs
 import trio
+from prometheus_client import CollectorRegistry
 
 from kproxy._version import KAMAL_PROXY_COMPAT, __version__
 from kproxy.core import command_parser
@@ -42,6 +43,8 @@ from kproxy.runtime.control_server import (
 from kproxy.runtime.http_server import HttpServer
 from kproxy.runtime.listen import open_reuseport_listeners
 from kproxy.runtime.log import Logger
+from kproxy.runtime.metrics import RequestMetrics
+from kproxy.runtime.metrics_server import MetricsServer, open_metrics_listeners
 from kproxy.runtime.router import Progress, Replicas, Router, _no_progress
 from kproxy.runtime.state_store import StateStore
 from kproxy.runtime.tls_transport import open_tls
@@ -64,6 +67,10 @@ class Frontend(Protocol):
     async def open(self) -> tuple[int, int | None]:
         """Take the HTTP and HTTPS ports (after the control socket, before the router);
         returns them (None: no HTTPS port, as ``RunOptions.https_port`` asks)."""
+
+    def metrics_registry(self) -> CollectorRegistry | None:
+        """What /metrics shows (after ``open``): this process's requests, or its workers';
+        None when ``RunOptions.metrics_port`` is 0."""
 
     def replicas(self, router: Router) -> Replicas | None:
         """Who must follow ``router``'s changes: None when this process serves the requests."""
@@ -99,6 +106,7 @@ class Listeners:
     https_port: int | None = None
     http: HttpServer | None = None
     https: HttpServer | None = None
+    request_metrics: RequestMetrics | None = None  # with --metrics-port, from ``open``
     _listeners: list[trio.SocketListener] = attrs.field(factory=list)
     _tls_listeners: list[trio.SocketListener] = attrs.field(factory=list)
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -113,7 +121,12 @@ class Listeners:
                 self.close()
                 raise
             self.https_port = self._tls_listeners[0].socket.getsockname()[1]
+        if self.options.metrics_port:
+            self.request_metrics = RequestMetrics()
         return self.http_port, self.https_port
+
+    def metrics_registry(self) -> CollectorRegistry | None:
+        return self.request_metrics.registry if self.request_metrics is not None else None
 
     async def _listen(self, port: int) -> list[trio.SocketListener]:
         if self.reuseport:
@@ -137,6 +150,7 @@ class Listeners:
             )
         for server in (self.http, self.https):
             if server is not None:
+                server.pipeline.metrics = self.request_metrics
                 connections.start_soon(server.clock.run)  # lives as long as the connections
         nursery.start_soon(self._accept, CertificateStore(router), connections)
         return {}
@@ -196,12 +210,14 @@ class Proxy:
     logger: Logger = attrs.field(factory=Logger)
     http_port: int = 0  # the bound port, known once serve() has started
     https_port: int | None = None  # likewise; None: no HTTPS port (``RunOptions.https_port``)
+    metrics: MetricsServer | None = None  # with --metrics-port, once serve() has started
     frontend: Frontend = attrs.field(
         default=attrs.Factory(_listeners, takes_self=True), kw_only=True
     )
     _router: Router | None = None
     _accepting: list[trio.CancelScope] = attrs.field(factory=list)  # the control socket's
     started_message: ClassVar[str] = "Server started"
+    serves_metrics: ClassVar[bool] = True  # a worker records; its supervisor serves
 
     async def serve(
         self, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED
@@ -223,6 +239,7 @@ class Proxy:
                 router.replicas = frontend.replicas(router)
                 await router.restore(*saved)
                 connections = await nursery.start(_hold_nursery)
+                await self._serve_metrics(nursery)
                 fields = await frontend.start(router, nursery, connections)
                 if control is not None:
                     nursery.start_soon(self._accept_control, control, connections)
@@ -243,6 +260,16 @@ class Proxy:
             if control is not None:
                 control.socket.close()
                 unlink_socket(self.options.socket_path)
+
+    async def _serve_metrics(self, nursery: trio.Nursery) -> None:
+        registry = self.frontend.metrics_registry()
+        if registry is None or not self.serves_metrics:
+            return
+        port = self.options.metrics_port
+        listeners = await open_metrics_listeners(self.options.bind, port)
+        self.metrics = MetricsServer(registry)
+        await nursery.start(self.metrics.serve, listeners)
+        self.logger.info("Metrics enabled", address=f"{self.options.bind}:{port}")
 
     def _automatic_certificates(self, nursery: trio.Nursery) -> AutomaticCertificates | None:
         """This process orders ACME certificates (a worker asks its supervisor instead)."""
@@ -273,6 +300,8 @@ class Proxy:
         """Stop taking commands and connections; give in-flight requests up to ``grace``
         seconds (cancelling this cuts them off at once). The caller then cancels the scope
         that runs ``serve``."""
+        if self.metrics is not None:
+            self.metrics.shutting_down = True  # /up says so before anything else changes
         for scope in self._accepting:
             scope.cancel()
         fields = self.frontend.begin_shutdown()
