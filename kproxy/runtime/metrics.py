@@ -68,7 +68,7 @@ class RequestMetrics:
             registry=values,
             multiprocess_mode="livesum",
         )
-        self.registry.register(_WithoutCreated(values))
+        self.registry.register(WithoutCreated(values))
 
     def enter(
         self, service: str, path: str, excluded: tuple[str, ...], prefix: str, strip: bool
@@ -106,7 +106,7 @@ class RequestMetrics:
 
 
 @attrs.define(eq=False)
-class _WithoutCreated(Collector):
+class WithoutCreated(Collector):
     """The values without prometheus_client's ``*_created`` series, which kamal-proxy (Go)
     does not have and the multi-process figures do not either: one process and N workers
     expose the same series."""

@@ -43,8 +43,9 @@ from kproxy.runtime.control_server import (
 from kproxy.runtime.http_server import HttpServer
 from kproxy.runtime.listen import open_reuseport_listeners
 from kproxy.runtime.log import Logger
-from kproxy.runtime.metrics import RequestMetrics
+from kproxy.runtime.metrics import RequestMetrics, WithoutCreated
 from kproxy.runtime.metrics_server import MetricsServer, open_metrics_listeners
+from kproxy.runtime.proxy_metrics import CommandMetrics, TargetHealthCollector
 from kproxy.runtime.router import Progress, Replicas, Router, _no_progress
 from kproxy.runtime.state_store import StateStore
 from kproxy.runtime.tls_transport import open_tls
@@ -211,6 +212,7 @@ class Proxy:
     http_port: int = 0  # the bound port, known once serve() has started
     https_port: int | None = None  # likewise; None: no HTTPS port (``RunOptions.https_port``)
     metrics: MetricsServer | None = None  # with --metrics-port, once serve() has started
+    command_metrics: CommandMetrics | None = None  # likewise
     frontend: Frontend = attrs.field(
         default=attrs.Factory(_listeners, takes_self=True), kw_only=True
     )
@@ -239,7 +241,7 @@ class Proxy:
                 router.replicas = frontend.replicas(router)
                 await router.restore(*saved)
                 connections = await nursery.start(_hold_nursery)
-                await self._serve_metrics(nursery)
+                await self._serve_metrics(nursery, router)
                 fields = await frontend.start(router, nursery, connections)
                 if control is not None:
                     nursery.start_soon(self._accept_control, control, connections)
@@ -261,10 +263,14 @@ class Proxy:
                 control.socket.close()
                 unlink_socket(self.options.socket_path)
 
-    async def _serve_metrics(self, nursery: trio.Nursery) -> None:
+    async def _serve_metrics(self, nursery: trio.Nursery, router: Router) -> None:
         registry = self.frontend.metrics_registry()
         if registry is None or not self.serves_metrics:
             return
+        own = CollectorRegistry()  # kproxy_*: this process decides them (runtime/proxy_metrics)
+        self.command_metrics = CommandMetrics(own)
+        own.register(TargetHealthCollector(router))
+        registry.register(WithoutCreated(own))
         port = self.options.metrics_port
         listeners = await open_metrics_listeners(self.options.bind, port)
         self.metrics = MetricsServer(registry)
@@ -415,7 +421,16 @@ class Proxy:
     async def execute_words(self, words: tuple[str, ...], progress: Progress) -> str:
         """The control channel's entry: parse, execute, and never let a bug kill the proxy."""
         try:
-            return await self.execute(command_parser.parse_command(words), progress)
+            command = command_parser.parse_command(words)
+            if self.command_metrics is None:
+                return await self.execute(command, progress)
+            began, ok = trio.current_time(), False
+            try:
+                answer = await self.execute(command, progress)
+                ok = True
+                return answer
+            finally:
+                self.command_metrics.record(command, ok, trio.current_time() - began)
         except KProxyError:
             raise
         except Exception as exc:

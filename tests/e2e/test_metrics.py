@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import h11
@@ -21,6 +22,7 @@ from tests.helpers import (
     LogCapture,
     Received,
     Upstream,
+    control,
     exchange,
     quick_options,
     request,
@@ -206,6 +208,11 @@ async def test_workers_sum_and_a_killed_worker_loses_nothing(
         assert metrics[DURATIONS].type == "histogram"
         assert metrics[IN_FLIGHT].type == "gauge"
         assert requests_total(metrics) == probes + 6  # summed over the workers
+        # kproxy_*: the supervisor's (it checks health and runs the commands), not per worker.
+        writer = {"service": "web", "target": app.address, "role": "writer"}
+        assert value(metrics, "kproxy_target_healthy", **writer) == 1
+        deployed = {"command": "deploy", "service": "web", "outcome": "ok"}
+        assert value(metrics, "kproxy_commands_total", **deployed) == 1
         count = DURATIONS + "_count"
         assert value(metrics, count, service="web", method="GET", status="200") == probes + 6
 
@@ -232,3 +239,38 @@ async def test_workers_sum_and_a_killed_worker_loses_nothing(
         assert requests_total(await scrape(metrics_port)) == probes + 11
         for client in clients.values():
             await client.aclose()
+
+
+async def test_kproxy_metrics_show_target_health_and_commands(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(GUARD):
+        app = await start_upstream(nursery, "app")
+        other = await start_upstream(nursery, "other")  # two: a lone target is checked once
+        proxy, _ = await start_embedded(nursery, tmp_path)
+        port = proxy.options.metrics_port
+        socket_path = proxy.options.socket_path
+        targets = f"--target {app.address} --target {other.address}"
+        deployed = await control(socket_path, f"deploy web {targets} --health-check-interval 100ms")
+        assert deployed[-1] == "OK deployed web"
+        assert (await control(socket_path, "remove nothing"))[-1].startswith("ERR")
+        metrics = await scrape(port)
+        healthy, since = "kproxy_target_healthy", "kproxy_target_health_changed_timestamp_seconds"
+        target = {"service": "web", "target": other.address, "role": "writer"}
+        assert metrics[healthy].type == "gauge"
+        assert value(metrics, healthy, **target) == 1
+        assert value(metrics, healthy, **{**target, "target": app.address}) == 1
+        became_healthy = value(metrics, since, **target)
+        assert abs(became_healthy - time.time()) < 10
+        ok = {"command": "deploy", "service": "web", "outcome": "ok"}
+        assert value(metrics, "kproxy_commands_total", **ok) == 1
+        failed = {"command": "remove", "service": "nothing", "outcome": "error"}
+        assert value(metrics, "kproxy_commands_total", **failed) == 1
+        assert metrics["kproxy_command_duration_seconds"].type == "histogram"
+        assert value(metrics, "kproxy_command_duration_seconds_count", **ok) == 1
+
+        other.healthy = False
+        with trio.fail_after(5):
+            while value(await scrape(port), healthy, **target) != 0:  # noqa: ASYNC110
+                await trio.sleep(0.05)  # health checks run every 100 ms; nothing to wait on
+        assert value(await scrape(port), since, **target) > became_healthy
