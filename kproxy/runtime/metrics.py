@@ -44,6 +44,9 @@ class RequestMetrics:
     requests: Counter = attrs.field(init=False)
     durations: Histogram = attrs.field(init=False)
     in_flight: Gauge = attrs.field(init=False)
+    connections: Gauge = attrs.field(init=False)
+    waited: Counter = attrs.field(init=False)
+    cut_off: Counter = attrs.field(init=False)
     _finished: dict[tuple[str, str, int], tuple[Counter, Histogram]] = attrs.field(factory=dict)
     _in_flight: dict[str, Gauge] = attrs.field(factory=dict)
 
@@ -67,6 +70,24 @@ class RequestMetrics:
             ("service",),
             registry=values,
             multiprocess_mode="livesum",
+        )
+        # kproxy's own (not in kamal-proxy): client connections, and requests a drain cut off.
+        self.connections = Gauge(
+            "kproxy_client_connections",
+            "Client connections open (HTTP and HTTPS).",
+            registry=values,
+            multiprocess_mode="livesum",
+        )
+        self.waited = Counter(
+            "kproxy_client_connections_waited",
+            "Client connections accepted once a slot freed at --max-connections.",
+            registry=values,
+        )
+        self.cut_off = Counter(
+            "kproxy_requests_cut_off",
+            "Requests cut off by a drain's timeout, labeled by service.",
+            ("service",),
+            registry=values,
         )
         self.registry.register(WithoutCreated(values))
 

@@ -248,6 +248,8 @@ class RequestPipeline:
                 # Cancelled as a group.)
                 if not _only_cancelled(stopped) or not exchange.cut_off or record.upgraded:
                     raise
+                if self.metrics is not None:
+                    self.metrics.cut_off.labels(service.name).inc()
                 raise record.interruption or UpstreamTimeout(
                     f"request to draining target {target.name} cut off"
                 ) from None

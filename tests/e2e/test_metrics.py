@@ -24,6 +24,7 @@ from tests.helpers import (
     Upstream,
     control,
     exchange,
+    open_client,
     quick_options,
     request,
     send_reply,
@@ -67,7 +68,9 @@ def requests_total(metrics: dict[str, Metric], service: str = "web", status: str
     return value(metrics, REQUESTS + "_total", service=service, method="GET", status=status)
 
 
-async def start_embedded(nursery: trio.Nursery, tmp_path: Path) -> tuple[Proxy, LogCapture]:
+async def start_embedded(
+    nursery: trio.Nursery, tmp_path: Path, max_connections: int = 0
+) -> tuple[Proxy, LogCapture]:
     logs = LogCapture()
     options = RunOptions(
         socket_path=str(tmp_path / "kproxy.sock"),
@@ -75,6 +78,7 @@ async def start_embedded(nursery: trio.Nursery, tmp_path: Path) -> tuple[Proxy, 
         bind="127.0.0.1",
         http_port=0,
         metrics_port=unused_port(),
+        max_connections=max_connections,
     )
     proxy: Proxy = await nursery.start(Proxy(options, Logger(out=logs)).serve)  # type: ignore[arg-type]
     return proxy, logs
@@ -274,3 +278,43 @@ async def test_kproxy_metrics_show_target_health_and_commands(
             while value(await scrape(port), healthy, **target) != 0:  # noqa: ASYNC110
                 await trio.sleep(0.05)  # health checks run every 100 ms; nothing to wait on
         assert value(await scrape(port), since, **target) > became_healthy
+
+
+async def test_kproxy_metrics_count_connections_and_cut_off_requests(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(GUARD):
+        app = await start_upstream(nursery, "app")
+        new = await start_upstream(nursery, "new")
+        proxy, _ = await start_embedded(nursery, tmp_path, max_connections=2)
+        port = proxy.options.metrics_port
+        await proxy.deploy("web", quick_options(app, drain_timeout=0.2))
+        first, second = await open_client(proxy.http_port), await open_client(proxy.http_port)
+        assert (await exchange(first, "/")).status == 200
+        assert (await exchange(second, "/")).status == 200
+        metrics = await scrape(port)
+        assert value(metrics, "kproxy_client_connections") == 2
+        # A third client waits in the backlog, taken once a slot frees.
+        third = await open_client(proxy.http_port)
+        await trio.sleep(0.2)
+        metrics = await scrape(port)
+        assert value(metrics, "kproxy_client_connections_waited_total") == 0
+        assert value(metrics, "kproxy_client_connections") == 2
+        await second.aclose()
+        assert (await exchange(third, "/")).status == 200
+        metrics = await scrape(port)
+        assert value(metrics, "kproxy_client_connections_waited_total") == 1
+
+        # A request still running on the old target when the drain times out is cut off.
+        async with trio.open_nursery() as inner:
+            inner.start_soon(exchange, first, "/slow?5")
+            await wait_until(lambda: app.active == 1)
+            await proxy.deploy("web", quick_options(new, drain_timeout=0.2))
+        metrics = await scrape(port)
+        assert value(metrics, "kproxy_requests_cut_off_total", service="web") == 1
+        assert requests_total(metrics, status="504") == 1
+        for client in (first, third):
+            await client.aclose()
+        with trio.fail_after(5):
+            while value(await scrape(port), "kproxy_client_connections") != 0:  # noqa: ASYNC110
+                await trio.sleep(0.05)  # the proxy sees the clients' EOF in its own time
