@@ -1,9 +1,11 @@
 """The request metrics of kamal-proxy (internal/metrics/metrics.go), kept with prometheus_client.
 
 ``RequestMetrics`` is what the request pipeline calls: ``enter`` once the service is known
-(the in-flight gauge), ``leave`` when the access log line is written (the counter, the
-histogram, the gauge back down). Each label set's children are looked up once and cached, so a
-request costs a dict lookup and the value updates, never a ``.labels()`` call.
+(the in-flight gauge), ``leave`` when the access log line is written (the histogram, the gauge
+back down). Each label set's children are looked up once and cached, so a request costs a dict
+lookup and the value updates, never a ``.labels()`` call. The request counter is not kept
+apart: kamal-proxy counts and observes every request together, so its value is the
+histogram's ``_count``, and ``Exposition`` writes it from there when scraped.
 
 Across processes (``run --workers N``) the values live where prometheus_client's value class
 puts them: a worker is started with ``PROMETHEUS_MULTIPROC_DIR`` in its environment (see
@@ -23,7 +25,7 @@ from typing import Final
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
@@ -33,6 +35,7 @@ MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own 
 EXCLUDED: Final = object()  # ``RequestLog.metered`` of a request left out of the metrics
 
 LABELS: Final = ("service", "method", "status")
+DURATIONS: Final = "kamal_proxy_http_request_duration_seconds"
 
 
 @attrs.define(eq=False)
@@ -41,25 +44,18 @@ class RequestMetrics:
     the requests in flight by service."""
 
     registry: CollectorRegistry = attrs.field(factory=lambda: CollectorRegistry(auto_describe=True))
-    requests: Counter = attrs.field(init=False)
     durations: Histogram = attrs.field(init=False)
     in_flight: Gauge = attrs.field(init=False)
     connections: Gauge = attrs.field(init=False)
     waited: Counter = attrs.field(init=False)
     cut_off: Counter = attrs.field(init=False)
-    _finished: dict[tuple[str, str, int], tuple[Counter, Histogram]] = attrs.field(factory=dict)
+    _finished: dict[tuple[str, str, int], Histogram] = attrs.field(factory=dict)
     _in_flight: dict[str, Gauge] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         values = CollectorRegistry()
-        self.requests = Counter(
-            "kamal_proxy_http_requests",
-            "HTTP requests processed, labeled by service, status code and method.",
-            LABELS,
-            registry=values,
-        )
         self.durations = Histogram(
-            "kamal_proxy_http_request_duration_seconds",
+            DURATIONS,
             "Duration of HTTP requests, labeled by service, status code and method.",
             LABELS,
             registry=values,
@@ -89,7 +85,7 @@ class RequestMetrics:
             ("service",),
             registry=values,
         )
-        self.registry.register(WithoutCreated(values))
+        self.registry.register(Exposition(values))
 
     def enter(
         self, service: str, path: str, excluded: tuple[str, ...], prefix: str, strip: bool
@@ -114,30 +110,39 @@ class RequestMetrics:
         if entered is not None:
             entered.dec()  # type: ignore[attr-defined]  # the gauge ``enter`` returned
         key = (service, method_label(method), status)  # invented methods share one entry
-        children = self._finished.get(key)
-        if children is None:
-            labels = (service, key[1], str(status))
-            children = self._finished[key] = (
-                self.requests.labels(*labels),
-                self.durations.labels(*labels),
-            )
-        counter, histogram = children
-        counter.inc()
+        histogram = self._finished.get(key)
+        if histogram is None:
+            histogram = self._finished[key] = self.durations.labels(service, key[1], str(status))
         histogram.observe(seconds)
 
 
 @attrs.define(eq=False)
-class WithoutCreated(Collector):
-    """The values without prometheus_client's ``*_created`` series, which kamal-proxy (Go)
-    does not have and the multi-process figures do not either: one process and N workers
-    expose the same series."""
+class Exposition(Collector):
+    """What /metrics shows of ``values``: ``kamal_proxy_http_requests_total`` beside the
+    duration histogram it is the count of, and no ``*_created`` series (prometheus_client's,
+    which kamal-proxy (Go) has not and the multi-process figures have not either: one process
+    and N workers expose the same series)."""
 
-    values: CollectorRegistry
+    values: Collector
 
     def collect(self) -> Iterator[Metric]:
         for metric in self.values.collect():
             metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            if metric.name == DURATIONS:
+                yield _requests_counted(metric)
             yield metric
+
+
+def _requests_counted(durations: Metric) -> Metric:
+    requests = CounterMetricFamily(
+        "kamal_proxy_http_requests",
+        "HTTP requests processed, labeled by service, status code and method.",
+        labels=LABELS,
+    )
+    for sample in durations.samples:
+        if sample.name == DURATIONS + "_count":
+            requests.add_metric([sample.labels[name] for name in LABELS], sample.value)
+    return requests
 
 
 @attrs.define(eq=False)
@@ -150,7 +155,8 @@ class WorkerMetrics:
     def __attrs_post_init__(self) -> None:
         self.registry = CollectorRegistry()
         # prometheus_client's multiprocess module has no type annotations.
-        MultiProcessCollector(self.registry, path=self.directory)  # type: ignore[no-untyped-call]
+        files = MultiProcessCollector(None, path=self.directory)  # type: ignore[no-untyped-call]
+        self.registry.register(Exposition(files))
 
     def environment(self) -> Mapping[str, str]:
         """A worker's environment: ours, and where its values go."""

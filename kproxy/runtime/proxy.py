@@ -43,7 +43,7 @@ from kproxy.runtime.control_server import (
 from kproxy.runtime.http_server import HttpServer
 from kproxy.runtime.listen import open_reuseport_listeners
 from kproxy.runtime.log import Logger
-from kproxy.runtime.metrics import RequestMetrics, WithoutCreated
+from kproxy.runtime.metrics import Exposition, RequestMetrics
 from kproxy.runtime.metrics_server import MetricsServer, open_metrics_listeners
 from kproxy.runtime.proxy_metrics import CommandMetrics, TargetHealthCollector
 from kproxy.runtime.router import Progress, Replicas, Router, _no_progress
@@ -270,7 +270,7 @@ class Proxy:
         own = CollectorRegistry()  # kproxy_*: this process decides them (runtime/proxy_metrics)
         self.command_metrics = CommandMetrics(own)
         own.register(TargetHealthCollector(router))
-        registry.register(WithoutCreated(own))
+        registry.register(Exposition(own))
         port = self.options.metrics_port
         listeners = await open_metrics_listeners(self.options.bind, port)
         self.metrics = MetricsServer(registry)
