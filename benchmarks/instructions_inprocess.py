@@ -171,7 +171,7 @@ async def _client(port: int, path: str, requests: int) -> None:
     await stream.aclose()
 
 
-async def _workload(mode: str, path: str, requests: int, log: TextIO) -> None:
+async def _workload(mode: str, path: str, requests: int, log: TextIO, metrics: bool) -> None:
     import kproxy
 
     trio.socket.set_custom_socket_factory(_FixedBuffers())  # a run's setting: set here
@@ -179,7 +179,13 @@ async def _workload(mode: str, path: str, requests: int, log: TextIO) -> None:
         listeners = await nursery.start(partial(trio.serve_tcp, _upstream, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
         if mode == "proxy":
-            options = kproxy.RunOptions(socket_path="", state_dir="", bind="127.0.0.1", http_port=0)
+            options = kproxy.RunOptions(
+                socket_path="",
+                state_dir="",
+                bind="127.0.0.1",
+                http_port=0,
+                metrics_port=_free_port() if metrics else 0,
+            )
             proxy = await nursery.start(kproxy.Proxy(options, kproxy.Logger(out=log)).serve)
             target = f"127.0.0.1:{port}"
             # The deploy waits for the target's first health check (GET /up), answered at once.
@@ -189,11 +195,20 @@ async def _workload(mode: str, path: str, requests: int, log: TextIO) -> None:
         nursery.cancel_scope.cancel()
 
 
-def child(mode: str, path: str, requests: int) -> None:
-    """The program callgrind counts: ``requests`` GETs of ``path``, through kproxy or direct."""
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def child(mode: str, path: str, requests: int, metrics: bool = False) -> None:
+    """The program callgrind counts: ``requests`` GETs of ``path``, through kproxy or direct
+    (with ``metrics``: kproxy has ``--metrics-port`` on)."""
     _pin()
     with open(os.devnull, "w") as log:  # kproxy's log: writing it costs system time only
-        trio.run(_workload, mode, path, requests, log, clock=trio.testing.MockClock(rate=0))
+        clock = trio.testing.MockClock(rate=0)
+        trio.run(_workload, mode, path, requests, log, metrics, clock=clock)
 
 
 # ---- the driver ---------------------------------------------------------------------------
@@ -228,11 +243,18 @@ def describe(origin: Path) -> str:
 
 
 def run_child(
-    valgrind: str | None, origin: Path, mode: str, path: str, requests: int, directory: Path
+    valgrind: str | None,
+    origin: Path,
+    mode: str,
+    path: str,
+    requests: int,
+    directory: Path,
+    metrics: bool = False,
 ) -> int:
     """Run :func:`child` (under callgrind unless ``valgrind`` is None); its total instructions."""
     out_file = directory / f"callgrind.{mode}{path.replace('/', '.')}.{requests}"
     argv = [sys.executable, __file__, "--child", mode, path, str(requests)]
+    argv += ["--metrics"] if metrics else []
     if valgrind is not None:
         argv = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out_file}", *argv]
     # PYTHONPATH: the child imports the kproxy measured. PYTHONHASHSEED: set and dict orders
@@ -269,30 +291,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--keep", type=Path, help="keep callgrind's output files in this folder (to annotate)"
     )
+    parser.add_argument(
+        "--metrics", action="store_true", help="run kproxy with --metrics-port on (a free port)"
+    )
     parser.add_argument("--child", nargs=3, metavar=("MODE", "PATH", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
         mode, path, requests = args.child
-        child(mode, path, int(requests))
+        child(mode, path, int(requests), args.metrics)
         return
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         sys.exit("valgrind is missing: install it (apt-get install valgrind) and run this again")
     origin = kproxy_origin()
     print(f"kproxy: {describe(origin)}\npython: {sys.executable}", flush=True)
+    print(f"metrics: {'on (--metrics-port)' if args.metrics else 'off'}", flush=True)
     with tempfile.TemporaryDirectory(prefix="kproxy-instructions-") as temp:
         directory = args.keep or Path(temp)
         directory.mkdir(parents=True, exist_ok=True)
         # Once without valgrind: the bytecode caches are written before anything is counted.
         for mode in MODES:
-            run_child(None, origin, mode, TINY_PATH, 1, directory)
+            run_child(None, origin, mode, TINY_PATH, 1, directory, args.metrics)
         rows: list[tuple[str, list[float], list[float]]] = []
         for case, path in CASES.items():
             per_mode: dict[str, list[float]] = {mode: [] for mode in MODES}
             for repeat in range(args.repeats):
                 for mode in MODES:
                     totals = [
-                        run_child(valgrind, origin, mode, path, n, directory)
+                        run_child(valgrind, origin, mode, path, n, directory, args.metrics)
                         for n in (args.warmup, args.warmup + args.requests)
                     ]
                     per_request = (totals[1] - totals[0]) / args.requests

@@ -493,11 +493,21 @@ def _unsupported(spec: table.CommandSpec) -> list[table.Flag]:
     return [f for f in spec.flags if not f.supported]
 
 
-def test_every_not_yet_supported_flag_is_known() -> None:
-    names = {f.name for spec in table.COMMANDS.values() for f in _unsupported(spec)}
-    assert names == {
-        "metrics-port",
-    }  # fmt: skip
+def test_every_flag_is_supported() -> None:
+    assert [f.name for spec in table.COMMANDS.values() for f in _unsupported(spec)] == []
+
+
+def test_a_flag_not_supported_yet_is_refused_by_name() -> None:
+    spec = table.CommandSpec("run", "Run", flags=(
+        table.Flag("future-port", table.Kind.INT, 0, "Not there yet", supported=False, env=True),
+    ))  # fmt: skip
+    given = flag_parser.parse_flags(spec, ["--future-port=9"], {})
+    with pytest.raises(ValueError, match="--future-port is not supported by kproxy yet; run"):
+        parser._refuse_unsupported(given)
+    parser._refuse_unsupported(flag_parser.parse_flags(spec, ["--future-port=0"], {}))
+    from_env = flag_parser.parse_flags(spec, [], {"KPROXY_FUTURE_PORT": "9"})
+    with pytest.raises(ValueError, match=r"it was set by \$KPROXY_FUTURE_PORT, unset it"):
+        parser._refuse_unsupported(from_env)
 
 
 def test_error_pages_reaches_the_options() -> None:
@@ -505,19 +515,23 @@ def test_error_pages_reaches_the_options() -> None:
     assert deploy(T).service.error_pages == ""
 
 
-def test_unsupported_run_flag_is_refused_by_name() -> None:
-    assert error("run", "--metrics-port=9090") == (
-        "run: --metrics-port is not supported by kproxy yet; run the command without it"
-    )
-    assert isinstance(parse("run", "--metrics-port=0"), cmd.Run)
+def _run_options(*words: str, env: Mapping[str, str] | None = None) -> opt.RunOptions:
+    command = parse("run", *words, env=env)
+    assert isinstance(command, cmd.Run)
+    return command.options
 
 
-def test_unsupported_run_option_from_the_environment_names_the_variable() -> None:
-    message = error("run", env={"KAMAL_PROXY_METRICS_PORT": "9090"})
-    assert (
-        "--metrics-port is not supported by kproxy yet; it was set by $KAMAL_PROXY_METRICS_PORT"
-        in message
-    )
+def test_metrics_port_reaches_the_run_options() -> None:
+    assert _run_options().metrics_port == 0  # off, as kamal-proxy's default
+    assert _run_options("--metrics-port=9090").metrics_port == 9090
+    assert _run_options(env={"KAMAL_PROXY_METRICS_PORT": "9191"}).metrics_port == 9191
+    assert error("run", "--metrics-port=70000") == "run: --metrics-port must be 0-65535, got 70000"
+
+
+def test_exclude_metrics_path_is_repeatable() -> None:
+    options = deploy(T, "--exclude-metrics-path=/up", "--exclude-metrics-path", "/health,/ping")
+    assert options.service.exclude_metrics_paths == ("/up", "/health", "/ping")
+    assert deploy(T).service.exclude_metrics_paths == ()
 
 
 def _parsed(*words: str) -> flag_parser.Parsed:

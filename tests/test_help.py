@@ -32,7 +32,7 @@ def test_reference_names_every_command_and_flag() -> None:
         assert f"#### `{spec.name}" in reference
         for flag in spec.flags:
             assert f"`--{flag.name}" in reference
-    assert "*not supported yet: refused by name*" in reference  # e.g. --metrics-port
+    assert "not supported yet" not in reference  # every flag is (a new one may not be)
 
 
 # --- usage() ----------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_usage_shows_one_default_for_forward_headers() -> None:
 def test_usage_markers() -> None:
     text = usage("deploy")
     assert _flag_line(text, "target").endswith("(required)")
-    assert _flag_line(usage("run"), "metrics-port").endswith("(not supported yet)")
+    assert "(not supported yet)" not in _flag_line(usage("run"), "metrics-port")
     assert "(not supported yet)" not in _flag_line(text, "read-target")
     assert "(not supported yet)" not in _flag_line(text, "force")
 

@@ -295,3 +295,14 @@ def test_rollout_options_are_the_services_with_the_rollouts_targets() -> None:
     assert options.drain_timeout == 5.0
     assert (options.service, options.target) == (FULL.service, FULL.target)
     assert options.force is False
+
+
+def test_excluded_metrics_paths_round_trip_and_default_for_older_files() -> None:
+    service = opt.ServiceOptions(exclude_metrics_paths=("/up", "/health"))
+    record = ServiceRecord("quiet", opt.DeploymentOptions(targets=("a:1",), service=service))
+    data = through_json(snapshot.dump([record]))
+    assert snapshot.load(data) == ([record], [])
+    del data["services"][0]["options"]["service"]["exclude_metrics_paths"]
+    (loaded,), errors = snapshot.load(data)
+    assert errors == []
+    assert loaded.options.service.exclude_metrics_paths == ()

@@ -207,6 +207,7 @@ def _build_deploy(p: Parsed, _env: Mapping[str, str]) -> Deploy:
             tls_acme_directory=p.text("tls-acme-directory"),
             writer_affinity_timeout=p.seconds("writer-affinity-timeout"),
             read_target_websockets=p.flag("read-target-websockets"),
+            exclude_metrics_paths=p.strings("exclude-metrics-path"),
         ),
         target=opt.TargetOptions(
             health_check_path=p.text("health-check-path"),
@@ -240,6 +241,7 @@ def _build_run(p: Parsed, env: Mapping[str, str]) -> Run:
             bind=p.text("bind"),
             http_port=p.integer("http-port"),
             https_port=p.integer("https-port"),
+            metrics_port=p.integer("metrics-port"),
             debug=p.flag("debug"),
             max_connections=p.integer("max-connections"),
             workers=p.integer("workers"),

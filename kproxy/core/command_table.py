@@ -95,6 +95,7 @@ _DEPLOY_FLAGS: Final = (
     Flag("error-pages", S, "", "Directory of custom error pages"),
     Flag("client-ip-header", S, "", "Header that carries the real client IP"),
     Flag("scope-cookie-paths", B, False, "Rewrite Set-Cookie paths under the path prefix"),
+    Flag("exclude-metrics-path", L, (), "Path (after prefix stripping) left out of the request metrics (repeatable)"),
 )  # fmt: skip
 
 COMMANDS: Final = {
@@ -104,7 +105,7 @@ COMMANDS: Final = {
             Flag("bind", S, "", "Address to listen on (default: all addresses)", env=True),
             Flag("http-port", N, opt.DEFAULT_HTTP_PORT, "Port to serve HTTP on", env=True),
             Flag("https-port", N, opt.DEFAULT_HTTPS_PORT, "Port to serve HTTPS on", env=True),
-            Flag("metrics-port", N, 0, "Port for Prometheus metrics (0 = off)", supported=False, env=True),
+            Flag("metrics-port", N, 0, "Port to serve Prometheus metrics (/metrics) and /up on (0 = off)", env=True),
             Flag("debug", B, False, "Include debugging logs", env=True),
             Flag("max-connections", N, 0, "Most simultaneous client connections; more wait (0 = 10000, fewer if ulimit -n is low)", env=True),
             Flag("workers", N, 0, "Processes serving HTTP on the shared ports (0 = one per core; 1 = this process alone)", env=True),

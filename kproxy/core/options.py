@@ -8,7 +8,7 @@ same objects are used by the control channel, the state file and embedders, so o
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
@@ -152,6 +152,10 @@ def _positive_size(name: str) -> Callable[[object, object, int], None]:
     return check
 
 
+def _paths(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
 @attrs.frozen
 class ServiceOptions:
     """Where a service is reachable (hosts, path prefixes) and how it answers there."""
@@ -187,6 +191,8 @@ class ServiceOptions:
         default=DEFAULT_WRITER_AFFINITY_TIMEOUT, validator=not_negative("writer-affinity-timeout")
     )
     read_target_websockets: bool = False
+    # Paths (as the target sees them, the prefix stripped) left out of the request metrics.
+    exclude_metrics_paths: tuple[str, ...] = attrs.field(default=(), converter=_paths)
 
     @property
     def automatic_tls(self) -> bool:
@@ -348,6 +354,7 @@ class RunOptions:
     bind: str = ""
     http_port: int = attrs.field(default=DEFAULT_HTTP_PORT, validator=_port("http-port"))
     https_port: int | None = attrs.field(default=None, validator=_port_or_none("https-port"))
+    metrics_port: int = attrs.field(default=0, validator=_port("metrics-port"))  # 0: no metrics
     debug: bool = False
     # Simultaneous client connections, beyond which new ones wait in the listen backlog.
     # 0 = automatic: 10 000, or fewer if the open-file limit cannot hold two descriptors each.

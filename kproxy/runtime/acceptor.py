@@ -24,6 +24,7 @@ from typing import Final
 import trio
 
 from kproxy.runtime.log import Logger
+from kproxy.runtime.metrics import RequestMetrics
 from kproxy.runtime.transport import SocketTransport
 
 MAX_CONNECTIONS: Final = 10_000  # simultaneous client connections, unless run says otherwise
@@ -50,13 +51,15 @@ async def accept_connections(
     handlers: trio.Nursery,
     handle: Handler,
     logger: Logger,
+    metrics: RequestMetrics | None = None,
 ) -> None:
-    """Run ``handle(transport)`` in ``handlers`` for each connection, until cancelled."""
+    """Run ``handle(transport)`` in ``handlers`` for each connection, until cancelled
+    (``metrics``: count the open connections and the stops at the bound)."""
     with socket.socket(fileno=os.dup(listener.socket.fileno())) as pending:
         pending.setblocking(False)
         while True:
             await trio.lowlevel.wait_readable(pending)
-            while await _accept_one(pending, slots, handlers, handle, logger):
+            while await _accept_one(pending, slots, handlers, handle, logger, metrics):
                 pass
 
 
@@ -66,13 +69,16 @@ async def _accept_one(
     handlers: trio.Nursery,
     handle: Handler,
     logger: Logger,
+    metrics: RequestMetrics | None,
 ) -> bool:
     """Take one waiting connection (after a free slot); False when none is waiting."""
     slot = object()
+    waited = False
     try:
         slots.acquire_on_behalf_of_nowait(slot)
     except trio.WouldBlock:  # at --max-connections: new clients wait in the backlog
         await slots.acquire_on_behalf_of(slot)
+        waited = True
     try:
         sock, _ = pending.accept()
     except BlockingIOError:
@@ -85,7 +91,10 @@ async def _accept_one(
         logger.error("Cannot accept a connection", error=str(exc))
         await trio.sleep(ACCEPT_RETRY_DELAY)
         return False
-    handlers.start_soon(_run, handle, SocketTransport.of_accepted(sock), slots, slot, logger)
+    if waited and metrics is not None:  # it (most likely) queued while we were full
+        metrics.waited.inc()
+    transport = SocketTransport.of_accepted(sock)
+    handlers.start_soon(_run, handle, transport, slots, slot, logger, metrics)
     return True
 
 
@@ -95,7 +104,10 @@ async def _run(
     slots: trio.CapacityLimiter,
     slot: object,
     logger: Logger,
+    metrics: RequestMetrics | None,
 ) -> None:
+    if metrics is not None:
+        metrics.connections.inc()
     try:
         await handle(transport)
     except Exception as exc:  # a bug must cost one connection, never the whole proxy
@@ -105,5 +117,7 @@ async def _run(
             traceback=traceback.format_exc(),
         )
     finally:
+        if metrics is not None:
+            metrics.connections.dec()
         slots.release_on_behalf_of(slot)
         await transport.aclose()  # the handler's job; a failed one may not have

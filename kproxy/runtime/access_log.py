@@ -37,6 +37,7 @@ class RequestLog:
     forwarded_for: tuple[str, ...] | None = None  # --client-ip-header's addresses (None: unset)
     cookie_scope: CookieScope | None = None  # --scope-cookie-paths, when it applies
     pages: ErrorPages = BUILTIN_PAGES  # the service's --error-pages
+    metered: object = None  # what RequestMetrics.enter returned (runtime/metrics.py)
 
     @classmethod
     def begin(

@@ -86,6 +86,7 @@ class HttpServer:
                     handler_nursery,
                     handle or self.handle_connection,
                     self.logger,
+                    self.pipeline.metrics,
                 )
 
     async def handle_connection(self, transport: Transport) -> None:

@@ -40,6 +40,7 @@ from kproxy.runtime.access_log import RequestLog, text
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.exchange import Exchange, RequestHead, ResponseRecord
 from kproxy.runtime.log import Logger
+from kproxy.runtime.metrics import RequestMetrics
 from kproxy.runtime.pages import error_page
 from kproxy.runtime.relay import forward
 from kproxy.runtime.request_body import receive_request_body
@@ -60,6 +61,7 @@ class RequestPipeline:
     port: int = 0  # the listener's, for the log
     buffer_dir: str | None = None  # where buffered bodies spill; None = the system temp dir
     closing: bool = False
+    metrics: RequestMetrics | None = None  # run --metrics-port: None costs one test a request
 
     async def handle(self, exchange: Exchange) -> bool:
         """Serve one request; returns whether its connection may carry another."""
@@ -83,7 +85,13 @@ class RequestPipeline:
         try:
             keep_open = await self._route(exchange, log)
         finally:
-            self.logger.access(log.line(trio.current_time()))
+            now = trio.current_time()
+            self.logger.access(log.line(now))
+            if self.metrics is not None:
+                fields = log.fields
+                self.metrics.leave(
+                    log.metered, fields["service"], fields["method"], log.status, now - log.started
+                )
         return keep_open
 
     async def _route(self, exchange: Exchange, log: RequestLog) -> bool:
@@ -104,6 +112,15 @@ class RequestPipeline:
         service, route = routed
         log.fields["service"] = service.name
         log.pages = service.pages
+        if self.metrics is not None:
+            options = service.options.service
+            log.metered = self.metrics.enter(
+                service.name,
+                log.fields["path"],
+                options.exclude_metrics_paths,
+                route.path_prefix,
+                options.strip_path_prefix,
+            )
         if (refused := exchange.body_refused()) is not None:  # known bad before any target
             return await self._fail(exchange, log, BadRequestBody(refused), ResponseRecord())
         service_options = service.options.service
@@ -231,6 +248,8 @@ class RequestPipeline:
                 # Cancelled as a group.)
                 if not _only_cancelled(stopped) or not exchange.cut_off or record.upgraded:
                     raise
+                if self.metrics is not None:
+                    self.metrics.cut_off.labels(service.name).inc()
                 raise record.interruption or UpstreamTimeout(
                     f"request to draining target {target.name} cut off"
                 ) from None

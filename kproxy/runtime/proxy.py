@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Final, Protocol
 
 import attrs
 import trio
+from prometheus_client import CollectorRegistry
 
 from kproxy._version import KAMAL_PROXY_COMPAT, __version__
 from kproxy.core import command_parser
@@ -43,6 +44,9 @@ from kproxy.runtime.control_server import (
 from kproxy.runtime.http_server import HttpServer
 from kproxy.runtime.listen import open_reuseport_listeners
 from kproxy.runtime.log import Logger
+from kproxy.runtime.metrics import Exposition, RequestMetrics
+from kproxy.runtime.metrics_server import MetricsServer, open_metrics_listeners
+from kproxy.runtime.proxy_metrics import CommandMetrics, TargetHealthCollector
 from kproxy.runtime.router import Progress, Replicas, Router, _no_progress
 from kproxy.runtime.state_store import StateStore
 from kproxy.runtime.tls_transport import open_tls
@@ -65,6 +69,10 @@ class Frontend(Protocol):
     async def open(self) -> tuple[int, int | None]:
         """Take the HTTP and HTTPS ports (after the control socket, before the router);
         returns them (None: no HTTPS port, as ``RunOptions.https_port`` asks)."""
+
+    def metrics_registry(self) -> CollectorRegistry | None:
+        """What /metrics shows (after ``open``): this process's requests, or its workers';
+        None when ``RunOptions.metrics_port`` is 0."""
 
     def replicas(self, router: Router) -> Replicas | None:
         """Who must follow ``router``'s changes: None when this process serves the requests."""
@@ -100,6 +108,7 @@ class Listeners:
     https_port: int | None = None
     http: HttpServer | None = None
     https: HttpServer | None = None
+    request_metrics: RequestMetrics | None = None  # with --metrics-port, from ``open``
     _listeners: list[trio.SocketListener] = attrs.field(factory=list)
     _tls_listeners: list[trio.SocketListener] = attrs.field(factory=list)
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -114,7 +123,12 @@ class Listeners:
                 self.close()
                 raise
             self.https_port = self._tls_listeners[0].socket.getsockname()[1]
+        if self.options.metrics_port:
+            self.request_metrics = RequestMetrics()
         return self.http_port, self.https_port
+
+    def metrics_registry(self) -> CollectorRegistry | None:
+        return self.request_metrics.registry if self.request_metrics is not None else None
 
     async def _listen(self, port: int) -> list[trio.SocketListener]:
         if self.reuseport:
@@ -138,6 +152,7 @@ class Listeners:
             )
         for server in (self.http, self.https):
             if server is not None:
+                server.pipeline.metrics = self.request_metrics
                 connections.start_soon(server.clock.run)  # lives as long as the connections
         nursery.start_soon(self._accept, CertificateStore(router), connections)
         return {}
@@ -197,12 +212,15 @@ class Proxy:
     logger: Logger = attrs.field(factory=Logger)
     http_port: int = 0  # the bound port, known once serve() has started
     https_port: int | None = None  # likewise; None: no HTTPS port (``RunOptions.https_port``)
+    metrics: MetricsServer | None = None  # with --metrics-port, once serve() has started
+    command_metrics: CommandMetrics | None = None  # likewise
     frontend: Frontend = attrs.field(
         default=attrs.Factory(_listeners, takes_self=True), kw_only=True
     )
     _router: Router | None = None
     _accepting: list[trio.CancelScope] = attrs.field(factory=list)  # the control socket's
     started_message: ClassVar[str] = "Server started"
+    serves_metrics: ClassVar[bool] = True  # a worker records; its supervisor serves
 
     async def serve(
         self, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED
@@ -224,6 +242,7 @@ class Proxy:
                 router.replicas = frontend.replicas(router)
                 await router.restore(*saved)
                 connections = await nursery.start(_hold_nursery)
+                await self._serve_metrics(nursery, router)
                 fields = await frontend.start(router, nursery, connections)
                 if control is not None:
                     nursery.start_soon(self._accept_control, control, connections)
@@ -244,6 +263,20 @@ class Proxy:
             if control is not None:
                 control.socket.close()
                 unlink_socket(self.options.socket_path)
+
+    async def _serve_metrics(self, nursery: trio.Nursery, router: Router) -> None:
+        registry = self.frontend.metrics_registry()
+        if registry is None or not self.serves_metrics:
+            return
+        own = CollectorRegistry()  # kproxy_*: this process decides them (runtime/proxy_metrics)
+        self.command_metrics = CommandMetrics(own)
+        own.register(TargetHealthCollector(router))
+        registry.register(Exposition(own))
+        port = self.options.metrics_port
+        listeners = await open_metrics_listeners(self.options.bind, port)
+        self.metrics = MetricsServer(registry)
+        await nursery.start(self.metrics.serve, listeners)
+        self.logger.info("Metrics enabled", address=f"{self.options.bind}:{port}")
 
     def _automatic_certificates(self, nursery: trio.Nursery) -> AutomaticCertificates | None:
         """This process orders ACME certificates (a worker asks its supervisor instead)."""
@@ -274,6 +307,8 @@ class Proxy:
         """Stop taking commands and connections; give in-flight requests up to ``grace``
         seconds (cancelling this cuts them off at once). The caller then cancels the scope
         that runs ``serve``."""
+        if self.metrics is not None:
+            self.metrics.shutting_down = True  # /up says so before anything else changes
         for scope in self._accepting:
             scope.cancel()
         fields = self.frontend.begin_shutdown()
@@ -396,7 +431,16 @@ class Proxy:
     async def execute_words(self, words: tuple[str, ...], progress: Progress) -> str:
         """The control channel's entry: parse, execute, and never let a bug kill the proxy."""
         try:
-            return await self.execute(command_parser.parse_command(words), progress)
+            command = command_parser.parse_command(words)
+            if self.command_metrics is None:
+                return await self.execute(command, progress)
+            began, ok = trio.current_time(), False
+            try:
+                answer = await self.execute(command, progress)
+                ok = True
+                return answer
+            finally:
+                self.command_metrics.record(command, ok, trio.current_time() - began)
         except KProxyError:
             raise
         except Exception as exc:

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import attrs
 import trio
+from prometheus_client import CollectorRegistry
 
 from kproxy.core import worker_protocol as wp
 from kproxy.core.options import RunOptions
@@ -30,6 +31,7 @@ from kproxy.errors import KProxyError
 from kproxy.runtime.acme_workers import answer_worker
 from kproxy.runtime.listen import reserve_port
 from kproxy.runtime.log import Logger
+from kproxy.runtime.metrics import WorkerMetrics
 from kproxy.runtime.proxy import Frontend, Proxy
 from kproxy.runtime.router import Router
 from kproxy.runtime.target import Target
@@ -170,6 +172,7 @@ class WorkerPool:
     workers: Workers = attrs.field(factory=Workers)
     http_port: int = 0
     https_port: int | None = None
+    metrics: WorkerMetrics | None = None  # with --metrics-port: the workers' values
     _reserved: list[socket.socket] = attrs.field(factory=list)
     _stopping: bool = False
 
@@ -184,7 +187,12 @@ class WorkerPool:
                 raise
             self._reserved += tls
             self.https_port = tls[0].getsockname()[1]
+        if self.options.metrics_port:
+            self.metrics = WorkerMetrics()
         return self.http_port, self.https_port
+
+    def metrics_registry(self) -> CollectorRegistry | None:
+        return self.metrics.registry if self.metrics is not None else None
 
     def replicas(self, router: Router) -> Workers:
         self.workers.router, self.workers.logger = router, self.logger
@@ -219,6 +227,8 @@ class WorkerPool:
     def close(self) -> None:
         for sock in self._reserved:
             sock.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     # --- workers ----------------------------------------------------------------------------
 
@@ -273,6 +283,8 @@ class WorkerPool:
                     del self.workers.links[index]
                 link.channel.stream.socket.close()  # the worker sees EOF and exits at once
                 status = await _reap(link.process)
+                if self.metrics is not None:
+                    self.metrics.worker_exited(link.process.pid)
                 with trio.move_on_after(EXIT_TIMEOUT, shield=True):
                     await output.run()  # the worker's last lines, up to its exit
                     await output.stream.aclose()
@@ -311,6 +323,7 @@ class WorkerPool:
                 pass_fds=(theirs.fileno(),),
                 stdout=subprocess.PIPE,  # relayed whole lines: see OutputRelay
                 start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
+                env=self.metrics.environment() if self.metrics is not None else None,
             )
         except BaseException:
             ours.close()

@@ -6,6 +6,7 @@ Its health checks and its place in a balancer belong to its group: runtime/targe
 from __future__ import annotations
 
 import itertools
+import time
 
 import attrs
 import trio
@@ -25,6 +26,7 @@ class Target:
     options: TargetOptions
     health: TargetHealth = TargetHealth.ADDING
     last_check: str = "not checked yet"  # the latest health check's outcome, for progress
+    health_since: float = attrs.field(factory=time.time)  # wall clock (metrics): last change
     pool: ConnectionPool = attrs.field(init=False)
     _inflight: set[trio.CancelScope] = attrs.field(factory=set)
     _upgraded: set[trio.CancelScope] = attrs.field(factory=set)
@@ -54,6 +56,7 @@ class Target:
         if self.health is TargetHealth.DRAINING or health is self.health:
             return False
         self.health = health
+        self.health_since = time.time()
         return True
 
     def track(self, scope: trio.CancelScope) -> _Tracked:

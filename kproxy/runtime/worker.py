@@ -46,6 +46,7 @@ class Worker(Proxy):
     """The HTTP side of the proxy, following the supervisor's state (see the module doc)."""
 
     started_message: ClassVar[str] = "Worker started"
+    serves_metrics: ClassVar[bool] = False  # it records them (runtime/metrics.py)
 
     channel: WorkerChannel | None = None
     initial: wp.Message | None = None  # the first state, applied before the first accept
