@@ -340,8 +340,9 @@ class KProxy:
                         raise RuntimeError(f"{line!r}: {lines[-1]}")
                     return lines
 
-    def deploy(self, upstream_port: int, *flags: str) -> None:
-        self.command(" ".join([f"deploy web --target 127.0.0.1:{upstream_port}", *flags]))
+    def deploy(self, upstream_port: int, *flags: str, service: str = "web") -> None:
+        line = f"deploy {service} --target 127.0.0.1:{upstream_port}"
+        self.command(" ".join([line, *flags]))
 
 
 def kproxy_name(workers: int | None) -> str:
@@ -365,9 +366,11 @@ def start_kproxy(
     https_port: int = 0,
     deploy_flags: Sequence[str] = (),
     ready_path: str | None = TINY_PATH,
+    service: str = "web",
 ) -> KProxy:
     """``kproxy run`` with its default options (JSON log lines on stdout, to a file), then
-    ``deploy web --target …`` (and ``deploy_flags``) over the control socket. ``workers`` is
+    ``deploy web --target …`` (and ``deploy_flags``; ``service`` for another name than ``web``)
+    over the control socket. ``workers`` is
     passed as ``--workers``; ``None`` leaves kproxy's default (one worker process per core).
     ``https_port`` 0 is a free port nobody uses (HTTPS is measured in ``benchmarks.https``,
     which picks the port). Returns once ``GET ready_path`` answers 200 over plain HTTP (unless
@@ -401,7 +404,7 @@ def start_kproxy(
         # The socket file appears at bind(), a moment before listen(): until then connecting
         # is refused, so try the deploy itself until it gets through.
         try:
-            proxy.deploy(upstream_port, *deploy_flags)
+            proxy.deploy(upstream_port, *deploy_flags, service=service)
             break
         except (FileNotFoundError, ConnectionRefusedError):
             if server.process.poll() is not None or time.monotonic() > deadline:
