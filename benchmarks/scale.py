@@ -2,10 +2,17 @@
 
 Every service ``s<k>`` routes the host ``s<k>.test`` to two targets of its own, real loopback
 ports of one nginx (one worker listening on every port, answering ``/tiny`` and ``/up``), so
-every health check really connects and gets an answer. One ``kproxy run`` (defaults, or
-``--workers N``) grows from 1 service to each count in turn, deploying the new services over
-the control socket from ``PARALLEL_DEPLOYS`` connections at once. At each count:
+every health check really connects and gets an answer. At each count a fresh ``kproxy run``
+(defaults, or ``--workers N``) starts with a state file holding that many services: s1's
+record as kproxy saved it, copied per service (see :func:`write_state`). Growing one kproxy
+by deploying over the control socket does not work at 1,000: each deploy saves the whole
+state, so the n-th costs O(n), and with 16 deploys at once a save queued behind the others
+for over 10 s (kproxy answered "ERR deployed s504, but saving the state took longer than 10s"),
+with 4 at once a deploy took over 60 s at about 800 services, the health checks of 1,600
+targets taking the supervisor's whole core. Restoring is how kproxy starts after a restart
+anyway, and its time is measured too. At each count:
 
+- **restart**: from starting ``kproxy run`` to ``s1.test`` answering 200;
 - **requests**: wrk on ``/tiny`` with ``Host: s1.test``, 16 connections: req/s, latency and
   CPU per request (kproxy's process tree). The health checks of all the other services run
   meanwhile, so a fall in req/s mixes routing and checks; the instruction count does not;
@@ -15,7 +22,7 @@ the control socket from ``PARALLEL_DEPLOYS`` connections at once. At each count:
 - **health checks**: kproxy's CPU (and the upstream's) over ``idle`` seconds with no requests,
   every target checked at the default 1 s interval;
 - **one deploy**: ``deploy s1`` again (same targets), timed ``REDEPLOYS`` times at the control
-  socket; and the bulk deploys' wall time per service;
+  socket, and ``NEW_DEPLOYS`` new services deployed one after another, each timed;
 - **one save**: ``Router._save`` (runtime/router.py → runtime/state_store.py: snapshot, JSON,
   write, fsync, rename) timed ``SAVES`` times in a kproxy embedded in this process with the
   same services and targets (checked once at the deploy, then not: this process's event loop
@@ -25,6 +32,7 @@ the control socket from ``PARALLEL_DEPLOYS`` connections at once. At each count:
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -32,20 +40,19 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 import trio
 
 from benchmarks import compare, instructions_inprocess, loadgen, procstat, servers
+from kproxy.runtime.state_store import STATE_FILE_NAME
 
 COUNTS: Final = (10, 100, 1000)
 CONNECTIONS: Final = 16
-# Control connections deploying at once while growing. Saves are serialized, and a save
-# waiting longer than kproxy's SAVE_TIMEOUT (10 s) for the ones queued before it answers ERR:
-# 16 at once did so from about 500 services.
-PARALLEL_DEPLOYS: Final = 4
+NAME: Final = "kproxy-scale"
+NEW_DEPLOYS: Final = 3  # new services deployed at each count, one after another, timed
+PARALLEL_DEPLOYS: Final = 16  # deploys at once into the embedded kproxy (the save timings)
 REDEPLOYS: Final = 3
 SAVES: Final = 5
 SETTLE: Final = 2.0  # seconds after growing before measuring: the new checks' first round
@@ -102,26 +109,52 @@ http {{
     return server
 
 
-def deploy_many(
-    proxy: servers.KProxy, numbers: range, ports: Sequence[int]
-) -> tuple[float, list[str]]:
-    """Deploy ``s<k>`` for every k in ``numbers`` over parallel control connections: the
-    seconds it took, and the ERR answers (a deploy that happened but whose save failed says
-    "deployed …, but …": the runner goes on; any other ERR stops it)."""
-    errors: list[str] = []
+def write_state(
+    state_dir: Path, template: dict[str, Any], count: int, ports: Sequence[int]
+) -> None:
+    """kproxy's state file with ``count`` services: ``template`` is one record kproxy saved (s1's),
+    copied for each ``s<k>`` with its name, host and targets."""
+    services = []
+    for k in range(1, count + 1):
+        record = json.loads(json.dumps(template))
+        record["name"] = f"s{k}"
+        record["options"]["service"]["hosts"] = [f"s{k}.test"]
+        record["options"]["targets"] = list(targets_of(k, ports))
+        services.append(record)
+    path = state_dir / STATE_FILE_NAME
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "services": services}, indent=2) + "\n")
 
-    def deploy(k: int) -> None:
-        try:
-            proxy.command(deploy_line(k, ports))
-        except RuntimeError as exc:
-            if f"ERR deployed s{k}, but" not in str(exc):
-                raise
-            errors.append(str(exc))
 
+def start_restoring(
+    directory: Path, ports: Sequence[int], workers: int | None
+) -> tuple[servers.KProxy, float]:
+    """``kproxy run`` with the state file already in its state dir (restored at start-up):
+    the proxy, and the seconds from the start until ``s1.test`` answered 200."""
     started = time.monotonic()
-    with ThreadPoolExecutor(PARALLEL_DEPLOYS) as pool:
-        list(pool.map(deploy, numbers))
-    return time.monotonic() - started, errors
+    proxy = servers.start_kproxy(
+        directory, 0, NAME, workers=workers, ready_path=None, first_command="list"
+    )
+    request = b"GET /tiny HTTP/1.1\r\nHost: s1.test\r\nConnection: close\r\n\r\n"
+    deadline = started + servers.COMMAND_TIMEOUT
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", proxy.server.port), timeout=10) as sock:
+            sock.sendall(request)
+            if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                return proxy, time.monotonic() - started
+        time.sleep(0.05)
+    proxy.server.stop()
+    raise RuntimeError("kproxy never served s1.test after restoring its services")
+
+
+def deploy_seconds(proxy: servers.KProxy, numbers: range, ports: Sequence[int]) -> list[float]:
+    """Deploy ``s<k>`` for every k in ``numbers``, one after another: seconds each."""
+    took = []
+    for k in numbers:
+        started = time.monotonic()
+        proxy.command(deploy_line(k, ports), timeout=servers.COMMAND_TIMEOUT)
+        took.append(time.monotonic() - started)
+    return took
 
 
 def redeploy_seconds(proxy: servers.KProxy, ports: Sequence[int]) -> list[float]:
@@ -129,7 +162,7 @@ def redeploy_seconds(proxy: servers.KProxy, ports: Sequence[int]) -> list[float]
     took = []
     for _ in range(REDEPLOYS):
         started = time.monotonic()
-        proxy.command(deploy_line(1, ports))
+        proxy.command(deploy_line(1, ports), timeout=servers.COMMAND_TIMEOUT)
         took.append(time.monotonic() - started)
     return took
 
@@ -151,7 +184,6 @@ async def _time_saves(
     progress: Callable[[str], None],
 ) -> dict[int, dict[str, Any]]:
     import kproxy
-    from kproxy.runtime.state_store import STATE_FILE_NAME
 
     # One check per target at the deploy, then none while the saves are timed: this process's
     # event loop runs them, and a thousand checks a second would be timed with every save.
@@ -244,31 +276,32 @@ def run(
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     levels = [1, *counts]
-    ports = hold_free_ports(2 * max(levels))
+    ports = hold_free_ports(2 * (max(levels) + NEW_DEPLOYS))
     upstream = start_upstream(directory, ports)
     per_count: dict[str, dict[str, Any]] = {}
     proxy = None
     try:
-        first, second = targets_of(1, ports)
+        # kproxy saves s1 as it saves any service: the template of every count's state file.
         proxy = servers.start_kproxy(
             directory,
-            int(first.rsplit(":", 1)[1]),
-            "kproxy-scale",
+            0,
+            NAME,
             workers=workers,
-            deploy_flags=("--host", "s1.test", "--target", second),
             ready_path=None,
-            service="s1",
+            first_command=deploy_line(1, ports),
         )
+        proxy.server.stop()
+        state_dir = directory / f"{NAME}-state"
+        template = json.loads((state_dir / STATE_FILE_NAME).read_text())["services"][0]
         script = loadgen.write_script(directory)
-        url = proxy.server.url + servers.TINY_PATH
-        deployed = 1
         for count in levels:
-            bulk, errors = deploy_many(proxy, range(deployed + 1, count + 1), ports)
-            added, deployed = count - deployed, count
+            write_state(state_dir, template, count, ports)
+            proxy, restart = start_restoring(directory, ports, workers)
             time.sleep(SETTLE)
             cpu = idle_cpu({"kproxy": proxy.server.pid, "upstream": upstream.pid}, idle)
+            url = proxy.server.url + servers.TINY_PATH
 
-            def load(duration: float) -> loadgen.WrkResult:
+            def load(duration: float, url: str = url) -> loadgen.WrkResult:
                 return loadgen.run(
                     url,
                     connections=CONNECTIONS,
@@ -286,27 +319,26 @@ def run(
                 warmup=warmup,
             )
             redeploys = redeploy_seconds(proxy, ports)
+            new = deploy_seconds(proxy, range(count + 1, count + 1 + NEW_DEPLOYS), ports)
+            proxy.server.stop()
             per_count[str(count)] = {
                 "services": count,
                 "targets": 2 * count,
-                "bulk_deploys": added,
-                "bulk_deploy_seconds": bulk,
-                "bulk_deploy_errors": errors,
+                "restart_seconds": restart,
                 "idle_cpu_share": cpu,
                 **wrk.as_dict(),
                 "cpu_us_per_request": cpu_us,
                 "foreign_cpu_share": foreign,
                 "redeploy_seconds": redeploys,
+                "new_deploy_seconds": new,
             }
             progress(
                 f"  {count:>5} services: {wrk.rps:7.0f} req/s, cpu {cpu_us:6.1f} µs/req,"
                 f" idle cpu {cpu['kproxy']:.1%} (upstream {cpu['upstream']:.1%}),"
                 f" deploy {statistics.median(redeploys) * 1000:.0f} ms"
-                f" ({added} deployed in {bulk:.1f} s, {len(errors)} ERR), foreign cpu {foreign:.0%}"
+                f" (new service {statistics.median(new) * 1000:.0f} ms),"
+                f" restart {restart:.1f} s, foreign cpu {foreign:.0%}"
             )
-            for error in errors[:3]:
-                progress(f"    {error}")
-        proxy.server.stop()
         progress("  the save path, in an embedded kproxy:")
         saves = save_timings(levels, ports, progress)
     finally:
@@ -336,7 +368,12 @@ def run(
 SUPERLINEAR: Final = 1.3
 # A per-request figure "grows with the services" when the largest count's is this much above
 # the one service's: wall-clock figures drift ±15 % here, instruction counts 0.5 %.
-PER_REQUEST_DRIFT: Final = {"instructions": 1.01, "cpu_us_per_request": 1.2, "rps": 1 / 1.2}
+PER_REQUEST_DRIFT: Final = {
+    "instructions": 1.01,
+    "cpu_us_per_request": 1.2,
+    "cpu_us_net": 1.2,
+    "rps": 1 / 1.2,
+}
 
 
 def _figures(result: dict[str, Any]) -> dict[str, dict[int, float]]:
@@ -345,15 +382,20 @@ def _figures(result: dict[str, Any]) -> dict[str, dict[int, float]]:
     figures: dict[str, dict[int, float]] = {
         "rps": {n: v["rps"] for n, v in per_count.items()},
         "cpu_us_per_request": {n: v["cpu_us_per_request"] for n, v in per_count.items()},
+        # The health checks run during the requests too: their idle rate taken out.
+        "cpu_us_net": {
+            n: v["cpu_us_per_request"] - v["idle_cpu_share"]["kproxy"] * 1e6 / v["rps"]
+            for n, v in per_count.items()
+            if v["rps"]
+        },
         "health_check_cpu": {n: v["idle_cpu_share"]["kproxy"] for n, v in per_count.items()},
         "redeploy_seconds": {
             n: statistics.median(v["redeploy_seconds"]) for n, v in per_count.items()
         },
-        "bulk_seconds_per_deploy": {
-            n: v["bulk_deploy_seconds"] / v["bulk_deploys"]
-            for n, v in per_count.items()
-            if v["bulk_deploys"]
+        "new_deploy_seconds": {
+            n: statistics.median(v["new_deploy_seconds"]) for n, v in per_count.items()
         },
+        "restart_seconds": {n: v["restart_seconds"] for n, v in per_count.items()},
     }
     if all("save_seconds" in v for v in per_count.values()):
         figures["save_seconds"] = {
@@ -392,11 +434,13 @@ def growth(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 LABELS: Final = {
     "rps": ("req/s to s1.test, 16 conns", "{:,.0f}"),
-    "cpu_us_per_request": ("CPU µs per request", "{:.1f}"),
+    "cpu_us_per_request": ("CPU µs per request (kproxy's processes)", "{:.1f}"),
+    "cpu_us_net": ("the same less the health checks' idle CPU rate", "{:.1f}"),
     "instructions": ("M instructions per request (callgrind)", "{:.4f}"),
     "health_check_cpu": ("health checks: kproxy CPU, idle (share of a core)", "{:.1%}"),
     "redeploy_seconds": ("one deploy (`deploy s1`, same targets), s", "{:.3f}"),
-    "bulk_seconds_per_deploy": ("bulk deploys, 4 at once: wall s per deploy", "{:.3f}"),
+    "new_deploy_seconds": ("one deploy of a new service, s", "{:.3f}"),
+    "restart_seconds": ("restart: start to serving s1.test (restoring all), s", "{:.2f}"),
     "save_seconds": ("one state save (`Router._save`), s", "{:.4f}"),
     "state_file_bytes": ("state file, bytes", "{:,.0f}"),
 }
@@ -419,16 +463,11 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {label} | {' | '.join(cells)} | {steps} | {flag} |")
     upstream = {int(k): v["idle_cpu_share"]["upstream"] for k, v in result["per_count"].items()}
     foreign = max(v["foreign_cpu_share"] for v in result["per_count"].values())
-    errors = {int(k): len(v["bulk_deploy_errors"]) for k, v in result["per_count"].items()}
     lines += [
         "",
-        f"- {result['kproxy']}, one `kproxy run` grown from 1 service to each count; service"
-        " `s<k>` routes `s<k>.test` to two ports of its own on one nginx (every health check"
-        " connects and gets `200`).",
-        f"- Bulk deploys, {PARALLEL_DEPLOYS} control connections at once: ERR answers"
-        " (deployed, but the save failed) while growing to "
-        + ", ".join(f"{n:,}: {errors[n]}" for n in counts)
-        + " services.",
+        f"- {result['kproxy']}, started afresh at each count with a state file of that many"
+        " services (restored at start-up); service `s<k>` routes `s<k>.test` to two ports of"
+        " its own on one nginx (every health check connects and gets `200`).",
         "- Health checks at the default 1 s interval over "
         f"{result['idle_seconds']:g} s with no requests; the upstream answering them used "
         + ", ".join(f"{upstream[n]:.1%}" for n in counts)
