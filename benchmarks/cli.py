@@ -15,10 +15,21 @@ from typing import Any, Final
 
 import attrs
 
-from benchmarks import compare, cutover, https, install, memory, report, servers
+from benchmarks import (
+    compare,
+    cutover,
+    https,
+    install,
+    instructions_inprocess,
+    memory,
+    report,
+    scale,
+    servers,
+)
 
-PARTS: Final = ("compare", "https", "cutover", "memory")
+PARTS: Final = ("compare", "https", "cutover", "memory", "instructions", "scale")
 RESULTS: Final = Path(__file__).resolve().parent / "results"
+CALLGRIND_WARMUP: Final = 50  # requests both callgrind runs of a case send
 
 
 def worker_counts(text: str) -> list[int]:
@@ -33,13 +44,25 @@ def worker_counts(text: str) -> list[int]:
     return counts
 
 
+def service_counts(text: str) -> list[int]:
+    """``--scale-services``: increasing counts, comma-separated (``10,100,1000``)."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if counts[0] < 2 or counts != sorted(set(counts)):
+        raise argparse.ArgumentTypeError(f"counts must increase from 2 or more: {text!r}")
+    return counts
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/run.py",
         description="kproxy beside nginx, HAProxy and Caddy on this machine, in one run, and"
-        " beside Caddy over HTTPS; then kproxy's memory with idle connections and its latency"
-        " during deploys. Installs wrk, nginx, haproxy and caddy with apt-get if missing (as"
-        " root; no service is left running or enabled).",
+        " beside Caddy over HTTPS; then kproxy's memory with idle connections, its latency"
+        " during deploys, its instructions per request beside the trio+h11 floor's, and how"
+        " its costs grow with 10 to 1,000 services. Installs wrk, nginx, haproxy, caddy and"
+        " valgrind with apt-get if missing (as root; no service is left running or enabled).",
     )
     parser.add_argument(
         "parts",
@@ -63,9 +86,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         " memory use the first",
     )
     parser.add_argument(
+        "--callgrind-requests",
+        type=int,
+        default=200,
+        help="instructions, scale: requests counted under callgrind, after 50 more (200)",
+    )
+    parser.add_argument(
+        "--scale-services",
+        type=service_counts,
+        default=list(scale.COUNTS),
+        metavar="N,N…",
+        help="scale: the service counts measured (10,100,1000), each against 1 service",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=10.0,
+        help="scale: seconds the health checks' CPU is measured over (10)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: 2 s measurements, 1 repeat, 1,000 idle connections",
+        help="a smoke run: 2 s measurements, 1 repeat, 1,000 idle connections, 40 requests"
+        " under callgrind, 5 s of health checks",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to save results")
     parser.add_argument("--no-save", action="store_true", help="print only")
@@ -76,10 +119,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown part {unknown[0]!r} (choose from {', '.join(PARTS)}, install)")
     args.install_only = "install" in args.parts
-    if args.repeats < 1 or args.duration < 1 or args.idle_connections < 1:
-        parser.error("--repeats, --duration and --idle-connections must be at least 1")
+    if min(args.repeats, args.duration, args.idle_connections, args.callgrind_requests) < 1:
+        parser.error(
+            "--repeats, --duration, --idle-connections and --callgrind-requests must be at least 1"
+        )
     if args.quick:
         args.duration, args.repeats, args.idle_connections = 2.0, 1, 1_000
+        args.callgrind_requests, args.idle_seconds = 40, 5.0
     args.parts = args.parts or list(PARTS)
     return args
 
@@ -142,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
             "kproxy_workers": args.kproxy_workers,  # null: kproxy's default, one per core
             "kproxy_default_workers": len(os.sched_getaffinity(0)) or 1,
             "fd_limit": fd_limit,
+            "callgrind_requests": args.callgrind_requests,
+            "scale_services": args.scale_services,
+            "idle_seconds": args.idle_seconds,
             "parts": args.parts,
         },
     }
@@ -207,6 +256,25 @@ def main(argv: list[str] | None = None) -> None:
                 connections=args.idle_connections,
                 workers=kproxy_workers[0],
                 progress=say,
+            )
+        if "scale" in args.parts:
+            label = servers.kproxy_label(kproxy_workers[0])
+            say(f"{label} with 1 to {args.scale_services[-1]:,} services of 2 targets each:")
+            results["scale"] = scale.run(
+                directory,
+                counts=args.scale_services,
+                seconds=args.duration,
+                warmup=args.warmup,
+                threads=args.wrk_threads,
+                idle=args.idle_seconds,
+                workers=kproxy_workers[0],
+                callgrind=(CALLGRIND_WARMUP, args.callgrind_requests),
+                progress=say,
+            )
+        if "instructions" in args.parts:
+            say("instructions per request (callgrind, one process): kproxy, the floor, direct")
+            results["instructions"] = instructions_inprocess.measure(
+                warmup=CALLGRIND_WARMUP, requests=args.callgrind_requests, progress=say
             )
     finally:
         if upstream is not None:

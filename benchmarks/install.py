@@ -1,4 +1,5 @@
-"""Install wrk, nginx, HAProxy and Caddy from Debian's packages, with their services kept off.
+"""Install wrk, nginx, HAProxy, Caddy and valgrind from Debian's packages, with the servers'
+system services kept off.
 
 Debian's postinst scripts start each server as a system service (nginx and Caddy on port 80).
 The benchmark starts its own instances on free loopback ports, so the system services must
@@ -18,7 +19,13 @@ from pathlib import Path
 from typing import Final
 
 #: binary → Debian package (checked with ``apt-cache policy`` on bookworm)
-PACKAGES: Final = {"wrk": "wrk", "nginx": "nginx", "haproxy": "haproxy", "caddy": "caddy"}
+PACKAGES: Final = {
+    "wrk": "wrk",
+    "nginx": "nginx",
+    "haproxy": "haproxy",
+    "caddy": "caddy",
+    "valgrind": "valgrind",  # callgrind counts instructions (the instructions and scale parts)
+}
 SERVICES: Final = ("nginx", "haproxy", "caddy")
 POLICY_RC_D: Final = Path("/usr/sbin/policy-rc.d")
 POLICY_DENY_ALL: Final = (
@@ -117,6 +124,7 @@ def versions() -> dict[str, str]:
         "haproxy": ["haproxy", "-v"],
         "caddy": ["caddy", "version"],
         "wrk": ["wrk", "-v"],
+        "valgrind": ["valgrind", "--version"],
     }
     found: dict[str, str] = {}
     for name, argv in commands.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,7 +54,16 @@ def write_script(directory: Path) -> Path:
     return path
 
 
-def command(url: str, *, connections: int, threads: int, seconds: float, script: Path) -> list[str]:
+def command(
+    url: str,
+    *,
+    connections: int,
+    threads: int,
+    seconds: float,
+    script: Path,
+    headers: Sequence[str] = (),
+) -> list[str]:
+    """wrk's argv; ``headers`` (``"Host: s1.test"``) go with every request."""
     wrk = which("wrk") or "wrk"
     return [
         wrk,
@@ -65,6 +75,7 @@ def command(url: str, *, connections: int, threads: int, seconds: float, script:
         "--latency",
         "-s",
         str(script),
+        *(arg for header in headers for arg in ("-H", header)),
         url,
     ]
 
@@ -87,8 +98,23 @@ def parse(output: str) -> WrkResult:
     raise RuntimeError(f"wrk printed no summary:\n{output}")
 
 
-def run(url: str, *, connections: int, threads: int, seconds: float, script: Path) -> WrkResult:
-    argv = command(url, connections=connections, threads=threads, seconds=seconds, script=script)
+def run(
+    url: str,
+    *,
+    connections: int,
+    threads: int,
+    seconds: float,
+    script: Path,
+    headers: Sequence[str] = (),
+) -> WrkResult:
+    argv = command(
+        url,
+        connections=connections,
+        threads=threads,
+        seconds=seconds,
+        script=script,
+        headers=headers,
+    )
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=seconds + 60)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")

@@ -27,6 +27,7 @@ LARGE_PATH: Final = "/64k"  # a 64 KiB body
 LARGE_SIZE: Final = 64 * 1024  # bytes
 START_TIMEOUT: Final = 20.0  # seconds
 STOP_TIMEOUT: Final = 15.0  # seconds
+COMMAND_TIMEOUT: Final = 300.0  # seconds: a first command to a kproxy restoring many services
 
 
 def free_port() -> int:
@@ -365,9 +366,11 @@ def start_kproxy(
     https_port: int = 0,
     deploy_flags: Sequence[str] = (),
     ready_path: str | None = TINY_PATH,
+    first_command: str | None = None,
 ) -> KProxy:
     """``kproxy run`` with its default options (JSON log lines on stdout, to a file), then
-    ``deploy web --target …`` (and ``deploy_flags``) over the control socket. ``workers`` is
+    ``deploy web --target …`` (and ``deploy_flags``) over the control socket, or
+    ``first_command`` instead if given. ``workers`` is
     passed as ``--workers``; ``None`` leaves kproxy's default (one worker process per core).
     ``https_port`` 0 is a free port nobody uses (HTTPS is measured in ``benchmarks.https``,
     which picks the port). Returns once ``GET ready_path`` answers 200 over plain HTTP (unless
@@ -401,7 +404,10 @@ def start_kproxy(
         # The socket file appears at bind(), a moment before listen(): until then connecting
         # is refused, so try the deploy itself until it gets through.
         try:
-            proxy.deploy(upstream_port, *deploy_flags)
+            if first_command is None:
+                proxy.deploy(upstream_port, *deploy_flags)
+            else:
+                proxy.command(first_command, timeout=COMMAND_TIMEOUT)
             break
         except (FileNotFoundError, ConnectionRefusedError):
             if server.process.poll() is not None or time.monotonic() > deadline:
