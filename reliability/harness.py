@@ -25,9 +25,7 @@ REPO: Final = Path(__file__).resolve().parent.parent
 START_TIMEOUT: Final = 20.0  # seconds for a proxy or an upstream to start serving
 STOP_TIMEOUT: Final = 10.0  # seconds for SIGTERM before SIGKILL
 CONTROL_TIMEOUT: Final = 60.0  # seconds one control command may take
-FAST_DEPLOY: Final = (
-    "--health-check-interval 100ms --health-check-path /up --deploy-timeout 5s --drain-timeout 2s"
-)
+FAST_DEPLOY: Final = "--health-check-interval 100ms --health-check-path /up --deploy-timeout 5s"
 
 
 def free_port() -> int:
@@ -327,9 +325,10 @@ def new_proxy(directory: Path, workers: int | None, state_dir: Path | None = Non
     return Proxy(directory, free_port(), state, directory / "kproxy.sock", workers)
 
 
-def deploy_line(service: str, targets: Sequence[str], *flags: str) -> str:
+def deploy_line(service: str, targets: Sequence[str], *flags: str, drain: str = "2s") -> str:
+    """A deploy of ``service`` on host ``<service>.test`` that is quick to become healthy."""
     words = [f"deploy {service}", *(f"--target {t}" for t in targets), f"--host {service}.test"]
-    return " ".join([*words, FAST_DEPLOY, *flags])
+    return " ".join([*words, FAST_DEPLOY, f"--drain-timeout {drain}", *flags])
 
 
 def http_get(port: int, host: str, path: str = "/", timeout: float = 10.0) -> tuple[int, bytes]:

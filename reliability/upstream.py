@@ -4,8 +4,9 @@ It parses every request with h11 (a strict HTTP/1.1 parser) and counts what reac
 scenario can tell whether anything badly framed ever got through the proxy. Routes:
 
 - ``GET /up``: 200 (health checks); ``GET /__stats``: the counters as JSON (read directly,
-  not through the proxy); ``GET /big``: 8 MiB, streamed; ``GET /__fault?<fault>`` changes
-  the fault (``none`` heals it);
+  not through the proxy); ``GET /big``: 8 MiB, streamed; ``GET /sse``: 30 events over 3 s;
+  ``GET /ws`` with an upgrade: a WebSocket (101) that echoes every byte;
+  ``GET /__fault?<fault>`` changes the fault (``none`` heals it);
 - anything else: 200 with ``<name> <method> <body length>`` as the body, unless ``--fault``
   says otherwise (health checks always pass, so a faulty target deploys):
 
@@ -24,6 +25,8 @@ client went away), ``connections``.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import socket
 import struct
@@ -36,6 +39,9 @@ import trio
 RECEIVE_SIZE: Final = 65536
 BIG_CHUNK: Final = 64 * 1024  # bytes
 BIG_CHUNKS: Final = 128  # GET /big: 8 MiB
+SSE_EVENTS: Final = 30  # GET /sse: 30 events, one every 100 ms
+SSE_INTERVAL: Final = 0.1  # seconds
+WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
 MAX_HEAD: Final = 1024 * 1024  # bytes: a proxy may forward big heads (Go allows 1 MiB)
 COUNTS: Counter[str] = Counter()
 FAULT: list[str] = ["none"]  # changed at run time by GET /__fault?<fault>
@@ -80,6 +86,25 @@ async def _fault(stream: trio.SocketStream, fault: str) -> bool:
     return False
 
 
+async def _websocket_echo(
+    stream: trio.SocketStream, conn: h11.Connection, headers: dict[bytes, bytes]
+) -> None:
+    """Accept the upgrade (RFC 6455 §4.2.2), then echo every byte until the proxy closes."""
+    key = headers.get(b"sec-websocket-key", b"")
+    accept = base64.b64encode(hashlib.sha1(key + WEBSOCKET_GUID).digest())
+    await stream.send_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: %b\r\n\r\n" % accept
+    )
+    data, _ = conn.trailing_data
+    while True:
+        if data:
+            await stream.send_all(data)
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            return
+
+
 async def _handle(stream: trio.SocketStream, name: str) -> None:
     COUNTS["connections"] += 1
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
@@ -122,6 +147,25 @@ async def _handle(stream: trio.SocketStream, name: str) -> None:
                 return
             fault = FAULT[0]
             if path != b"/up" and await _fault(stream, fault):
+                return
+            if path == b"/sse":
+                await _send(
+                    stream,
+                    conn,
+                    [
+                        h11.Response(
+                            status_code=200, headers=[(b"content-type", b"text/event-stream")]
+                        )
+                    ],
+                )  # chunked: no length
+                for index in range(SSE_EVENTS):
+                    await _send(stream, conn, [h11.Data(data=b"data: %d\n\n" % index)])
+                    await trio.sleep(SSE_INTERVAL)
+                await _send(stream, conn, [h11.EndOfMessage()])
+                conn.start_next_cycle()
+                continue
+            if path == b"/ws" and conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:  # type: ignore[attr-defined]
+                await _websocket_echo(stream, conn, dict(request.headers))
                 return
             if path == b"/big":
                 await _send(
