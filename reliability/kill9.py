@@ -147,6 +147,7 @@ def run(short: bool, seed: int) -> Result:
         acked: State = {}
         in_flight: Command | None = None
         iterations = ITERATIONS[short]
+        proxy: harness.Proxy | None = None
         try:
             for iteration in range(iterations):
                 workers = 1 if iteration % 2 == 0 else None  # None: kproxy's default
@@ -189,11 +190,13 @@ def run(short: bool, seed: int) -> Result:
                     orphans += len(left)
                     details.append(f"iteration {iteration}: orphaned {left}")
                     harness.kill_pids(left)
-            tracebacks = proxy.tracebacks()
+            tracebacks = proxy.tracebacks() if proxy else 0
         finally:
+            if proxy is not None:
+                proxy.kill_all()  # already dead unless something went wrong
             for upstream in upstreams:
                 upstream.stop()
-    passed = not (lost or torn or failed_starts or orphans or not_serving)
+    passed = not (lost or torn or failed_starts or orphans or not_serving or tracebacks)
     figure = (
         f"{iterations} kills ({kills_mid_command} mid-command): {lost} lost, {torn} torn, "
         f"{failed_starts} failed restarts, {orphans} orphans, {not_serving} not serving, "
