@@ -240,8 +240,8 @@ def run(short: bool, seed: int) -> Result:
     figure = (
         f"{sent} requests: {len(crashed)} crashes, {hangs} hangs, {errors_500} 500s, "
         f"prober {len(prober.failures)}/{len(prober.latencies)} failed, target got "
-        f"{stats.get('requests', 0)}, {malformed} of them malformed or with a bad "
-        f"request-target, {tracebacks} tracebacks; "
+        f"{stats.get('requests', 0)}: {stats.get('malformed', 0)} malformed, "
+        f"{stats.get('bad_target', 0)} with a bad request-target; {tracebacks} tracebacks; "
         f"answers {top}"
     )
     return Result(NAME, figure, GOAL, passed, samples + prober.failures[:3])
