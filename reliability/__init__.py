@@ -1,0 +1,2 @@
+"""kproxy's reliability campaign (issue 14): fault and load scenarios run against the real
+program, black box. ``python -m reliability --help``; see reliability/README.md."""
