@@ -68,12 +68,17 @@ async def test_bytes_sent_to_a_closed_target_socket_never_reached_it(
     nursery: trio.Nursery,
 ) -> None:
     """The target closed right after answering; what is sent next gets a reset, unread."""
+    handed_out = trio.Event()
 
     async def answer_then_close(stream: trio.SocketStream) -> None:
         await stream.receive_some()
         await stream.send_all(b"answer")
+        # Closed once the pool has handed the connection out again: a FIN seen earlier would
+        # make the pool drop it and connect anew.
+        await handed_out.wait()
 
     connection = await _pooled_pair(nursery, answer_then_close)
+    handed_out.set()
     info = connection.tcp_info()
     assert info is not None
     await wait_until(lambda: connection.transport.readable_now())  # its FIN
