@@ -26,9 +26,10 @@ from kproxy.core.options import DeploymentOptions, RunOptions
 from kproxy.core.pages import ErrorPages
 from kproxy.runtime.acme_workers import RemoteAcme
 from kproxy.runtime.certificates import AutomaticCertificates, restored_source
+from kproxy.runtime.listeners import Listeners
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import error_pages_or_builtin
-from kproxy.runtime.proxy import Frontend, Listeners, Proxy
+from kproxy.runtime.proxy import Frontend, Proxy
 from kproxy.runtime.router import Router
 from kproxy.runtime.service import Service
 from kproxy.runtime.target import Target
