@@ -43,6 +43,11 @@ class RolloutRecord:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # the rollout deploy's: used by rollout stop
     split: RolloutSplit | None = None
 
+    @classmethod
+    def of(cls, options: DeploymentOptions, split: RolloutSplit | None) -> RolloutRecord:
+        """The record of a rollout group deployed with ``options``, split by ``split``."""
+        return cls(options.targets, options.read_targets, options.drain_timeout, split)
+
     def deployment_options(self, main: DeploymentOptions) -> DeploymentOptions:
         """The group's options: the service's (``main``), with the rollout's targets and drain
         timeout (kamal-proxy builds the group with the service's own options)."""

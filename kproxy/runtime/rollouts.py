@@ -17,11 +17,10 @@ import attrs
 import trio
 
 from kproxy.core.commands import RolloutDeploy
-from kproxy.core.flag_values import format_duration
 from kproxy.core.options import DeploymentOptions
 from kproxy.core.rollout import RolloutSplit
 from kproxy.core.snapshot import RolloutRecord, ServiceRecord
-from kproxy.errors import CommandError, DeployTimeout, ServiceNotFound
+from kproxy.errors import CommandError, ServiceNotFound
 from kproxy.runtime.router import Progress, Router, _new_targets
 from kproxy.runtime.service import Service
 from kproxy.runtime.target_set import TargetSet
@@ -56,16 +55,7 @@ async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> 
         router.logger.info("Deploying for rollout", service=name, targets=options.targets)
         try:
             await router.nursery.start(new.run)
-            with trio.move_on_at(deadline) as health_wait:
-                await new.wait_healthy(progress, options.deploy_timeout)
-            if health_wait.cancelled_caught:
-                router.logger.info(
-                    "Rollout deploy failed", service=name, reason="health check timeout"
-                )
-                raise DeployTimeout(
-                    f"rollout target failed to become healthy within configured timeout "
-                    f"({format_duration(options.deploy_timeout)})"
-                )
+            await new.healthy_by(deadline, options.deploy_timeout, progress, what="rollout")
             split = service.split
             old, _, _ = await _commit(router, service, new, options, split)
         except BaseException:
@@ -145,9 +135,7 @@ async def _commit(
             raise ServiceNotFound(f"service {service.name!r} was removed meanwhile")
         rollout = None
         if group is not None and options is not None:
-            rollout = RolloutRecord(
-                options.targets, options.read_targets, options.drain_timeout, split
-            )
+            rollout = RolloutRecord.of(options, split)
         return router.records_with(service.name, attrs.evolve(service.record(), rollout=rollout))
 
     def switch() -> tuple[TargetSet | None, DeploymentOptions | None, RolloutSplit | None]:

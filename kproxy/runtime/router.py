@@ -26,7 +26,7 @@ from kproxy.core.service_map import Route, ServiceMap
 from kproxy.core.snapshot import ServiceRecord
 from kproxy.core.states import ServiceState, TargetHealth
 from kproxy.core.tls_rules import inherits_tls, policy_for, root_host
-from kproxy.errors import DeployError, DeployTimeout, ServiceNotFound
+from kproxy.errors import DeployError, ServiceNotFound
 from kproxy.runtime.certificates import (
     AutomaticCertificates,
     CertificateSource,
@@ -128,16 +128,7 @@ class Router:
                 if options.force:
                     await progress(f"{name}: --force given, not waiting for health checks")
                 else:
-                    with trio.move_on_at(deadline) as health_wait:
-                        await new.wait_healthy(progress, options.deploy_timeout)
-                    if health_wait.cancelled_caught:
-                        self.logger.info(
-                            "Deploy failed", service=name, reason="health check timeout"
-                        )
-                        raise DeployTimeout(
-                            f"target failed to become healthy within configured timeout "
-                            f"({format_duration(options.deploy_timeout)})"
-                        )
+                    await new.healthy_by(deadline, options.deploy_timeout, progress)
 
                 def prospective() -> list[ServiceRecord]:
                     # Another service's deploy may have taken the route meanwhile.

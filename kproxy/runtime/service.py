@@ -151,12 +151,7 @@ class Service:
         """What the state file keeps of the service (and what workers are sent)."""
         rollout = None
         if self.rollout_options is not None:
-            rollout = RolloutRecord(
-                self.rollout_options.targets,
-                self.rollout_options.read_targets,
-                self.rollout_options.drain_timeout,
-                self.split,
-            )
+            rollout = RolloutRecord.of(self.rollout_options, self.split)
         return ServiceRecord(
             self.name, self.options, self.state, self.message, self.max_pause, rollout
         )

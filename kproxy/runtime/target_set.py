@@ -27,6 +27,7 @@ import trio
 from kproxy.core.balancer import ReadWriteBalancer, RoundRobin
 from kproxy.core.flag_values import format_duration
 from kproxy.core.states import TargetHealth
+from kproxy.errors import DeployTimeout
 from kproxy.runtime.health import CheckResult, check_once
 from kproxy.runtime.log import Logger
 from kproxy.runtime.target import Target
@@ -92,6 +93,26 @@ class TargetSet:
         self._changed = trio.Event()
         self.on_change()
         return True
+
+    async def healthy_by(
+        self, deadline: float, timeout: float, progress: Progress, what: str = ""
+    ) -> None:
+        """``wait_healthy`` until ``deadline`` (trio time) at most: a ``deploy``'s new group,
+        or a ``rollout deploy``'s (``what="rollout"``).
+
+        Raises:
+            DeployTimeout: not every target was healthy by then (``timeout``: the flag's value,
+                quoted in the message).
+        """
+        with trio.move_on_at(deadline) as health_wait:
+            await self.wait_healthy(progress, timeout)
+        if health_wait.cancelled_caught:
+            event = f"{what.capitalize()} deploy failed" if what else "Deploy failed"
+            self.logger.info(event, service=self.service, reason="health check timeout")
+            raise DeployTimeout(
+                f"{what + ' ' if what else ''}target failed to become healthy within "
+                f"configured timeout ({format_duration(timeout)})"
+            )
 
     async def wait_healthy(self, progress: Progress, timeout: float) -> None:
         """Return once every target is healthy, reporting progress on the way.
