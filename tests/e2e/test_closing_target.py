@@ -57,7 +57,7 @@ POST = b"POST /x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello
 
 
 @guard(60)
-async def test_posts_to_a_target_that_closes_after_each_answer_all_succeed(
+async def test_posts_to_a_target_that_closes_after_each_answer_are_retried_never_doubled(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     port = unused_port()
