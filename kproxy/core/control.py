@@ -13,10 +13,11 @@ with :func:`format_line` (any number of ``"  "`` lines) and one :func:`format_ok
 from __future__ import annotations
 
 import enum
-import shlex
 from typing import Final, TypeAlias
 
 import attrs
+
+from kproxy.core.shell_words import split_words
 
 __all__ = [
     "END_OF_INPUT",
@@ -67,7 +68,7 @@ class CommandLine:
     """One command.
 
     Attributes:
-        words: the line split like a POSIX shell (``shlex.split``); never empty.
+        words: the line split as ``shlex.split`` would (core/shell_words.py); never empty.
         text: the decoded line without its terminator, for logs.
     """
 
@@ -215,7 +216,7 @@ def _parse_line(line: bytes, limit: int) -> CommandLine | BadLine | None:
     try:
         # comments=False: a "#" later in the line is an ordinary word, as the CLI would see it
         # after the shell has already split it.
-        words = shlex.split(text, comments=False, posix=True)
+        words = split_words(text)
     except ValueError as exc:
         reason = str(exc)
         return BadLine(f"cannot split command: {reason[:1].lower()}{reason[1:]}")
