@@ -15,17 +15,18 @@ from typing import Final
 from reliability.scenario import timed
 
 # In the priority order of what they guard; the names are module names. Each with
-# its expected minutes at the short and the full size on 2 busy cores (``--list``), measured
-# at 4a0f1c2; they move with the machine's load and the proxy's speed.
+# its expected minutes at the short and the full size (``--list``): measured on 2 cores shared
+# with other work (load 7 to 15) on 2026-12-05, the full size from a tenth or a twentieth of
+# it (reliability/README.md, "How long it takes"); they move with the load and kproxy's speed.
 SCENARIOS: Final = {
-    "deploys_under_load": (2, 33),  # 1
-    "kill9": (0.7, 45),  # 2
-    "http_fuzz": (0.8, 15),  # 3
-    "control_fuzz": (0.7, 20),  # 4
-    "slow_clients": (1.5, 3),  # 5
-    "leaks": (1, 15),  # 6
-    "disk_trouble": (0.3, 0.5),  # 7
-    "target_faults": (1, 5),  # 8
+    "deploys_under_load": (1.7, 25),  # 1
+    "kill9": (0.6, 45),  # 2
+    "http_fuzz": (0.6, 8),  # 3
+    "control_fuzz": (0.6, 14),  # 4
+    "slow_clients": (1, 3),  # 5
+    "leaks": (0.9, 17),  # 6
+    "disk_trouble": (0.3, 0.6),  # 7
+    "target_faults": (0.9, 4),  # 8
 }
 
 
