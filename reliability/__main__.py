@@ -23,10 +23,10 @@ SCENARIOS: Final = {
     "kill9": (0.6, 45),  # 2
     "http_fuzz": (0.6, 8),  # 3
     "control_fuzz": (0.6, 14),  # 4
-    "slow_clients": (1, 3),  # 5
+    "slow_clients": (1, 1),  # 5
     "leaks": (0.9, 17),  # 6
     "disk_trouble": (0.3, 0.6),  # 7
-    "target_faults": (0.9, 4),  # 8
+    "target_faults": (0.9, 11),  # 8
 }
 
 
