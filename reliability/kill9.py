@@ -132,7 +132,7 @@ def serves(proxy: harness.Proxy, state: State, names: dict[str, str]) -> list[st
                 wrong.append(f"{service}: {got} {text[:40]!r}, wanted {status} {body!r}")
         if not wrong or time.monotonic() > deadline:
             return wrong
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def run(short: bool, seed: int) -> Result:

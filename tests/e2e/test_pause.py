@@ -11,6 +11,7 @@ from kproxy import Proxy, ServiceNotFound
 from tests.helpers import (
     Reply,
     control,
+    exchange,
     guard,
     hits,
     quick_options,
@@ -19,6 +20,7 @@ from tests.helpers import (
     start_upstream,
     wait_until,
 )
+from tests.workers import deploy, pin_workers, start_workers
 
 
 async def deployed(nursery: trio.Nursery, tmp_path: Path) -> tuple[Proxy, Path]:
@@ -62,6 +64,45 @@ async def test_request_held_longer_than_max_pause_gets_504(
     assert reply.status == 504
     assert 0.3 <= trio.current_time() - started < 0.8
     assert proxy.services()[0].state == "paused"  # expiry answers one request, no more
+
+
+@guard(10)
+async def test_a_pause_outlasts_max_pause_which_bounds_each_request(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # kamal-proxy's PauseController: --max-pause is how long one request is held (then 504),
+    # not how long the pause lasts; it lasts until resume or stop, and list says so.
+    proxy, sock = await deployed(nursery, tmp_path)
+    assert (await control(sock, "pause web --max-pause 300ms"))[-1] == "OK paused web"
+    await trio.sleep(0.5)  # past max-pause, with no request held meanwhile
+    assert (await control(sock, "list"))[1].split()[4] == "paused"
+    for _ in range(2):  # each new request is held for max-pause again, none goes through
+        started = trio.current_time()
+        assert (await request(proxy.http_port)).status == 504
+        assert 0.3 <= trio.current_time() - started < 0.8
+    assert (await control(sock, "list"))[1].split()[4] == "paused"
+    assert await control(sock, "resume web") == ["OK resumed web"]
+    assert (await request(proxy.http_port)).status == 200
+
+
+@guard(30)
+async def test_a_pause_outlasts_max_pause_in_every_worker(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    app = await start_upstream(nursery, "app")
+    proxy = await start_workers(nursery, tmp_path)
+    await deploy(proxy, f"--target {app.address}")
+    clients = await pin_workers(proxy)
+    assert (await control(proxy.socket_path, "pause web --max-pause 300ms"))[-1] == (
+        "OK paused web"
+    )
+    await trio.sleep(0.5)
+    for client in clients.values():
+        started = trio.current_time()
+        assert (await exchange(client, "/")).status == 504
+        assert 0.3 <= trio.current_time() - started < 0.8
+        await client.aclose()
+    assert (await control(proxy.socket_path, "list"))[1].split()[4] == "paused"
 
 
 @guard(10)
