@@ -1,0 +1,233 @@
+"""The data path's two progress timeouts over real sockets: the send timeout (a client that
+takes no byte of what kproxy sends it) and the target timeout on a response body (a target
+that sends no byte of an unfinished body).
+
+Both are shortened here: ``transport.SEND_TIMEOUT`` by monkeypatching (it is read when a
+connection is accepted), the target timeout by ``--target-timeout``.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+from kproxy.runtime import transport
+from kproxy.runtime.socket_io import SendTimeout
+from kproxy.runtime.transport import SEND_TIMEOUT, SocketTransport
+from tests.helpers import (
+    guard,
+    quick_options,
+    receive_all,
+    receive_until,
+    start_proxy,
+    start_raw_target,
+    wait_until,
+)
+from tests.workers import deploy, start_workers
+
+GET = b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n"
+BIG = 1 << 30  # bytes: far more than the kernel buffers between target and client hold
+
+
+def test_the_send_timeout_is_nginxs() -> None:
+    assert SEND_TIMEOUT == 60.0
+
+
+# --- the send timeout, on a connected pair of TCP sockets ------------------------------------
+
+
+def tcp_pair(receive_buffer: int, send_buffer: int) -> tuple[socket.socket, socket.socket]:
+    """(sender, receiver) on loopback, with the buffer sizes fixed (Linux doubles them)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        receiver = socket.socket()
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        receiver.connect(listener.getsockname())
+        sender, _ = listener.accept()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    sender.setblocking(False)
+    receiver.setblocking(False)
+    return sender, receiver
+
+
+async def read_slowly(receiver: socket.socket, size: int, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        try:
+            if not receiver.recv(size):
+                return
+        except BlockingIOError:
+            pass
+
+
+@guard(10)
+async def test_a_peer_that_takes_nothing_is_cut_after_the_send_timeout() -> None:
+    sender, receiver = tcp_pair(64 << 10, 256 << 10)
+    with sender, receiver:
+        started = trio.current_time()
+        with pytest.raises(SendTimeout):
+            await SocketTransport(sender, send_timeout=0.5).send(b"x" * (4 << 20))
+        assert 0.5 <= trio.current_time() - started < 1.5
+
+
+@guard(20)
+async def test_a_slow_steady_reader_is_not_cut() -> None:
+    """The reader takes 8 KiB per 25 ms. Its kernel opens the window about every 0.4 s, so
+    the send queue moves within each 0.6 s, but the socket turns writable only after a third
+    of its large buffer drained (about 0.8 s): one wait outlasts the timeout, and progress,
+    not writability, keeps the connection."""
+    sender, receiver = tcp_pair(64 << 10, 256 << 10)
+    with sender, receiver:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_slowly, receiver, 8192, 0.025)
+            started = trio.current_time()
+            await SocketTransport(sender, send_timeout=0.6).send(b"x" * (1 << 20))
+            assert trio.current_time() - started > 1.2  # it did wait, over two timeouts
+            nursery.cancel_scope.cancel()
+
+
+# --- the send timeout through the proxy -------------------------------------------------------
+
+
+async def endless_body(stream: trio.SocketStream, head: bytes) -> None:
+    """A target answering with a BIG body, as fast as it is taken."""
+    await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+    chunk = b"x" * 65536
+    for _ in range(BIG // len(chunk)):
+        await stream.send_all(chunk)
+
+
+@guard(20)
+async def test_a_client_that_reads_nothing_is_cut_and_its_target_connection_dropped(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport, "SEND_TIMEOUT", 1.0)
+    ended = trio.Event()
+
+    async def answer(stream: trio.SocketStream, head: bytes) -> None:
+        try:
+            await endless_body(stream, head)
+        finally:
+            ended.set()
+
+    target = await start_raw_target(nursery, answer)
+    proxy, logs = await start_proxy(nursery, tmp_path, state=False)
+    await proxy.deploy("web", quick_options(target.address))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    await trio.socket.from_stdlib_socket(client).connect(("127.0.0.1", proxy.http_port))
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(client))
+    async with stream:
+        await stream.send_all(GET)
+        started = trio.current_time()
+        await ended.wait()  # the target's connection was closed under it
+        assert 1.0 <= trio.current_time() - started < 4.0, logs.lines
+        await wait_until(lambda: bool(logs.records("Request")))
+        received = await receive_all(stream)  # what the kernels held, then the end
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert len(received) < BIG  # visibly short of its Content-Length
+    [line] = logs.records("Request")
+    assert line["status"] == 499  # as for any client that leaves mid-response
+    assert not logs.records("Proxy error")
+
+
+# --- the target timeout on a response body ----------------------------------------------------
+
+
+def stalling_target(head: bytes, first: bytes):  # type: ignore[no-untyped-def]
+    """An answer that sends ``head`` and ``first`` of its body, then nothing, ever."""
+
+    async def answer(stream: trio.SocketStream, request: bytes) -> None:
+        await stream.send_all(head + first)
+        await trio.sleep_forever()
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("framing", "first"),
+    [
+        (b"Content-Length: 100", b"0123456789"),
+        (b"Transfer-Encoding: chunked", b"a\r\n0123456789\r\n"),
+    ],
+)
+@pytest.mark.parametrize("method", [b"GET", b"POST"])  # a POST's body has its pump
+@guard(20)
+async def test_a_stalled_body_is_cut_after_the_target_timeout(
+    nursery: trio.Nursery, tmp_path: Path, framing: bytes, first: bytes, method: bytes
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n"
+    target = await start_raw_target(nursery, stalling_target(head, first))
+    proxy, logs = await start_proxy(nursery, tmp_path, state=False)
+    await proxy.deploy("web", quick_options(target.address, target_target_timeout=0.5))
+    request = method + b" /x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n\r\nhi"
+    async with await trio.open_tcp_stream("127.0.0.1", proxy.http_port) as stream:
+        await stream.send_all(request)
+        started = trio.current_time()
+        received = await receive_all(stream)
+        elapsed = trio.current_time() - started
+    assert 0.5 <= elapsed < 2.0
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert received.endswith(b"0123456789" if b"Length" in framing else b"0123456789\r\n")
+    assert b"\r\n0\r\n" not in received  # no last chunk: the body is visibly cut
+    [error] = logs.records("Proxy error")
+    assert "sent no byte of the response body" in error["error"]
+    assert error["status"] == 200
+    await wait_until(lambda: bool(logs.records("Request")))
+    assert logs.records("Request")[0]["status"] == 200  # the status sent
+
+
+@guard(20)
+async def test_a_stalled_buffered_body_is_answered_504(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+    target = await start_raw_target(nursery, stalling_target(head, b"0123456789"))
+    proxy, logs = await start_proxy(nursery, tmp_path, state=False)
+    options = quick_options(target.address, target_target_timeout=0.5, target_buffer_responses=True)
+    await proxy.deploy("web", options)
+    async with await trio.open_tcp_stream("127.0.0.1", proxy.http_port) as stream:
+        await stream.send_all(GET)
+        received = await receive_until(stream, b"\r\n\r\n")
+    assert received.startswith(b"HTTP/1.1 504 "), received
+    [error] = logs.records("Proxy error")
+    assert "sent no byte of the response body" in error["error"]
+
+
+@guard(20)
+async def test_an_event_stream_may_be_silent(nursery: trio.Nursery, tmp_path: Path) -> None:
+    async def answer(stream: trio.SocketStream, request: bytes) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 18\r\n\r\n"
+        await stream.send_all(head + b"data: one\n\n")
+        await trio.sleep(1.5)  # three target timeouts
+        await stream.send_all(b"data: 2\n\n"[:7])
+
+    target = await start_raw_target(nursery, answer)
+    proxy, logs = await start_proxy(nursery, tmp_path, state=False)
+    await proxy.deploy("web", quick_options(target.address, target_target_timeout=0.5))
+    async with await trio.open_tcp_stream("127.0.0.1", proxy.http_port) as stream:
+        await stream.send_all(GET)
+        received = await receive_until(stream, b"data: 2")
+    assert received.endswith(b"\r\n\r\ndata: one\n\ndata: 2")
+    assert not logs.records("Proxy error")
+
+
+@guard(40)
+async def test_a_stalled_body_is_cut_with_workers(nursery: trio.Nursery, tmp_path: Path) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+    target = await start_raw_target(nursery, stalling_target(head, b"0123456789"))
+    proxy = await start_workers(nursery, tmp_path)
+    await deploy(proxy, f"--target {target.address} --target-timeout 1s")
+    for _ in range(4):  # the kernel spreads connections over both workers
+        async with await trio.open_tcp_stream("127.0.0.1", proxy.http_port) as stream:
+            await stream.send_all(GET)
+            started = trio.current_time()
+            received = await receive_all(stream)
+            assert 1.0 <= trio.current_time() - started < 3.0
+        assert received.endswith(b"\r\n\r\n0123456789")
+    await wait_until(lambda: len(proxy.records("Proxy error")) == 4)
+    assert {r["status"] for r in proxy.records("Proxy error")} == {200}
