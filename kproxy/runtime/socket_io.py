@@ -19,6 +19,7 @@ import fcntl
 import math
 import select
 import socket
+import struct
 import termios
 from typing import Final
 
@@ -37,6 +38,7 @@ READ_SIZE: Final = 120 * 1024
 MAX_PARTS: Final = 64  # buffers per send_parts call (Linux's IOV_MAX is 1024)
 # What a broken or closed connection raises, through a trio stream or straight from a socket.
 STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends an RST
 
 
 async def receive(sock: socket.socket) -> bytes:
@@ -76,6 +78,9 @@ async def _wait_sendable(sock: socket.socket, timeout: float) -> None:
             return
         now_queued = unsent(sock)
         if now_queued >= queued:
+            # Closing will reset the connection: a FIN would wait behind the unsent bytes,
+            # which the kernel would hold (and probe a zero window for) long after us.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
             raise SendTimeout(f"the peer took no byte for {timeout:g}s")
         queued = now_queued
 

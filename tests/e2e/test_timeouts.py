@@ -64,14 +64,40 @@ async def read_slowly(receiver: socket.socket, size: int, interval: float) -> No
             pass
 
 
+def read_until_reset(receiver: socket.socket) -> int:
+    """Bytes read before the connection was reset (an EOF fails: it should not come)."""
+    received = 0
+    try:
+        while chunk := receiver.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        return received
+    raise AssertionError("the connection ended with a FIN, not a reset")
+
+
+async def receive_until_reset(stream: trio.SocketStream) -> bytes:
+    """What came before the connection was reset (an EOF fails: it should not come)."""
+    received = b""
+    try:
+        while chunk := await stream.receive_some(1 << 20):
+            received += chunk
+    except trio.BrokenResourceError:
+        return received
+    raise AssertionError("the connection ended with a FIN, not a reset")
+
+
 @guard(10)
 async def test_a_peer_that_takes_nothing_is_cut_after_the_send_timeout() -> None:
     sender, receiver = tcp_pair(64 << 10, 256 << 10)
     with sender, receiver:
         started = trio.current_time()
+        connection = SocketTransport(sender, send_timeout=0.5)
         with pytest.raises(SendTimeout):
-            await SocketTransport(sender, send_timeout=0.5).send(b"x" * (4 << 20))
+            await connection.send(b"x" * (4 << 20))
         assert 0.5 <= trio.current_time() - started < 1.5
+        await connection.aclose()  # resets the connection: no FIN queued behind 4 MiB
+        receiver.setblocking(True)
+        assert read_until_reset(receiver) < 4 << 20
 
 
 @guard(20)
@@ -127,12 +153,51 @@ async def test_a_client_that_reads_nothing_is_cut_and_its_target_connection_drop
         await ended.wait()  # the target's connection was closed under it
         assert 1.0 <= trio.current_time() - started < 4.0, logs.lines
         await wait_until(lambda: bool(logs.records("Request")))
-        received = await receive_all(stream)  # what the kernels held, then the end
+        received = await receive_until_reset(stream)
     assert received.startswith(b"HTTP/1.1 200 ")
     assert len(received) < BIG  # visibly short of its Content-Length
     [line] = logs.records("Request")
     assert line["status"] == 499  # as for any client that leaves mid-response
     assert not logs.records("Proxy error")
+
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+@guard(20)
+async def test_a_tunnel_client_that_takes_nothing_is_cut(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WebSocket whose client stops reading while its target keeps sending: as dead as a
+    response's reader, so the same send timeout ends the tunnel, both sides."""
+    monkeypatch.setattr(transport, "SEND_TIMEOUT", 1.0)
+    ended = trio.Event()
+
+    async def answer(stream: trio.SocketStream, head: bytes) -> None:
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        try:
+            while True:
+                await stream.send_all(b"m" * 65536)
+        finally:
+            ended.set()
+
+    target = await start_raw_target(nursery, answer)
+    proxy, logs = await start_proxy(nursery, tmp_path, state=False)
+    await proxy.deploy("web", quick_options(target.address, target_target_timeout=0.5))
+    async with await trio.open_tcp_stream("127.0.0.1", proxy.http_port) as stream:
+        await stream.send_all(UPGRADE)
+        started = trio.current_time()
+        await ended.wait()
+        assert 1.0 <= trio.current_time() - started < 4.0  # not the 0.5 s target timeout
+        received = await receive_until_reset(stream)
+    assert received.startswith(b"HTTP/1.1 101 ")
+    await wait_until(lambda: bool(logs.records("Request")))
+    assert logs.records("Request")[0]["status"] == 101
 
 
 # --- the target timeout on a response body ----------------------------------------------------
