@@ -189,6 +189,8 @@ class _Relay:
             release = False
             raise
         finally:
+            if self.stall is not None:
+                self.stall.disarm()
             if release and pump.finished:
                 await self.target.pool.release(upstream)
             else:

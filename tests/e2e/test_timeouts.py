@@ -246,6 +246,38 @@ async def test_a_stalled_body_is_cut_after_the_target_timeout(
     assert logs.records("Request")[0]["status"] == 200  # the status sent
 
 
+@guard(30)
+async def test_a_slow_client_is_not_counted_against_the_target(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The target sends 4 MiB at once; the client takes it at about 1 MiB/s through a small
+    buffer, so the relay waits on the client for seconds, never on the target: no cut."""
+    size = 4 << 20
+
+    async def answer(stream: trio.SocketStream, head: bytes) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        await stream.send_all(b"x" * size)
+
+    target = await start_raw_target(nursery, answer)
+    proxy, logs = await start_proxy(nursery, tmp_path, state=False)
+    await proxy.deploy("web", quick_options(target.address, target_target_timeout=0.5))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+    await trio.socket.from_stdlib_socket(client).connect(("127.0.0.1", proxy.http_port))
+    async with trio.SocketStream(trio.socket.from_stdlib_socket(client)) as stream:
+        await stream.send_all(GET)
+        started = trio.current_time()
+        received = b""
+        while len(received) < size and (chunk := await stream.receive_some(32 << 10)):
+            received += chunk
+            await trio.sleep(0.03)
+        assert trio.current_time() - started > 2.0  # many target timeouts
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert len(body) >= size - len(head) - 4
+    assert not logs.records("Proxy error")
+
+
 @guard(20)
 async def test_a_stalled_buffered_body_is_answered_504(
     nursery: trio.Nursery, tmp_path: Path
