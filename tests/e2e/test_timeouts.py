@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
 from kproxy.runtime import transport
 from kproxy.runtime.socket_io import SendTimeout
 from kproxy.runtime.transport import SEND_TIMEOUT, SocketTransport
 from tests.helpers import (
+    control,
     guard,
     quick_options,
     receive_all,
@@ -26,6 +28,7 @@ from tests.helpers import (
     start_raw_target,
     wait_until,
 )
+from tests.tls_helpers import issue, open_https
 from tests.workers import deploy, start_workers
 
 GET = b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n"
@@ -159,6 +162,38 @@ async def test_a_client_that_reads_nothing_is_cut_and_its_target_connection_drop
     [line] = logs.records("Request")
     assert line["status"] == 499  # as for any client that leaves mid-response
     assert not logs.records("Proxy error")
+
+
+@guard(20)
+async def test_a_tls_client_that_reads_nothing_is_cut(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The send timeout sits under the TLS layer: the same cut for HTTPS."""
+    monkeypatch.setattr(transport, "SEND_TIMEOUT", 1.0)
+    ended = trio.Event()
+
+    async def answer(stream: trio.SocketStream, head: bytes) -> None:
+        try:
+            await endless_body(stream, head)
+        finally:
+            ended.set()
+
+    ca = trustme.CA()
+    target = await start_raw_target(nursery, answer)
+    proxy, logs = await start_proxy(nursery, tmp_path)
+    files = issue(ca, tmp_path / "certs", "a.test")
+    line = f"deploy web --target {target.address} --host a.test {files.flags()}"
+    assert (await control(tmp_path / "kproxy.sock", line))[-1] == "OK deployed web"
+    client = await open_https(proxy.https_port or 0, "a.test", ca)
+    try:
+        await client.stream.send_all(b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        started = trio.current_time()
+        await ended.wait()
+        assert 1.0 <= trio.current_time() - started < 4.0
+    finally:
+        await client.aclose()
+    await wait_until(lambda: bool(logs.records("Request")))
+    assert logs.records("Request")[0]["status"] == 499
 
 
 UPGRADE = (
