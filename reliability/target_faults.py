@@ -1,10 +1,21 @@
 """Scenario 8: target faults.
 
 Goal: only the faulty targets' requests fail, and as documented (502 for a reset, garbage or a
-close; 504 once ``--target-timeout`` passes; a response whose head was already relayed may
-only be cut short, never hang); a healthy service on the same proxy sees 0 errors meanwhile;
-against a target that closes each keep-alive connection right after answering, 0 requests
-fail, GET or POST; and once the faults stop, each pool serves again at once (0 errors).
+close; 504 once ``--target-timeout`` passes without a response head; a response whose head was
+already relayed may only be cut short, never hang: a target that sends no byte of the body
+for ``--target-timeout`` has it cut then, within a few seconds); a healthy service on the
+same proxy sees 0 errors meanwhile; against a target that closes each keep-alive connection
+right after answering, 0 GETs fail and at most 0.5 % of POSTs get a 502 (below); and once the
+faults stop, each pool serves again at once (0 errors).
+
+The closing target's POSTs: kproxy sends a POST again on a fresh connection when the target's
+kernel acknowledged none of it (README "Buffering"), but when the target's kernel acknowledged
+it just before the close reset the connection, kproxy cannot know whether the target read it,
+and a POST that may have been received is never sent twice: that one gets a 502 (Go's
+transport has the same limit). Seen from outside, that race and a retry kproxy failed to make
+look alike, so the goal bounds them: at most CLOSE_RACE_BOUND of the closing target's requests
+may be a POST answered 502 (about 1 in 300 was measured, tests/e2e/test_closing_target.py has
+the same bound), GETs none.
 
 Six services on one ``kproxy run`` (default workers, then ``--workers 1``): ``good`` and one
 per fault of reliability/upstream.py: ``reset``, ``garbage``, ``silent``, ``close``, ``stall``.
@@ -26,12 +37,17 @@ from reliability import harness, wire
 from reliability.scenario import Result, standalone
 
 NAME: Final = "target_faults"
-GOAL: Final = "faults fail only their own requests as documented; good & close 0 errors; heal"
+GOAL: Final = (
+    "faults fail only their own requests as documented; good 0 errors; close 0 GET errors,"
+    " ≤ 0.5 % acked-POST 502s; heal"
+)
 FAULTS: Final = ("reset", "garbage", "silent", "close", "stall")
 REQUESTS: Final = {True: {"fast": 150, "slow": 2}, False: {"fast": 3000, "slow": 30}}  # per client
 CLIENTS: Final = 2  # per service
 TARGET_TIMEOUT: Final = 2.0  # seconds (--target-timeout)
 CLIENT_TIMEOUT: Final = 10.0  # seconds: no answer (or no more of it) by then is a hang
+CLOSE_RACE_BOUND: Final = 0.005  # of the closing target's requests: POSTs acked, then reset
+CLOSE_RACE: Final = "502 POST"  # the outcome that race gives
 ALLOWED: Final = {  # fault → statuses allowed; "cut" is a 200 whose body stops short
     "none": {"200"},
     "close": {"200"},
@@ -67,8 +83,10 @@ def client(port: int, service: str, fault: str, count: int, seed: int) -> dict[s
             if response.status == 200 and response.complete and fault in ("none", "close"):
                 expected = f"{service} {method} {len(body) if method == 'POST' else 0}"
                 outcome = "200" if response.body.decode() == expected else "wrong body"
-            if fault == "silent" and time.monotonic() - started > TARGET_TIMEOUT + 3:
-                outcome = "late 504"
+            if fault == "close" and outcome == "502" and method == "POST":
+                outcome = CLOSE_RACE
+            if fault in ("silent", "stall") and time.monotonic() - started > TARGET_TIMEOUT + 3:
+                outcome = f"late {outcome}"  # a 504 or a cut body, not by --target-timeout
         except TimeoutError:
             outcome = "hang"
             response = wire.Response(0, b"", False, False)
@@ -136,9 +154,13 @@ def run(short: bool, seed: int) -> Result:
         outcomes, tracebacks = one_round(workers, short, seed)
         label = "default workers" if workers is None else "1 worker"
         wrong = {}
+        close_races = outcomes.get("close", {}).get(CLOSE_RACE, 0)
+        races_allowed = int(CLOSE_RACE_BOUND * sum(outcomes.get("close", {}).values()))
         for service, got in outcomes.items():
             fault = "none" if service == "good" or service.startswith("healed") else service
             bad = {k: n for k, n in got.items() if k not in ALLOWED[fault]}
+            if service == "close" and close_races <= races_allowed:
+                bad.pop(CLOSE_RACE, None)  # the documented race, within its bound
             if bad:
                 wrong[service] = bad
         good_errors = sum(wrong.get("good", {}).values())
@@ -153,7 +175,8 @@ def run(short: bool, seed: int) -> Result:
         passed = passed and not wrong and not tracebacks
         parts.append(
             f"{label}: {total} requests, good {good_errors} errors, close "
-            f"{close_errors} errors, other faults {others} undocumented outcomes, "
+            f"{close_errors} errors ({close_races} acked-POST 502s, ≤ {races_allowed} allowed), "
+            f"other faults {others} undocumented outcomes, "
             f"healed {healed_errors} errors, {tracebacks} tracebacks"
         )
         details += [

@@ -105,12 +105,17 @@ def response_streams(headers: Sequence[Header]) -> bool:
     polls, streamed renders), would otherwise reach the client only when the target finishes,
     which for an event stream is never.
     """
-    content_type = header_value(headers, b"content-type") or b""
-    media_type = content_type.split(b";", 1)[0].strip().lower()
-    return media_type == b"text/event-stream" or (
+    return is_event_stream(headers) or (
         header_value(headers, b"transfer-encoding") is not None
         and header_value(headers, b"content-length") is None
     )
+
+
+def is_event_stream(headers: Sequence[Header]) -> bool:
+    """Whether the response is server-sent events (``text/event-stream``): a stream that may
+    stay silent for as long as it likes."""
+    content_type = header_value(headers, b"content-type") or b""
+    return content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream"
 
 
 def buffered_request_headers(headers: Sequence[Header], size: int) -> HeaderList:

@@ -70,7 +70,12 @@ _DEPLOY_FLAGS: Final = (
     Flag("health-check-timeout", D, opt.DEFAULT_HEALTH_CHECK_TIMEOUT, "Time each health check must complete in"),
     Flag("health-check-port", N, 0, "Port to check for health (default: the target's port)"),
     Flag("health-check-host", S, "", "Host header for health checks (default: the target's address)"),
-    Flag("target-timeout", D, opt.DEFAULT_TARGET_TIMEOUT, "How long to wait for a target's response head"),
+    Flag(
+        "target-timeout",
+        D,
+        opt.DEFAULT_TARGET_TIMEOUT,
+        "How long to wait for a target's response head, then for more of its body",
+    ),
     Flag("forward-headers", B, True, "Keep incoming X-Forwarded-* headers (default true unless --tls)"),
     Flag("log-request-header", L, (), "Extra request header to log (repeatable)"),
     Flag("log-response-header", L, (), "Extra response header to log (repeatable)"),

@@ -7,7 +7,8 @@ request body streams to the target (``request_body``) while the response is awai
 ``Expect: 100-continue`` and early answers work); the response streams back as it arrives.
 Once the body is in, the client is watched, so a client that leaves ends the exchange (499);
 for a request without a body, only while the target keeps it waiting, by an alarm that looks
-whether the client left (``HangupWatch``). Errors before the response head reached the client
+whether the client left (``HangupWatch``); then each wait for more of the body, by its own
+alarm (``TargetStall``). Errors before the response head reached the client
 become UpstreamError (an error page); errors after it abort the client connection, because a
 truncated body must never look complete.
 """
@@ -53,7 +54,7 @@ from kproxy.errors import (
 )
 from kproxy.runtime.buffer import SpooledBody
 from kproxy.runtime.exchange import Exchange, ResponseRecord, Tunnel
-from kproxy.runtime.hangup_watch import HANGUP_WATCH_DELAY, HangupWatch
+from kproxy.runtime.hangup_watch import HANGUP_WATCH_DELAY, HangupWatch, TargetStall
 from kproxy.runtime.pool import UpstreamConnection, describe_connect_error
 from kproxy.runtime.request_body import RequestBodyPump
 from kproxy.runtime.socket_io import STREAM_ERRORS
@@ -136,6 +137,7 @@ class _Relay:
     # a hang-up only while the target keeps it waiting (see _receive), not on every request.
     hangup_watch: HangupWatch | None = None
     upgrade: bool = False  # the request asks to switch protocols: a 101 may answer it
+    stall: TargetStall | None = None  # bounds each wait for more of the response body
 
     async def run(self, request: UpstreamRequest) -> None:
         """The whole exchange; the connection goes back to the pool only if it ended cleanly."""
@@ -187,6 +189,8 @@ class _Relay:
             release = False
             raise
         finally:
+            if self.stall is not None:
+                self.stall.disarm()
             if release and pump.finished:
                 await self.target.pool.release(upstream)
             else:
@@ -248,10 +252,18 @@ class _Relay:
         return False
 
     async def _next_event(self) -> Event:
-        """The reader's next event, reading as needed."""
+        """The reader's next event of the response body, reading as needed."""
         reader = self.upstream.reader
         while (event := reader.next_event()) is NEED_DATA:
-            await self._receive(math.inf)
+            if (stall := self.stall) is None:
+                stall = self.stall = TargetStall.of_body(
+                    self.exchange,
+                    self.record,
+                    self.target.name,
+                    self.target.options.target_timeout,
+                    watch_client=self.hangup_watch is not None,
+                )
+            await stall.receive(self.upstream.receive)
         return event
 
     async def _next_event_by(self, deadline: float) -> Event | None:

@@ -16,8 +16,10 @@ Hence the one rule for callers: a loop that only reads checkpoints itself.
 from __future__ import annotations
 
 import fcntl
+import math
 import select
 import socket
+import struct
 import termios
 from typing import Final
 
@@ -36,6 +38,7 @@ READ_SIZE: Final = 120 * 1024
 MAX_PARTS: Final = 64  # buffers per send_parts call (Linux's IOV_MAX is 1024)
 # What a broken or closed connection raises, through a trio stream or straight from a socket.
 STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends an RST
 
 
 async def receive(sock: socket.socket) -> bytes:
@@ -54,13 +57,46 @@ async def receive(sock: socket.socket) -> bytes:
             pass
 
 
-async def _send(sock: socket.socket, data: bytes | memoryview) -> int:
+class SendTimeout(TimeoutError):
+    """The peer took no byte of what we sent for the whole send timeout (an OSError, so
+    it counts among STREAM_ERRORS: a peer that stopped taking bytes is as good as gone)."""
+
+
+async def _wait_sendable(sock: socket.socket, timeout: float) -> None:
+    """Wait until ``sock`` takes more bytes; SendTimeout once its peer took none of those
+    queued for ``timeout`` seconds. Progress is the kernel's queue of unacknowledged and
+    unsent bytes going down, not the socket turning writable: with large buffers a slow but
+    steady reader can leave it unwritable for minutes (a cancel scope per wait is fine here:
+    only a full buffer gets this far)."""
+    if timeout == math.inf:
+        await wait_writable(sock)
+        return
+    queued = unsent(sock)
+    while True:
+        with trio.move_on_after(timeout):
+            await wait_writable(sock)
+            return
+        now_queued = unsent(sock)
+        if now_queued >= queued:
+            # Closing will reset the connection: a FIN would wait behind the unsent bytes,
+            # which the kernel would hold (and probe a zero window for) long after us.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+            raise SendTimeout(f"the peer took no byte for {timeout:g}s")
+        queued = now_queued
+
+
+def unsent(sock: socket.socket) -> int:
+    """Bytes queued in the kernel that the peer has not acknowledged (sent or not yet)."""
+    return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"), "little")
+
+
+async def _send(sock: socket.socket, data: bytes | memoryview, timeout: float) -> int:
     await checkpoint_if_cancelled()
     try:
         sent = sock.send(data)
     except BlockingIOError:
         while True:
-            await wait_writable(sock)
+            await _wait_sendable(sock, timeout)
             try:
                 return sock.send(data)
             except BlockingIOError:
@@ -69,15 +105,16 @@ async def _send(sock: socket.socket, data: bytes | memoryview) -> int:
     return sent
 
 
-async def send_all(sock: socket.socket, data: bytes) -> None:
-    sent = await _send(sock, data)
+async def send_all(sock: socket.socket, data: bytes, timeout: float = math.inf) -> None:
+    """All of ``data``; SendTimeout when the peer takes no byte of it for ``timeout``."""
+    sent = await _send(sock, data, timeout)
     if sent < len(data):  # the kernel's buffer filled up: go on from where it stopped
         with memoryview(data) as view:
             while sent < len(data):
-                sent += await _send(sock, view[sent:])
+                sent += await _send(sock, view[sent:], timeout)
 
 
-async def send_parts(sock: socket.socket, parts: list[bytes]) -> None:
+async def send_parts(sock: socket.socket, parts: list[bytes], timeout: float = math.inf) -> None:
     """``send_all`` of ``parts`` in order, by one sendmsg(2): no joined copy of them first (a
     response head and a 64 KiB body). At most MAX_PARTS parts (the kernel takes 1024)."""
     await checkpoint_if_cancelled()
@@ -88,7 +125,7 @@ async def send_parts(sock: socket.socket, parts: list[bytes]) -> None:
     if sent == sum(map(len, parts)):
         await cancel_shielded_checkpoint()
     else:  # the kernel's buffer filled up: the rest as one buffer (rare, so the copy is fine)
-        await send_all(sock, b"".join(parts)[sent:])
+        await send_all(sock, b"".join(parts)[sent:], timeout)
 
 
 def readable_now(fd: int) -> bool:

@@ -87,7 +87,7 @@ class TlsTransport:
 
     async def _flush(self) -> None:
         if self.outgoing.pending:
-            await socket_io.send_all(self.raw.sock, self.outgoing.read())
+            await self.raw.send(self.outgoing.read())
 
     async def receive(self) -> bytes:
         await checkpoint_if_cancelled()
@@ -128,7 +128,7 @@ class TlsTransport:
     async def send(self, data: bytes) -> None:
         if data:
             self.session.write(data)
-            await socket_io.send_all(self.raw.sock, self.outgoing.read())
+            await self.raw.send(self.outgoing.read())
 
     async def send_parts(self, parts: list[bytes]) -> None:
         total = sum(map(len, parts))
@@ -139,7 +139,7 @@ class TlsTransport:
                 if part:
                     self.session.write(part)
         if self.outgoing.pending:
-            await socket_io.send_all(self.raw.sock, self.outgoing.read())
+            await self.raw.send(self.outgoing.read())
         else:
             await checkpoint_if_cancelled()
 

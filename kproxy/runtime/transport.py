@@ -8,17 +8,29 @@ The accept path hands over a connected socket; whoever serves it may read its fi
 
 :class:`SocketTransport` keeps the fast path of ``socket_io``: the stdlib socket it owns, with
 trio's checkpoints and waits around each call and no stream wrapper in between.
+
+A client connection has a send timeout (``SEND_TIMEOUT``, nginx's ``send_timeout``): a client
+that takes no byte of what is sent to it for that long (a response, a tunnel's bytes) is
+gone, as if it had reset the connection. "Takes no byte" is measured by the kernel's queue
+of unacknowledged bytes (``socket_io._wait_sendable``), so a slow but steady reader is never
+cut, however long one wait for a writable socket lasts.
 """
 
 from __future__ import annotations
 
+import math
 import socket
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 import trio
 
 from kproxy.runtime import socket_io
+
+# Seconds a client may take no byte of what is sent to it before its connection is closed
+# (nginx's send_timeout): a reader at 1 byte/s of a large response would hold its connection
+# and a target connection for days.
+SEND_TIMEOUT: Final = 60.0
 
 
 class Transport(Protocol):
@@ -31,7 +43,8 @@ class Transport(Protocol):
         ...
 
     async def send(self, data: bytes) -> None:
-        """All of ``data``."""
+        """All of ``data``. Raises socket_io.SendTimeout (an OSError) on a client connection
+        whose peer takes none of it for SEND_TIMEOUT."""
         ...
 
     async def send_parts(self, parts: list[bytes]) -> None:
@@ -72,6 +85,7 @@ class SocketTransport:
 
     sock: socket.socket
     closed: bool = False
+    send_timeout: float = math.inf  # see SEND_TIMEOUT: a client's; a target's has none
 
     @classmethod
     def of_accepted(cls, sock: socket.socket) -> SocketTransport:
@@ -80,7 +94,7 @@ class SocketTransport:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(sock)
+        return cls(sock, send_timeout=SEND_TIMEOUT)
 
     @classmethod
     def of_stream(cls, stream: trio.SocketStream) -> SocketTransport:
@@ -103,10 +117,10 @@ class SocketTransport:
 
     async def send(self, data: bytes) -> None:
         if data:
-            await socket_io.send_all(self.sock, data)
+            await socket_io.send_all(self.sock, data, self.send_timeout)
 
     async def send_parts(self, parts: list[bytes]) -> None:
-        await socket_io.send_parts(self.sock, parts)
+        await socket_io.send_parts(self.sock, parts, self.send_timeout)
 
     def peer_gone(self) -> bool:
         return socket_io.hung_up(self.sock.fileno())
