@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Container, Iterable
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 
@@ -88,25 +88,27 @@ class ResponseHead:
         return self.status < 200
 
 
+def _has_field(name: bytes) -> Any:
+    """A default found in the request's own fields: one named ``name`` is there."""
+    return attrs.field(
+        default=attrs.Factory(lambda request: any(n == name for n, _ in request.headers), True)
+    )
+
+
 @attrs.frozen
 class UpstreamRequest:
-    """A request as it goes to a target: the rewritten head, and how its body is framed."""
+    """A request as it goes to a target: the rewritten head, and how its body is framed.
+    ``chunked`` and ``upgrade`` are found in ``headers`` unless the maker, who knows, says."""
 
     method: bytes
     target: bytes
     headers: list[Header]  # with the framing fields kproxy chose (at most one of CL, TE)
+    chunked: bool = _has_field(b"transfer-encoding")  # the body goes chunked
+    upgrade: bool = _has_field(b"upgrade")  # the request asks to switch protocols
 
     @property
     def head(self) -> bytes:
         return encode_request_head(self.method, self.target, self.headers)
-
-    @property
-    def chunked(self) -> bool:
-        return any(name == b"transfer-encoding" for name, _ in self.headers)
-
-    @property
-    def upgrade(self) -> bool:
-        return any(name == b"upgrade" for name, _ in self.headers)
 
 
 def encode_request_head(method: bytes, target: bytes, headers: Iterable[Header]) -> bytes:

@@ -206,6 +206,7 @@ class RequestPipeline:
         body: SpooledBody | None = None,
     ) -> bool:
         request = exchange.request
+        upgrade = upgrade_type(request.headers) is not None
         headers = build_upstream_request_headers(
             request.headers,
             client_ip=log.peer_ip,
@@ -214,7 +215,7 @@ class RequestPipeline:
             target=target.name,
             now=time.time(),
             make_request_id=lambda: str(log.fields["request_id"]),
-            upgrade=upgrade_type(request.headers) is not None,
+            upgrade=upgrade,
             forwarded_for=log.forwarded_for,
         )
         upstream_request = relay_rules.upstream_request(
@@ -223,6 +224,7 @@ class RequestPipeline:
             headers.headers,
             target_name=target.name,
             framing=exchange.body_framing() if body is None else None,
+            upgrade=upgrade,
             buffered_size=body.size if body is not None else None,
         )
         record = ResponseRecord()
