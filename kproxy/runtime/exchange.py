@@ -14,7 +14,7 @@ response goes out in one write.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
@@ -22,6 +22,9 @@ import trio
 from kproxy.core.upstream_http import Header
 from kproxy.runtime.alarms import AlarmClock
 from kproxy.runtime.transport import Transport
+
+if TYPE_CHECKING:
+    from kproxy.runtime.hangup_watch import HangupWatch
 
 
 @attrs.frozen
@@ -65,6 +68,7 @@ class Exchange(Protocol):
     client_port: int
     scheme: str  # "http" or "https": how the request came
     clock: AlarmClock  # the server's, for the deadlines of this exchange
+    hangup_watch: HangupWatch  # the relay's alarm while a bodiless request waits on a target
     has_body: bool  # the request declares a body
 
     @property

@@ -160,12 +160,8 @@ class _Relay:
             # An upgrade's client bytes belong to the splice: nothing else may read them.
             if pump.end_without_body():  # most requests: no task, no nursery
                 if not self.upgrade:
-                    self.hangup_watch = HangupWatch(
-                        self.exchange.scope,
-                        record=self.record,
-                        exchange=self.exchange,
-                        target_name=self.target.name,
-                    )
+                    self.hangup_watch = watch = self.exchange.hangup_watch
+                    watch.watch(self.exchange.scope, self.record, self.target.name)
                 release = await self._relay_response()
             else:
                 release = await self._relay_with_pump(watch=not self.upgrade)
@@ -235,7 +231,7 @@ class _Relay:
             try:
                 await self.upstream.receive()
             finally:
-                clock.set(watch, math.inf)
+                watch.deadline = math.inf  # disarmed, as clock.set does it (without the call)
             if watch.rang:  # it went off just as the read completed: stop here, not later
                 await trio.lowlevel.checkpoint()
             return True
