@@ -138,7 +138,8 @@ _BODY_STATES: Final = {
 
 @attrs.define
 class ResponseReader:
-    """Reads one response to one request (1xx heads first, if any); a new one per request."""
+    """Reads one response to one request (1xx heads first, if any), then ``restart`` for the
+    next one on the same connection."""
 
     head_request: bool = False  # a response to HEAD has no body, whatever it declares
     max_head_bytes: int = MAX_HEAD_BYTES
@@ -150,9 +151,24 @@ class ResponseReader:
     _searched: int = 0  # how far the buffer was searched for a head's end
     _chunks: ChunkedDecoder | None = None  # the body's, when it is chunked
 
+    def restart(self, *, head_request: bool) -> None:
+        """Ready for the response to the next request on the same connection (the previous
+        one was read to its end): as a new reader, without making one per exchange."""
+        self.head_request = head_request
+        self.received = self._remaining = self._searched = 0
+        self.eof = False
+        self._buffer.clear()
+        self._state = _HEAD
+        self._chunks = None
+
     @property
     def done(self) -> bool:
         return self._state is _DONE
+
+    @property
+    def has_trailing(self) -> bool:
+        """Bytes came after what was read (``trailing``, without copying them)."""
+        return bool(self._buffer)
 
     @property
     def trailing(self) -> bytes:

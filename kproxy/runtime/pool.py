@@ -54,8 +54,8 @@ class UpstreamConnection:
     idle_since: float = 0.0
 
     def start(self, *, head_request: bool) -> None:
-        """A fresh reader for the next exchange."""
-        self.reader = ResponseReader(head_request=head_request)
+        """The reader made ready for the next exchange."""
+        self.reader.restart(head_request=head_request)
 
     async def receive(self) -> None:
         """One read, fed to the reader (b"" at EOF)."""

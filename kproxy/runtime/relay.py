@@ -317,7 +317,7 @@ class _Relay:
             return False
         if target.options.buffer_responses and not response_streams(headers):
             await self._relay_buffered(head, headers)
-            return head.keep_alive and not self.upstream.reader.trailing
+            return head.keep_alive and not self.upstream.reader.has_trailing
         # Bytes for the client are queued while the target's bytes already read hold more of
         # the body, and flushed when more must be read: the head, the body and its end
         # usually go out in one send(2). The target's framing is checked as it is read, so a
@@ -342,7 +342,7 @@ class _Relay:
             else:  # END: a body ends nowhere else
                 exchange.queue_end()
                 await exchange.flush()
-                return head.keep_alive and not reader.trailing
+                return head.keep_alive and not reader.has_trailing
 
     async def _relay_buffered(self, head: ResponseHead, headers: list[Header]) -> None:
         """--buffer-responses: take the whole body from the target, then send it on. Until the
