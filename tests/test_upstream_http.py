@@ -154,7 +154,7 @@ def test_encoded_chunks_read_back() -> None:
     ],
 )
 def test_upstream_request(headers: list[Header], is_chunked: bool, upgrade: bool) -> None:
-    request = UpstreamRequest(b"GET", b"/", headers)
+    request = UpstreamRequest.of(b"GET", b"/", headers)
     assert request.head == encode_request_head(b"GET", b"/", headers)
     assert request.chunked is is_chunked
     assert request.upgrade is upgrade

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final, TypeAlias
-
-import attrs
+from typing import Final, NamedTuple, TypeAlias
 
 from kproxy.core.service_map import request_host
 
@@ -87,8 +85,7 @@ _REQUEST_DROPPED: Final = {
 }
 
 
-@attrs.frozen
-class UpstreamRequestHeaders:
+class UpstreamRequestHeaders(NamedTuple):  # not attrs.frozen: see upstream_http.ResponseHead
     """What :func:`build_upstream_request_headers` returns.
 
     ``request_id`` is the X-Request-ID sent upstream (incoming or generated), returned so the

@@ -14,7 +14,7 @@ response goes out in one write.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import attrs
 import trio
@@ -27,8 +27,7 @@ if TYPE_CHECKING:
     from kproxy.runtime.hangup_watch import HangupWatch
 
 
-@attrs.frozen
-class RequestHead:
+class RequestHead(NamedTuple):  # not attrs.frozen: see core/upstream_http.ResponseHead
     """A request head as parsed, its fields in a plain list: they are searched a dozen times
     per request, and h11's Headers, a Sequence, costs a method call per field read."""
 
