@@ -170,6 +170,26 @@ async def test_the_target_timeout_answers_504(
     assert await client.get("/next") == (200, f"{ONE} /next".encode())
 
 
+async def test_the_hangup_alarm_is_rearmed_for_each_request_on_a_connection(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    # One alarm per connection serves every request on it: each request's target timeout
+    # runs from that request's own start, and one that went off leaves none armed behind.
+    await rig.router.deploy("web", options(ONE, target=TargetOptions(target_timeout=5)))
+    client, _ = await rig.connect()
+    assert await client.get("/sleep/4") == (200, f"{ONE} /sleep/4".encode())  # looked at, then
+    for _ in range(2):  # the second in the new scope the first one's cut-off left
+        began = trio.current_time()
+        status, _ = await client.get("/slow")
+        answered = trio.current_time()
+        assert status == 504
+        assert began + 5 <= answered <= began + 5 + TICK + 1e-9
+    began = trio.current_time()
+    assert await client.get("/sleep/4") == (200, f"{ONE} /sleep/4".encode())  # not rung again
+    assert trio.current_time() == began + 4
+    assert [line["status"] for line in await rig.records("Request")] == [200, 504, 504, 200]
+
+
 async def test_a_paused_service_answers_504_at_max_pause(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

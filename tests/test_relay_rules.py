@@ -102,10 +102,14 @@ def test_upstream_request_spells_the_framing_once(
         list(headers),
         target_name="10.0.0.1:3000",
         framing=framing,
+        upgrade=False,
         buffered_size=buffered_size,
     )
     assert (request.method, request.target) == (b"POST", b"/up?x=1")
     assert request.headers == expected
+    # As the fields say: the maker's word equals what a scan of them finds.
+    assert request.chunked is any(name == b"transfer-encoding" for name, _ in expected)
+    assert not request.upgrade
 
 
 @pytest.mark.parametrize(

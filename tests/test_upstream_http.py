@@ -154,7 +154,7 @@ def test_encoded_chunks_read_back() -> None:
     ],
 )
 def test_upstream_request(headers: list[Header], is_chunked: bool, upgrade: bool) -> None:
-    request = UpstreamRequest(b"GET", b"/", headers)
+    request = UpstreamRequest.of(b"GET", b"/", headers)
     assert request.head == encode_request_head(b"GET", b"/", headers)
     assert request.chunked is is_chunked
     assert request.upgrade is upgrade
@@ -1144,3 +1144,42 @@ def test_content_length_goes_on_as_one_plain_number(
     (head, *_), _ = drive(response(*fields, body=body), head_request=head_request)
     assert isinstance(head, ResponseHead)
     assert [v for n, v in head.headers if n == b"content-length"] == expected
+
+
+def _read_all(reader: ResponseReader, data: bytes) -> list[object]:
+    reader.feed(data)
+    events: list[Event] = []
+    while (event := reader.next_event()) is not NEED_DATA and event is not END:
+        events.append(event)
+        if event is CLOSED:
+            break
+    return summary(events)
+
+
+def test_a_restarted_reader_reads_the_next_response_as_a_new_one_would() -> None:
+    reader = ResponseReader()
+    first = chunked(encode_chunk(b"hello") + LAST_CHUNK)
+    assert _read_all(reader, first) == [200, b"hello"]
+    assert reader.done
+    assert not reader.has_trailing
+    # A HEAD's answer declares a length and sends no body.
+    reader.restart(head_request=True)
+    assert _read_all(reader, response(b"Content-Length: 5")) == [200]
+    assert reader.done
+    reader.restart(head_request=False)
+    assert _read_all(reader, response(b"Content-Length: 2", body=b"ok")) == [200, b"ok"]
+    # Nothing fed since the restart, then EOF: no response at all, not a broken one.
+    reader.restart(head_request=False)
+    assert (reader.received, reader.eof) == (0, False)
+    reader.feed(b"")
+    assert reader.next_event() is CLOSED
+
+
+def test_has_trailing_says_what_trailing_holds() -> None:
+    events, reader = drive(response(b"Content-Length: 2", body=b"okHTTP/1.1"), eof=False)
+    assert summary(events) == [200, b"ok", END]
+    assert reader.has_trailing
+    assert reader.trailing == b"HTTP/1.1"
+    events, reader = drive(response(b"Content-Length: 2", body=b"ok"), eof=False)
+    assert not reader.has_trailing
+    assert reader.trailing == b""

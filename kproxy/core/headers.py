@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final, TypeAlias
-
-import attrs
+from typing import Final, NamedTuple, TypeAlias
 
 from kproxy.core.service_map import request_host
 
@@ -73,6 +71,7 @@ _ALWAYS_REBUILT: Final = frozenset(
     {FORWARDED, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, X_KAMAL_TARGET}
 )
 _REQUEST_PROTECTED: Final = _NEVER_CONNECTION_NAMED | _SET_BY_PROXY
+_READ_BY_REWRITE: Final = _SET_BY_PROXY | {HOST}  # build_upstream_request_headers' inputs
 # What a request loses on its way to a target, by (has an X-Request-ID, has an X-Request-Start):
 # the hop-by-hop fields, the rebuilt ones, and each of the two that the proxy will add itself.
 # Built once here rather than per request.
@@ -86,8 +85,7 @@ _REQUEST_DROPPED: Final = {
 }
 
 
-@attrs.frozen
-class UpstreamRequestHeaders:
+class UpstreamRequestHeaders(NamedTuple):  # not attrs.frozen: see upstream_http.ResponseHead
     """What :func:`build_upstream_request_headers` returns.
 
     ``request_id`` is the X-Request-ID sent upstream (incoming or generated), returned so the
@@ -197,21 +195,34 @@ def build_upstream_request_headers(
       a generated X-Request-ID and X-Request-Start if needed, and X-Kamal-Target) and the
       request id used.
     """
-    incoming_id = header_value(headers, X_REQUEST_ID)
-    incoming_start = header_value(headers, X_REQUEST_START)
+    # One pass for every field this reads (a scan per name cost seven): the first value of
+    # each, as Go's Header.Get; X-Forwarded-For's and X-Kamal-Target's every value.
+    first: dict[bytes, bytes] = {}
+    forwarded: list[bytes] = []
+    targets: list[bytes] = []
+    for name, value in headers:
+        if name in _READ_BY_REWRITE:
+            if name == X_FORWARDED_FOR:
+                forwarded.append(value)
+            elif name == X_KAMAL_TARGET:
+                targets.append(value)
+            elif name not in first:
+                first[name] = value
+    incoming_id = first.get(X_REQUEST_ID)
+    incoming_start = first.get(X_REQUEST_START)
     # Go's Header.Get treats an empty first value as absent, so the middleware replaces it.
     dropped = _REQUEST_DROPPED[bool(incoming_id), bool(incoming_start)]
     out = _strip(headers, keep_upgrade=upgrade, protected=_REQUEST_PROTECTED, dropped=dropped)
 
     if client_ip:
-        prior = [v for v in header_values(headers, X_FORWARDED_FOR) if v] if forward_headers else []
+        prior = [v for v in forwarded if v] if forward_headers else []
         if forwarded_for is not None:
             prior = [", ".join(forwarded_for).encode("ascii")] if forwarded_for else []
         out.append((X_FORWARDED_FOR, b", ".join([*prior, client_ip.encode("ascii")])))
-    proto = header_value(headers, X_FORWARDED_PROTO) if forward_headers else None
+    proto = first.get(X_FORWARDED_PROTO) if forward_headers else None
     out.append((X_FORWARDED_PROTO, proto or scheme.encode("ascii")))
-    host = header_value(headers, X_FORWARDED_HOST) if forward_headers else None
-    host = host or header_value(headers, HOST)
+    host = first.get(X_FORWARDED_HOST) if forward_headers else None
+    host = host or first.get(HOST)
     if host:
         out.append((X_FORWARDED_HOST, host))
 
@@ -225,7 +236,7 @@ def build_upstream_request_headers(
         out.append((X_REQUEST_START, b"t=%d" % int(now * 1000)))
     # kamal-proxy's setTargetHeader (load_balancer.go): with forwarded headers trusted, every
     # incoming value (empty ones too, as Go's Header map holds them) then the target.
-    prior = header_values(headers, X_KAMAL_TARGET) if forward_headers else []
+    prior = targets if forward_headers else []
     out.append((X_KAMAL_TARGET, b", ".join([*prior, target.encode("ascii")])))
     return UpstreamRequestHeaders(headers=out, request_id=request_id)
 

@@ -60,20 +60,24 @@ def upstream_request(
     *,
     target_name: str,
     framing: list[Header] | None,
+    upgrade: bool,
     buffered_size: int | None = None,
 ) -> UpstreamRequest:
-    """The request a target gets: ``headers`` (already rewritten for it) with its body framing
-    spelled one way only: a buffered body's length (``buffered_size``), or the framing the
-    client's head declared, canonical (``framing``; None: no body framing was declared, and
-    the fields stand as they are). A Host the client left out is the target's address."""
+    """The request a target gets: ``headers`` (already rewritten for it: no hop-by-hop field
+    but an upgrade's) with its body framing spelled one way only: a buffered body's length
+    (``buffered_size``), or the framing the client's head declared, canonical (``framing``;
+    None: no body framing was declared, and the fields stand as they are). ``upgrade``: the
+    request is forwarded as an upgrade. A Host the client left out is the target's address."""
+    chunked = False
     if buffered_size is not None:
         headers = buffered_request_headers(headers, buffered_size)
     elif framing is not None:
         headers = [h for h in headers if h[0] != b"content-length"]
         headers += framing
+        chunked = any(name == b"transfer-encoding" for name, _ in framing)
     if header_value(headers, b"host") is None:
         headers.insert(0, (b"host", target_name.encode()))
-    return UpstreamRequest(method, target, headers)
+    return UpstreamRequest(method, target, headers, chunked, upgrade)
 
 
 class Interim(enum.Enum):

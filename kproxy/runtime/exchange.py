@@ -14,7 +14,7 @@ response goes out in one write.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import attrs
 import trio
@@ -23,9 +23,11 @@ from kproxy.core.upstream_http import Header
 from kproxy.runtime.alarms import AlarmClock
 from kproxy.runtime.transport import Transport
 
+if TYPE_CHECKING:
+    from kproxy.runtime.hangup_watch import HangupWatch
 
-@attrs.frozen
-class RequestHead:
+
+class RequestHead(NamedTuple):  # not attrs.frozen: see core/upstream_http.ResponseHead
     """A request head as parsed, its fields in a plain list: they are searched a dozen times
     per request, and h11's Headers, a Sequence, costs a method call per field read."""
 
@@ -65,6 +67,7 @@ class Exchange(Protocol):
     client_port: int
     scheme: str  # "http" or "https": how the request came
     clock: AlarmClock  # the server's, for the deadlines of this exchange
+    hangup_watch: HangupWatch  # the relay's alarm while a bodiless request waits on a target
     has_body: bool  # the request declares a body
 
     @property

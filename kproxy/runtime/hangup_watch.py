@@ -2,8 +2,10 @@
 its bodiless request waits (``HangupWatch``), and a response body's stall (``TargetStall``).
 
 Go's server notices a client that leaves with a background read; a task per request would
-cost more than the requests it watches, so here the request's alarm (``alarms``) does the
-looking, from HANGUP_WATCH_DELAY on, and only while the target keeps the request waiting.
+cost more than the requests it watches, so here an alarm (``alarms``) does the looking, from
+HANGUP_WATCH_DELAY on, and only while the target keeps the request waiting. The alarm is the
+exchange's (one per client connection, re-armed by each request): the clock then files it
+once per tick at most, not once per request.
 
 The target timeout bounds the wait for the response head (Go's ResponseHeaderTimeout, as
 kamal-proxy has it) and, unlike kamal-proxy, each wait for more of a response body too: a
@@ -37,10 +39,16 @@ class HangupWatch(Alarm):
     HANGUP_WATCH_DELAY on, it looks every TICK whether the client hung up (499), as Go's server
     notices with a background read. No task and no cancel scope of its own: see ``alarms``."""
 
-    record: ResponseRecord = attrs.field(kw_only=True)
     exchange: Exchange = attrs.field(kw_only=True)
-    target_name: str = attrs.field(kw_only=True)
+    record: ResponseRecord = attrs.field(kw_only=True, factory=ResponseRecord)
+    target_name: str = attrs.field(kw_only=True, default="")
     timeout_at: float = math.inf
+
+    def watch(self, scope: trio.CancelScope, record: ResponseRecord, target_name: str) -> None:
+        """Ready for the next request (disarmed until its read arms it)."""
+        self.scope, self.record, self.target_name = scope, record, target_name
+        self.deadline = self.timeout_at = math.inf
+        self.rang = False
 
     def due(self, now: float) -> float | None:
         if now >= self.timeout_at:

@@ -30,6 +30,7 @@ from kproxy.core.upstream_http import Header
 from kproxy.errors import BadRequestBody, ClientGone
 from kproxy.runtime.alarms import Alarm, AlarmClock
 from kproxy.runtime.exchange import RequestHead, Tunnel
+from kproxy.runtime.hangup_watch import HangupWatch
 from kproxy.runtime.socket_io import MAX_PARTS, STREAM_ERRORS
 from kproxy.runtime.transport import Transport
 
@@ -56,6 +57,7 @@ class Http1Exchange:
     client_ip: str = ""
     client_port: int = 0
     head_alarm: Alarm = attrs.field(init=False)  # cancels ``connection_scope`` when a head is late
+    hangup_watch: HangupWatch = attrs.field(init=False)
     # The scope requests run in, for a run of requests (set by http1_connection): one scope
     # per request would cost ~7 µs each. A drain's cut-off or an alarm cancels it to stop the
     # request in flight; the connection then goes on in a new one.
@@ -74,6 +76,7 @@ class Http1Exchange:
 
     def __attrs_post_init__(self) -> None:
         self.head_alarm = Alarm(self.connection_scope)
+        self.hangup_watch = HangupWatch(self.connection_scope, exchange=self)
         self.conn = self._new_connection()
         self.client_ip, self.client_port = self.transport.peer()
 
@@ -169,7 +172,7 @@ class Http1Exchange:
                 if not await self._receive_into(buffer):
                     return None
         finally:
-            clock.set(alarm, math.inf)
+            alarm.deadline = math.inf  # disarmed, as clock.set does it (without the call)
         if end > max_bytes:
             return request_framing.Reject(431, f"request head larger than {max_bytes} bytes")
         verdict = request_framing.check_head(bytes(buffer[:end]), max_headers=max_headers)

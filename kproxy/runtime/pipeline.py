@@ -124,7 +124,6 @@ class RequestPipeline:
         if (refused := exchange.body_refused()) is not None:  # known bad before any target
             return await self._fail(exchange, log, BadRequestBody(refused), ResponseRecord())
         service_options = service.options.service
-        host_header = header_value(request.headers, b"host")
         if service_options.client_ip_header:
             log.use_client_ip_header(request.headers, service_options.client_ip_header)
         secure = exchange.scheme == "https"
@@ -133,7 +132,7 @@ class RequestPipeline:
             answer = check_scheme(
                 service.tls,
                 secure=secure,
-                host_header=host_header,
+                host_header=header_value(request.headers, b"host"),
                 target=raw_target,
                 canonical_host=service_options.canonical_host,
             )
@@ -146,6 +145,7 @@ class RequestPipeline:
             and service_options.strip_path_prefix
             and route.path_prefix != "/"
         ):  # kamal-proxy scopes only what it strips (router.go sets MatchedPrefix only then)
+            host_header = header_value(request.headers, b"host")
             log.cookie_scope = CookieScope(route.path_prefix, text(host_header))
         target_options = service.options.target
         log.add_headers("req_", request.headers, target_options.log_request_headers)
@@ -153,13 +153,15 @@ class RequestPipeline:
         upstream_target = raw_target
         if service_options.strip_path_prefix:
             upstream_target = strip_path_prefix(raw_target, route.path_prefix)
-        upstream_path = upstream_target.partition(b"?")[0].decode("latin-1")
         try:
-            if service.is_health_check(request.method, upstream_path) and not service.running:
+            if not service.running and service.is_health_check(
+                request.method, upstream_target.partition(b"?")[0].decode("latin-1")
+            ):
                 # Paused or stopped: keep load balancers in front of us from dropping the host.
                 log.status = await self._send_simple(exchange, 200, b"OK\n", log=log)
                 return True
-            await service.admit()
+            if not service.running or service.removed:  # else admit() has nothing to wait for
+                await service.admit()
             if target_options.buffer_requests and has_request_body(request.headers):
                 return await self._proxy_buffered(exchange, upstream_target, service, log)
             target = service.choose_target(exchange.request)
@@ -206,6 +208,7 @@ class RequestPipeline:
         body: SpooledBody | None = None,
     ) -> bool:
         request = exchange.request
+        upgrade = upgrade_type(request.headers) is not None
         headers = build_upstream_request_headers(
             request.headers,
             client_ip=log.peer_ip,
@@ -214,7 +217,7 @@ class RequestPipeline:
             target=target.name,
             now=time.time(),
             make_request_id=lambda: str(log.fields["request_id"]),
-            upgrade=upgrade_type(request.headers) is not None,
+            upgrade=upgrade,
             forwarded_for=log.forwarded_for,
         )
         upstream_request = relay_rules.upstream_request(
@@ -223,6 +226,7 @@ class RequestPipeline:
             headers.headers,
             target_name=target.name,
             framing=exchange.body_framing() if body is None else None,
+            upgrade=upgrade,
             buffered_size=body.size if body is not None else None,
         )
         record = ResponseRecord()

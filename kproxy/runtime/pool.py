@@ -54,8 +54,8 @@ class UpstreamConnection:
     idle_since: float = 0.0
 
     def start(self, *, head_request: bool) -> None:
-        """A fresh reader for the next exchange."""
-        self.reader = ResponseReader(head_request=head_request)
+        """The reader made ready for the next exchange."""
+        self.reader.restart(head_request=head_request)
 
     async def receive(self) -> None:
         """One read, fed to the reader (b"" at EOF)."""
@@ -118,7 +118,9 @@ class ConnectionPool:
         """A pooled connection that still looks alive, else a new one (OSError if refused).
         ``replayable``: the request may be retried if the connection proves stale."""
         now = trio.current_time()
-        self._expire(now)
+        idle = self._idle
+        if idle and idle[0].idle_since < now - self.idle_timeout:  # the oldest first
+            self._expire(now)
         recent = now - STALE_CHECK_AFTER if replayable else math.inf
         while self._idle:
             connection = self._idle.pop()
@@ -137,8 +139,9 @@ class ConnectionPool:
         """Back to the pool (the caller knows the last exchange ended cleanly), or closed when
         the pool is full or closing."""
         if not self._closed and len(self._idle) < self.max_idle:
-            connection.idle_since = now = trio.current_time()
-            self._expire(now)
+            # Those idle too long are closed by the next acquire, which looks at the oldest
+            # before it takes the newest (this one): a look here too would find the same.
+            connection.idle_since = trio.current_time()
             self._idle.append(connection)
         else:
             await connection.aclose()
@@ -146,11 +149,10 @@ class ConnectionPool:
     def _expire(self, now: float) -> None:
         """Close the connections idle for longer than ``idle_timeout`` (at the bottom)."""
         idle = self._idle
-        if idle and idle[0].idle_since < now - self.idle_timeout:
-            count = bisect.bisect_left(idle, now - self.idle_timeout, key=_idle_since)
-            for connection in idle[:count]:
-                connection.transport.close_nowait()
-            del idle[:count]
+        count = bisect.bisect_left(idle, now - self.idle_timeout, key=_idle_since)
+        for connection in idle[:count]:
+            connection.transport.close_nowait()
+        del idle[:count]
 
     async def aclose(self) -> None:
         self.close_nowait()

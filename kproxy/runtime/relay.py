@@ -162,12 +162,8 @@ class _Relay:
             # An upgrade's client bytes belong to the splice: nothing else may read them.
             if pump.end_without_body():  # most requests: no task, no nursery
                 if not self.upgrade:
-                    self.hangup_watch = HangupWatch(
-                        self.exchange.scope,
-                        record=self.record,
-                        exchange=self.exchange,
-                        target_name=self.target.name,
-                    )
+                    self.hangup_watch = watch = self.exchange.hangup_watch
+                    watch.watch(self.exchange.scope, self.record, self.target.name)
                 release = await self._relay_response()
             else:
                 release = await self._relay_with_pump(watch=not self.upgrade)
@@ -239,7 +235,7 @@ class _Relay:
             try:
                 await self.upstream.receive()
             finally:
-                clock.set(watch, math.inf)
+                watch.deadline = math.inf  # disarmed, as clock.set does it (without the call)
             if watch.rang:  # it went off just as the read completed: stop here, not later
                 await trio.lowlevel.checkpoint()
             return True
@@ -333,7 +329,7 @@ class _Relay:
             return False
         if target.options.buffer_responses and not response_streams(headers):
             await self._relay_buffered(head, headers)
-            return head.keep_alive and not self.upstream.reader.trailing
+            return head.keep_alive and not self.upstream.reader.has_trailing
         # Bytes for the client are queued while the target's bytes already read hold more of
         # the body, and flushed when more must be read: the head, the body and its end
         # usually go out in one send(2). The target's framing is checked as it is read, so a
@@ -358,7 +354,7 @@ class _Relay:
             else:  # END: a body ends nowhere else
                 exchange.queue_end()
                 await exchange.flush()
-                return head.keep_alive and not reader.trailing
+                return head.keep_alive and not reader.has_trailing
 
     async def _relay_buffered(self, head: ResponseHead, headers: list[Header]) -> None:
         """--buffer-responses: take the whole body from the target, then send it on. Until the

@@ -30,7 +30,9 @@ class Target:
     pool: ConnectionPool = attrs.field(init=False)
     _inflight: set[trio.CancelScope] = attrs.field(factory=set)
     _upgraded: set[trio.CancelScope] = attrs.field(factory=set)
-    _idle: trio.Event = attrs.field(factory=trio.Event)
+    # Set when the last request in flight ends; made only by a waiter (wait_idle), not by
+    # every request that finds the target idle.
+    _idle: trio.Event | None = None
     serial: int = attrs.field(factory=lambda: next(_serials), kw_only=True)
     connector: Connector = attrs.field(default=open_tcp, kw_only=True)  # tests: in memory
     read_only: bool = attrs.field(default=False, kw_only=True)  # a --read-target
@@ -39,7 +41,6 @@ class Target:
     def __attrs_post_init__(self) -> None:
         self.pool = ConnectionPool(self.address, connector=self.connector)
         self.name = str(self.address)
-        self._idle.set()
 
     @property
     def healthy(self) -> bool:
@@ -65,15 +66,14 @@ class Target:
         return _Tracked(self, scope)
 
     def _begin(self, scope: trio.CancelScope) -> None:
-        if not self._inflight:
-            self._idle = trio.Event()
         self._inflight.add(scope)
 
     def _end(self, scope: trio.CancelScope) -> None:
         self._inflight.discard(scope)
         self._upgraded.discard(scope)
-        if not self._inflight:
+        if not self._inflight and self._idle is not None:
             self._idle.set()
+            self._idle = None
 
     def mark_upgraded(self, scope: trio.CancelScope) -> None:
         """A WebSocket (or other upgrade) now lives in this scope: the drain closes it at once."""
@@ -84,7 +84,12 @@ class Target:
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is in flight, at most ``timeout`` seconds; True if idle."""
         with trio.move_on_after(timeout):
-            await self._idle.wait()
+            if not self._inflight:
+                await trio.lowlevel.checkpoint()
+            else:
+                if self._idle is None:
+                    self._idle = trio.Event()
+                await self._idle.wait()
         return not self._inflight
 
     async def drain(self, timeout: float) -> int:
