@@ -50,7 +50,6 @@ def verdict(data: bytes, max_headers: int = 100) -> Accept | Reject:
         (head(request_line=b"GET http://a.example/x HTTP/1.1"), Accept()),
         (head(request_line=b"GET HTTPS://a.example HTTP/1.1"), Accept()),
         (head(request_line=b"OPTIONS * HTTP/1.1"), Accept()),
-        (head(request_line=b"CONNECT a.example:443 HTTP/1.1"), Accept()),
     ],
 )
 def test_accepted(data: bytes, expected: Accept) -> None:
@@ -134,6 +133,21 @@ def test_accepted(data: bytes, expected: Accept) -> None:
         (head(request_line=b"GET * HTTP/1.1"), 400, "invalid request target"),
         (head(request_line=b"GET #f HTTP/1.1"), 400, "invalid request target"),
         (head(request_line=b"GET 1http://a/ HTTP/1.1"), 400, "invalid request target"),
+        (head(request_line=b"POST a.example:443 HTTP/1.1"), 400, "invalid request target"),
+        (head(request_line=b"OPTIONS a.example:443 HTTP/1.1"), 400, "invalid request target"),
+        # CONNECT: no tunnels (405) and only in authority-form (RFC 9112 §3.2.3)
+        (head(request_line=b"CONNECT a.example:443 HTTP/1.1"), 405, "not a forward proxy"),
+        (head(request_line=b"CONNECT 127.0.0.1:80 HTTP/1.0"), 405, "not a forward proxy"),
+        (head(request_line=b"CONNECT [::1]:8080 HTTP/1.1"), 405, "not a forward proxy"),
+        (b"CONNECT a.example:443 HTTP/1.1\nHost: a\n\n", 405, "not a forward proxy"),
+        (head(request_line=b"CONNECT * HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT ?p HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT /rpc HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT a.example HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT a.example: HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT :443 HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT u@a.example:443 HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT http://a.example:443/ HTTP/1.1"), 400, "host:port"),
     ],
 )
 def test_rejected(data: bytes, status: int, reason: str) -> None:

@@ -18,6 +18,8 @@ where h11 is lenient:
 - control characters other than HTAB in a field value (h11 refuses only NUL and whitespace
   controls; Go's httpguts refuses every CTL, DEL included);
 - an HTTP major version other than 1 (h11 parses ``HTTP/2.0`` as a version): 505;
+- CONNECT (h11 takes any request-target with it): 405 for ``host:port``, 400 for any other
+  target; and authority-form with any other method: 400;
 - a field named like a framing field but for case and ``_`` (``Transfer_Encoding``):
   servers that map names to CGI-style variables (Rack, hence Puma before 6.4.3) read it as
   the real one while kproxy does not;
@@ -59,6 +61,8 @@ _REQUEST_LINE: Final = re.compile(TOKEN + rb" ([\x21-\x7e]+) HTTP/([0-9])\.([0-9
 # RFC 9112 §3.2.2 absolute-form: a scheme (RFC 3986 §3.1) and an authority, as the http and
 # https URIs have (RFC 9110 §4.2) and core/service_map.py absolute_form routes by.
 _SCHEME: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
+# RFC 9112 §3.2.3 authority-form: uri-host ":" port (an IP literal or a reg-name; no userinfo).
+_AUTHORITY: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+):[0-9]+")
 
 
 @attrs.frozen
@@ -128,6 +132,8 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
     if version[0] != 1:
         return Reject(505, f"HTTP/{version[0]}.{version[1]} is not supported")
     target = match[1]
+    if request_line.startswith(b"CONNECT "):
+        return _connect(target)
     if target[:1] != b"/" and not _other_target_form(request_line, target):
         return Reject(400, f"invalid request target {target[:80]!r}")
     if len(field_lines) > max_headers:
@@ -150,14 +156,24 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
 
 def _other_target_form(request_line: bytes, target: bytes) -> bool:
     """RFC 9112 §3.2: besides origin-form (``/path``), a target is absolute-form
-    (``http://host/path``), authority-form (``host:port``, CONNECT only) or ``*`` (OPTIONS
-    only). Anything else (``?q``, ``path``) would reach the target as a path it never meant;
-    Go's server refuses most of it too (url.ParseRequestURI)."""
-    if request_line.startswith(b"CONNECT "):
-        return True  # as Go: any form; CONNECT itself is the pipeline's to refuse
+    (``http://host/path``) or ``*`` (OPTIONS only); authority-form (``host:port``) is
+    CONNECT's alone (§3.2.3), and CONNECT never gets here. Anything else (``?q``, ``path``)
+    would reach the target as a path it never meant; Go's server refuses most of it too
+    (url.ParseRequestURI)."""
     if target == b"*":
         return request_line.startswith(b"OPTIONS ")
     return _SCHEME.match(target) is not None
+
+
+def _connect(target: bytes) -> Reject:
+    """CONNECT asks for a tunnel to ``host:port``, which is a forward proxy's job: kproxy
+    serves its own services and tunnels nowhere, so 405, as nginx answers (Go's server, hence
+    kamal-proxy, routes it by its ``host:port`` like any request, and a target would be asked
+    to open a tunnel it never offered). A CONNECT whose target is not authority-form (RFC 9112
+    §3.2.3) is malformed: 400. Either way the connection closes, as after any Reject."""
+    if _AUTHORITY.fullmatch(target) is None:
+        return Reject(400, f"CONNECT needs a host:port target, not {target[:80]!r}")
+    return Reject(405, "CONNECT is not supported: kproxy is not a forward proxy")
 
 
 def _body_framing(headers: list[Header], version: tuple[int, int]) -> Verdict:
