@@ -44,6 +44,7 @@ import attrs
 from kproxy.core.chunked import ChunkedDecoder
 from kproxy.core.http1 import (
     FIELD_LINES,
+    FIELD_TEXT,
     FRAMING_FIELDS,
     OWS,
     TOKEN,
@@ -61,6 +62,18 @@ _REQUEST_LINE: Final = re.compile(TOKEN + rb" ([\x21-\x7e]+) HTTP/([0-9])\.([0-9
 # RFC 9112 §3.2.2 absolute-form: a scheme (RFC 3986 §3.1) and an authority, as the http and
 # https URIs have (RFC 9110 §4.2) and core/service_map.py absolute_form routes by.
 _SCHEME: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
+# The head most requests have, whole: a request line with an origin-form target and HTTP/1.x,
+# CRLF line ends, well-formed field lines, no framing field nor a look-alike (_ for -), and no
+# CONNECT. Every rule below holds for such a head and its verdict is Accept() with no body,
+# so one C-level match decides it; any other head takes the careful way.
+_PLAIN_HEAD: Final = re.compile(
+    rb"(?!CONNECT )" + TOKEN + rb" /[\x21-\x7e]* HTTP/1\.[0-9]\r\n"
+    rb"(?:(?!(?i:content[-_]length|transfer[-_]encoding):)"
+    + TOKEN
+    + rb":"
+    + FIELD_TEXT
+    + rb"\r\n)*\r\n"
+)
 # RFC 9112 §3.2.3 authority-form: uri-host ":" port (an IP literal or a reg-name; no userinfo).
 _AUTHORITY: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+):[0-9]+")
 
@@ -86,6 +99,7 @@ class Reject:
 
 
 Verdict: TypeAlias = Accept | Reject
+_NO_BODY: Final = Accept()
 
 
 def _split_lines(head: bytes) -> list[bytes]:
@@ -110,6 +124,11 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
     Returns:
       Accept with the body's framing, or Reject with the status to answer.
     """
+    # A field line takes at least 4 bytes ("a:" CRLF), so a short head has few enough.
+    if _PLAIN_HEAD.fullmatch(head) is not None and (
+        len(head) <= 4 * max_headers or head.count(b"\n") - 2 <= max_headers
+    ):
+        return _NO_BODY
     request_line, _, fields = head.partition(b"\r\n")
     usual = (
         head.endswith(b"\r\n\r\n")
@@ -196,7 +215,7 @@ def _body_framing(headers: list[Header], version: tuple[int, int]) -> Verdict:
             return Accept(content_length=content_length(content_lengths))
         except ProtocolError as exc:
             return Reject(400, str(exc))
-    return Accept()
+    return _NO_BODY
 
 
 def framing_headers(headers: Iterable[Header]) -> list[Header]:
