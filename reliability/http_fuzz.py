@@ -4,7 +4,8 @@ Goal: 0 crashes (the proxy and its workers keep their pids), 0 hangs (every conn
 within 15 s of the client's half-close), 0 500s (the target never answers 500, so any 500 is
 kproxy's), the prober never fails, and every request the target receives is well-framed (the
 target parses with h11 and counts what it refuses, and any request-target that is not
-origin-form or ``OPTIONS *``: issue 14 wants ``GET ?p`` answered 400, not forwarded).
+origin-form or ``OPTIONS *``: issue 14 wants ``GET ?p`` answered 400 and ``CONNECT host:port``
+405, neither forwarded).
 
 Seeded and reproducible: each connection carries 1 to 8 requests, pipelined (one is a fresh
 connection, more reuse it), then half-closes and reads everything. A request is a valid GET or

@@ -5,6 +5,7 @@ from __future__ import annotations
 import h11
 import pytest
 
+from kproxy.core import request_framing
 from kproxy.core.chunked import MAX_CHUNK_LINE
 from kproxy.core.request_framing import (
     Accept,
@@ -50,7 +51,6 @@ def verdict(data: bytes, max_headers: int = 100) -> Accept | Reject:
         (head(request_line=b"GET http://a.example/x HTTP/1.1"), Accept()),
         (head(request_line=b"GET HTTPS://a.example HTTP/1.1"), Accept()),
         (head(request_line=b"OPTIONS * HTTP/1.1"), Accept()),
-        (head(request_line=b"CONNECT a.example:443 HTTP/1.1"), Accept()),
     ],
 )
 def test_accepted(data: bytes, expected: Accept) -> None:
@@ -134,6 +134,21 @@ def test_accepted(data: bytes, expected: Accept) -> None:
         (head(request_line=b"GET * HTTP/1.1"), 400, "invalid request target"),
         (head(request_line=b"GET #f HTTP/1.1"), 400, "invalid request target"),
         (head(request_line=b"GET 1http://a/ HTTP/1.1"), 400, "invalid request target"),
+        (head(request_line=b"POST a.example:443 HTTP/1.1"), 400, "invalid request target"),
+        (head(request_line=b"OPTIONS a.example:443 HTTP/1.1"), 400, "invalid request target"),
+        # CONNECT: no tunnels (405) and only in authority-form (RFC 9112 §3.2.3)
+        (head(request_line=b"CONNECT a.example:443 HTTP/1.1"), 405, "not a forward proxy"),
+        (head(request_line=b"CONNECT 127.0.0.1:80 HTTP/1.0"), 405, "not a forward proxy"),
+        (head(request_line=b"CONNECT [::1]:8080 HTTP/1.1"), 405, "not a forward proxy"),
+        (b"CONNECT a.example:443 HTTP/1.1\nHost: a\n\n", 405, "not a forward proxy"),
+        (head(request_line=b"CONNECT * HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT ?p HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT /rpc HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT a.example HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT a.example: HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT :443 HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT u@a.example:443 HTTP/1.1"), 400, "host:port"),
+        (head(request_line=b"CONNECT http://a.example:443/ HTTP/1.1"), 400, "host:port"),
     ],
 )
 def test_rejected(data: bytes, status: int, reason: str) -> None:
@@ -256,6 +271,11 @@ _REQUEST_LINES = [
     b"GET / HTTP/2.0",
     b"GET  / HTTP/1.1",
     b"G@T / HTTP/1.1",
+    b"GET ?p HTTP/1.1",
+    b"OPTIONS * HTTP/1.1",
+    b"CONNECT /x HTTP/1.1",
+    b"CONNECT a.example:443 HTTP/1.1",
+    b"GET http://a.example/ HTTP/1.1",
 ]
 _FIELD_LINES = [
     b"Host: a",
@@ -271,6 +291,10 @@ _FIELD_LINES = [
     b"Transfer-Encoding: chunked",
     b"Transfer-Encoding: gzip, chunked",
     b"Transfer_Encoding: chunked",
+    b"content_length: 5",
+    b"TRANSFER-ENCODING: chunked",
+    b"Content-Lengths: 5",
+    b"X-Content-Length: 5",
     b"X_Custom: fine",
     b" folded",
     b"\tfolded",
@@ -293,11 +317,50 @@ _FIELD_LINES = [
 def test_usual_path_agrees_with_line_by_line(
     request_line: bytes, first: bytes, second: bytes | None
 ) -> None:
-    """A head with CRLF line ends takes the one-match path when its field lines are all
-    well-formed; the same head with bare LF line ends is judged line by line. The two verdicts
-    agree for every combination of good and bad lines."""
+    """A head with CRLF line ends takes a one-match path (the whole head, or its field lines)
+    when it is well-formed; the same head with bare LF line ends is judged line by line. The
+    verdicts agree for every combination of good and bad lines."""
     lines = [request_line, first] if second is None else [request_line, first, second]
     crlf = b"\r\n".join(lines) + b"\r\n\r\n"
     lf = b"\n".join(lines) + b"\n\n"
     assert verdict(crlf, max_headers=100) == verdict(lf, max_headers=100)
     assert verdict(crlf, max_headers=1) == verdict(lf, max_headers=1)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /tiny HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: bench\r\n\r\n",
+        b"HEAD /a?b=c HTTP/1.0\r\nHost: a\r\nAccept-Encoding: gzip\r\nX-E:\r\n\r\n",
+        b"DELETE /x HTTP/1.1\r\nHost: a\r\nUser-Agent: caf\xc3\xa9 \t(x)\r\n\r\n",
+    ],
+)
+def test_plain_heads_are_judged_by_one_match(data: bytes) -> None:
+    """The heads most requests have (no body, origin-form) skip the line-by-line work: the
+    cost the instruction benchmark measures rests on this."""
+    assert request_framing._PLAIN_HEAD.fullmatch(data) is not None
+    assert verdict(data) is request_framing._NO_BODY
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        head(b"Content-Length: 0", request_line=b"GET / HTTP/1.1"),
+        head(b"content_length: 0", request_line=b"GET / HTTP/1.1"),
+        head(b"X: \x01", request_line=b"GET / HTTP/1.1"),
+        head(b" folded", request_line=b"GET / HTTP/1.1"),
+        head(request_line=b"CONNECT /x HTTP/1.1"),
+        head(request_line=b"GET / HTTP/2.0"),
+        head(request_line=b"GET * HTTP/1.1"),
+        b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+    ],
+)
+def test_other_heads_take_the_careful_way(data: bytes) -> None:
+    assert request_framing._PLAIN_HEAD.fullmatch(data) is None
+
+
+def test_the_header_limit_holds_for_plain_heads() -> None:
+    data = b"GET / HTTP/1.1\r\n" + b"".join(b"X%d:\r\n" % i for i in range(12)) + b"\r\n"
+    assert verdict(data, max_headers=12) == Accept()
+    assert verdict(data, max_headers=11) == Reject(431, "more than 11 header fields")

@@ -18,6 +18,8 @@ where h11 is lenient:
 - control characters other than HTAB in a field value (h11 refuses only NUL and whitespace
   controls; Go's httpguts refuses every CTL, DEL included);
 - an HTTP major version other than 1 (h11 parses ``HTTP/2.0`` as a version): 505;
+- CONNECT (h11 takes any request-target with it): 405 for ``host:port``, 400 for any other
+  target; and authority-form with any other method: 400;
 - a field named like a framing field but for case and ``_`` (``Transfer_Encoding``):
   servers that map names to CGI-style variables (Rack, hence Puma before 6.4.3) read it as
   the real one while kproxy does not;
@@ -42,6 +44,7 @@ import attrs
 from kproxy.core.chunked import ChunkedDecoder
 from kproxy.core.http1 import (
     FIELD_LINES,
+    FIELD_TEXT,
     FRAMING_FIELDS,
     OWS,
     TOKEN,
@@ -59,6 +62,20 @@ _REQUEST_LINE: Final = re.compile(TOKEN + rb" ([\x21-\x7e]+) HTTP/([0-9])\.([0-9
 # RFC 9112 §3.2.2 absolute-form: a scheme (RFC 3986 §3.1) and an authority, as the http and
 # https URIs have (RFC 9110 §4.2) and core/service_map.py absolute_form routes by.
 _SCHEME: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
+# The head most requests have, whole: a request line with an origin-form target and HTTP/1.x,
+# CRLF line ends, well-formed field lines, no framing field nor a look-alike (_ for -), and no
+# CONNECT. Every rule below holds for such a head and its verdict is Accept() with no body,
+# so one C-level match decides it; any other head takes the careful way.
+_PLAIN_HEAD: Final = re.compile(
+    rb"(?!CONNECT )" + TOKEN + rb" /[\x21-\x7e]* HTTP/1\.[0-9]\r\n"
+    rb"(?:(?!(?i:content[-_]length|transfer[-_]encoding):)"
+    + TOKEN
+    + rb":"
+    + FIELD_TEXT
+    + rb"\r\n)*\r\n"
+)
+# RFC 9112 §3.2.3 authority-form: uri-host ":" port (an IP literal or a reg-name; no userinfo).
+_AUTHORITY: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+):[0-9]+")
 
 
 @attrs.frozen
@@ -82,6 +99,7 @@ class Reject:
 
 
 Verdict: TypeAlias = Accept | Reject
+_NO_BODY: Final = Accept()
 
 
 def _split_lines(head: bytes) -> list[bytes]:
@@ -106,6 +124,11 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
     Returns:
       Accept with the body's framing, or Reject with the status to answer.
     """
+    # A field line takes at least 4 bytes ("a:" CRLF), so a short head has few enough.
+    if _PLAIN_HEAD.fullmatch(head) is not None and (
+        len(head) <= 4 * max_headers or head.count(b"\n") - 2 <= max_headers
+    ):
+        return _NO_BODY
     request_line, _, fields = head.partition(b"\r\n")
     usual = (
         head.endswith(b"\r\n\r\n")
@@ -128,6 +151,8 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
     if version[0] != 1:
         return Reject(505, f"HTTP/{version[0]}.{version[1]} is not supported")
     target = match[1]
+    if request_line.startswith(b"CONNECT "):
+        return _connect(target)
     if target[:1] != b"/" and not _other_target_form(request_line, target):
         return Reject(400, f"invalid request target {target[:80]!r}")
     if len(field_lines) > max_headers:
@@ -150,14 +175,24 @@ def check_head(head: bytes, *, max_headers: int) -> Verdict:
 
 def _other_target_form(request_line: bytes, target: bytes) -> bool:
     """RFC 9112 §3.2: besides origin-form (``/path``), a target is absolute-form
-    (``http://host/path``), authority-form (``host:port``, CONNECT only) or ``*`` (OPTIONS
-    only). Anything else (``?q``, ``path``) would reach the target as a path it never meant;
-    Go's server refuses most of it too (url.ParseRequestURI)."""
-    if request_line.startswith(b"CONNECT "):
-        return True  # as Go: any form; CONNECT itself is the pipeline's to refuse
+    (``http://host/path``) or ``*`` (OPTIONS only); authority-form (``host:port``) is
+    CONNECT's alone (§3.2.3), and CONNECT never gets here. Anything else (``?q``, ``path``)
+    would reach the target as a path it never meant; Go's server refuses most of it too
+    (url.ParseRequestURI)."""
     if target == b"*":
         return request_line.startswith(b"OPTIONS ")
     return _SCHEME.match(target) is not None
+
+
+def _connect(target: bytes) -> Reject:
+    """CONNECT asks for a tunnel to ``host:port``, which is a forward proxy's job: kproxy
+    serves its own services and tunnels nowhere, so 405, as nginx answers (Go's server, hence
+    kamal-proxy, routes it by its ``host:port`` like any request, and a target would be asked
+    to open a tunnel it never offered). A CONNECT whose target is not authority-form (RFC 9112
+    §3.2.3) is malformed: 400. Either way the connection closes, as after any Reject."""
+    if _AUTHORITY.fullmatch(target) is None:
+        return Reject(400, f"CONNECT needs a host:port target, not {target[:80]!r}")
+    return Reject(405, "CONNECT is not supported: kproxy is not a forward proxy")
 
 
 def _body_framing(headers: list[Header], version: tuple[int, int]) -> Verdict:
@@ -180,7 +215,7 @@ def _body_framing(headers: list[Header], version: tuple[int, int]) -> Verdict:
             return Accept(content_length=content_length(content_lengths))
         except ProtocolError as exc:
             return Reject(400, str(exc))
-    return Accept()
+    return _NO_BODY
 
 
 def framing_headers(headers: Iterable[Header]) -> list[Header]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 import time
 import types
@@ -24,7 +25,7 @@ _MILLIS: Final = tuple(f".{ms:03d}+00:00" for ms in range(1000))
 
 # The fields of an access line as RequestLog fills them (kamal-proxy's names, in its order).
 # Every request logs them, and JSONEncoder spends ~150 ns per dict member, so a line with
-# exactly these fields is formatted from a template instead (see _access_members).
+# exactly these fields is formatted by _access_members instead (one join, these names).
 ACCESS_FIELDS: Final = (
     "host",
     "port",
@@ -47,12 +48,8 @@ ACCESS_FIELDS: Final = (
     "resp_content_length",
     "resp_content_type",
 )
-_ACCESS_INTS: Final = frozenset(
-    {"port", "req_content_length", "status", "duration", "resp_content_length"}
-)
-_ACCESS_TEMPLATE: Final = ", ".join(
-    f'"{name}": {"%d" if name in _ACCESS_INTS else "%s"}' for name in ACCESS_FIELDS
-)
+# Text json writes as it is (ensure_ascii): printable ASCII but for the quote and backslash.
+_PLAIN_TEXT: Final = re.compile(r"[ !#-\[\]-~]*")
 
 
 def _read_only(context: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -183,39 +180,35 @@ def _access_members(fields: dict[str, Any]) -> str | None:
     """The members of an access line, as the encoder writes them, if ``fields`` has exactly
     ``ACCESS_FIELDS`` with their usual types; None otherwise (say with --log-request-header).
 
-    The template calls the function json uses to write a str, encode_basestring_ascii; it
-    raises TypeError for anything else, which json would write its own way."""
-    f = fields
-    if tuple(f) != ACCESS_FIELDS:
+    Most values have nothing to escape, so one test over all of them decides whether they can
+    go in as they are; if not, each is escaped by the function json uses to write a str,
+    encode_basestring_ascii."""
+    if tuple(fields) != ACCESS_FIELDS:
         return None
-    port, length, status = f["port"], f["req_content_length"], f["status"]
-    duration, sent = f["duration"], f["resp_content_length"]
+    (host, port, path, request_id, service, target, method, length, content_type, client_addr,
+     client_port, remote_addr, user_agent, proto, scheme, query, status, duration, sent,
+     resp_type) = fields.values()  # fmt: skip
     # Exact ints only: "%d" would spell a bool or a float differently from json.
     if not (type(port) is type(length) is type(status) is type(duration) is type(sent) is int):
         return None
-    text = encode_basestring_ascii
+    strings = (host, path, request_id, service, target, method, content_type, client_addr,
+               client_port, remote_addr, user_agent, proto, scheme, query, resp_type)  # fmt: skip
     try:
-        return _ACCESS_TEMPLATE % (  # in ACCESS_FIELDS order
-            text(f["host"]),
-            port,
-            text(f["path"]),
-            text(f["request_id"]),
-            text(f["service"]),
-            text(f["target"]),
-            text(f["method"]),
-            length,
-            text(f["req_content_type"]),
-            text(f["client_addr"]),
-            text(f["client_port"]),
-            text(f["remote_addr"]),
-            text(f["user_agent"]),
-            text(f["proto"]),
-            text(f["scheme"]),
-            text(f["query"]),
-            status,
-            duration,
-            sent,
-            text(f["resp_content_type"]),
-        )
+        text = "".join(strings)
     except TypeError:
-        return None
+        return None  # not all str: json writes other types its own ways
+    if _PLAIN_TEXT.fullmatch(text) is None:
+        (host, path, request_id, service, target, method, content_type, client_addr,
+         client_port, remote_addr, user_agent, proto, scheme, query, resp_type) = (
+            encode_basestring_ascii(s)[1:-1] for s in strings)  # fmt: skip
+    # One join, not an f-string: a str subclass goes in as its text, as json writes it.
+    return "".join((
+        '"host": "', host, '", "port": ', str(port), ', "path": "', path,
+        '", "request_id": "', request_id, '", "service": "', service, '", "target": "', target,
+        '", "method": "', method, '", "req_content_length": ', str(length),
+        ', "req_content_type": "', content_type, '", "client_addr": "', client_addr,
+        '", "client_port": "', client_port, '", "remote_addr": "', remote_addr,
+        '", "user_agent": "', user_agent, '", "proto": "', proto, '", "scheme": "', scheme,
+        '", "query": "', query, '", "status": ', str(status), ', "duration": ', str(duration),
+        ', "resp_content_length": ', str(sent), ', "resp_content_type": "', resp_type, '"',
+    ))  # fmt: skip

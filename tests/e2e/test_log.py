@@ -6,6 +6,7 @@ json.dumps(default=str) of the record, whatever the fields and the context hold.
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Any
 
@@ -15,6 +16,10 @@ from kproxy.runtime.access_log import RequestLog
 from kproxy.runtime.exchange import RequestHead
 from kproxy.runtime.log import ACCESS_FIELDS, Logger
 from tests.helpers import LogCapture
+
+
+class Scheme(str, enum.Enum):  # noqa: UP042 (its str() is not its value)
+    HTTP = "http"
 
 
 def usual_access_fields() -> dict[str, Any]:
@@ -50,6 +55,15 @@ def assert_written_as_json(
         ({}, {"duration": 1.5}),
         ({}, {"service": None}),
         ({}, {"req_x_custom": "v"}),
+        # plain ASCII everywhere (the usual line), then one value that needs escaping each
+        ({}, {"user_agent": "curl/8.5.0"}),
+        ({"worker": 3}, {"user_agent": "curl/8.5.0", "query": "a=1&b=%22"}),
+        ({}, {"user_agent": "x", "path": '/a"b'}),
+        ({}, {"user_agent": "x", "query": "a\\b"}),
+        ({}, {"user_agent": "x", "method": "G\x7fT"}),
+        ({}, {"user_agent": "x", "host": "\t"}),
+        ({}, {"user_agent": "x", "scheme": Scheme.HTTP}),  # a str subclass json spells its way
+        ({}, {"user_agent": "x", "port": 443}),
     ],
 )
 def test_access_line_is_what_json_writes(context: dict[str, Any], change: dict[str, Any]) -> None:

@@ -230,6 +230,15 @@ VECTORS = [
     reject("request-target-nul", b"GET /x\x00 HTTP/1.1\r\nHost: example.com\r\n\r\n"),
     reject("http-2.0", b"GET /x HTTP/2.0\r\nHost: example.com\r\n\r\n" + SMUGGLED, 505),
     reject("lowercase-http", b"GET /x http/1.1\r\nHost: example.com\r\n\r\n" + SMUGGLED),
+    # --- CONNECT: no tunnels (405), authority-form only, and closed after either ---------
+    reject(
+        "connect-authority",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n" + SMUGGLED,
+        405,
+    ),
+    reject("connect-asterisk", b"CONNECT * HTTP/1.1\r\nHost: example.com\r\n\r\n" + SMUGGLED),
+    reject("connect-origin-form", b"CONNECT /x HTTP/1.1\r\nHost: example.com\r\n\r\n"),
+    reject("get-authority-form", b"GET example.com:80 HTTP/1.1\r\nHost: example.com\r\n\r\n"),
     accept(
         "bare-lf-line-ends",
         b"POST /post HTTP/1.1\nHost: example.com\nContent-Length: 5\n\nhello",
