@@ -21,7 +21,8 @@ from kproxy.core.options import DeploymentOptions
 from kproxy.core.rollout import RolloutSplit
 from kproxy.core.snapshot import RolloutRecord, ServiceRecord
 from kproxy.errors import CommandError, ServiceNotFound
-from kproxy.runtime.router import Progress, Router, _new_targets
+from kproxy.runtime.router import Progress, Router
+from kproxy.runtime.routing import new_targets
 from kproxy.runtime.service import Service
 from kproxy.runtime.target_set import TargetSet
 
@@ -38,11 +39,11 @@ async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> 
             service is as it was.
     """
     name = command.service
-    router._get(name)  # fail fast, before any health check
+    router.get(name)  # fail fast, before any health check
     deadline = trio.current_time() + command.deploy_timeout  # a queued command's wait counts
     what = f"rollout deploy to {', '.join(command.targets)}"
-    async with router._locks.hold(name, what, progress, deadline):
-        service = router._get(name)  # a remove may have run while this waited for the lock
+    async with router.locks.hold(name, what, progress, deadline):
+        service = router.get(name)  # a remove may have run while this waited for the lock
         options = attrs.evolve(
             service.options,
             targets=command.targets,
@@ -51,7 +52,7 @@ async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> 
             drain_timeout=command.drain_timeout,
             force=False,
         )
-        new = router.target_set(name, _new_targets(options, router.connector))
+        new = router.target_set(name, new_targets(options, router.connector))
         router.logger.info("Deploying for rollout", service=name, targets=options.targets)
         try:
             await router.nursery.start(new.run)
@@ -64,7 +65,7 @@ async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> 
         if old is not None:
             old.drain_nowait(command.drain_timeout)
         router.logger.info("Deployed for rollout", service=name, targets=options.targets)
-        await router._sync()
+        await router.sync()
         if split is None:
             await progress(
                 f"{name}: rollout group {', '.join(options.targets)} ready; it gets no "
@@ -73,7 +74,7 @@ async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> 
         else:
             await progress(f"{name}: rollout traffic now goes to {', '.join(options.targets)}")
         if old is not None:
-            await router._wait_drained(old, command.drain_timeout, progress)
+            await router.wait_drained(old, command.drain_timeout, progress)
 
 
 async def set_split(router: Router, name: str, split: RolloutSplit) -> None:
@@ -83,7 +84,7 @@ async def set_split(router: Router, name: str, split: RolloutSplit) -> None:
         ServiceNotFound: the service is not deployed.
         CommandError: it has no rollout group.
     """
-    service = router._get(name)
+    service = router.get(name)
     if service.rollout is None:
         raise CommandError(
             f"service {name!r} has no rollout group (rollout target not set); "
@@ -93,7 +94,7 @@ async def set_split(router: Router, name: str, split: RolloutSplit) -> None:
     router.logger.info(
         "Set rollout split", service=name, percentage=split.percent, allowlist=split.allowlist
     )
-    await router._sync()
+    await router.sync()
 
 
 async def stop(router: Router, name: str, progress: Progress) -> bool:
@@ -104,8 +105,8 @@ async def stop(router: Router, name: str, progress: Progress) -> bool:
     Raises:
         ServiceNotFound: the service is not deployed.
     """
-    async with router._locks.hold(name, "rollout stop", progress):
-        service = router._get(name)
+    async with router.locks.hold(name, "rollout stop", progress):
+        service = router.get(name)
         if service.rollout is None:
             return False
         group, options, _split = await _commit(router, service, None, None, None)
@@ -113,9 +114,9 @@ async def stop(router: Router, name: str, progress: Progress) -> bool:
             return False
         group.drain_nowait(options.drain_timeout)
         router.logger.info("Stopped rollout", service=name)
-    await router._sync()
+    await router.sync()
     await progress(f"{name}: all traffic goes to {', '.join(service.options.targets)}")
-    await router._wait_drained(group, options.drain_timeout, progress)
+    await router.wait_drained(group, options.drain_timeout, progress)
     return True
 
 
@@ -140,7 +141,7 @@ async def _commit(
 
     def switch() -> tuple[TargetSet | None, DeploymentOptions | None, RolloutSplit | None]:
         old = service.replace_rollout(group, options, split)
-        router._publish()
+        router.publish()
         return old
 
     return await router.saver.commit(prospective, switch)

@@ -3,10 +3,11 @@
 The supervisor owns what must be single: the control socket, the state file, the health checks
 and the router that decides (runtime/router.py, unchanged). It serves no HTTP. Each worker
 (runtime/worker.py) listens on the same port with SO_REUSEPORT and routes with a replica of the
-router's state, sent whole after every change over the worker's channel (runtime/worker_channel.py,
-core/worker_protocol.py). The router waits, through the ``Replicas`` hooks implemented here,
-until every worker has applied a cutover, and sums the drains the workers report, so a
-command's answer means the same as with one process.
+router's state, sent whole to a new worker and then, after every change, the services it
+changed, over the worker's channel (runtime/worker_channel.py, core/worker_protocol.py). The
+router waits, through the ``Replicas`` hooks implemented here, until every worker has applied a
+cutover, and sums the drains the workers report, so a command's answer means the same as with
+one process.
 
 A worker that exits is started again with the current state. SIGTERM asks every worker to
 finish its requests within the grace period; a second signal cuts them off.
@@ -34,6 +35,7 @@ from kproxy.runtime.log import Logger
 from kproxy.runtime.metrics import WorkerMetrics
 from kproxy.runtime.proxy import Frontend, Proxy
 from kproxy.runtime.router import Router
+from kproxy.runtime.service import Service
 from kproxy.runtime.target import Target
 from kproxy.runtime.worker_channel import WorkerChannel
 
@@ -99,27 +101,33 @@ class Workers:
     logger: Logger | None = None
     links: dict[int, WorkerLink] = attrs.field(factory=dict)  # by worker number
     version: int = 0
+    _published: dict[str, wp.ServiceView] = attrs.field(factory=dict)  # as of ``version``
 
     def state_message(self) -> bytes:
+        """The whole state, for a new worker: as published, once any change is published."""
+        self.publish()
+        views = self._published.values()
+        return wp.encode(wp.state_message(self.version, views, whole=True))
+
+    def changes(self) -> bytes | None:
+        """The services changed or removed since the last call, as a ``state`` message of a
+        new version (None: nothing changed). O(services) to compare, but only the changed
+        ones are encoded, and applied by the workers."""
         assert self.router is not None
-        views = [
-            wp.ServiceView(
-                s.record(),
-                tuple(wp.TargetView(t.serial, t.name, t.health) for t in s.targets),
-                tuple(  # the rollout group's (runtime/rollouts.py)
-                    wp.TargetView(t.serial, t.name, t.health)
-                    for t in (s.rollout.targets if s.rollout is not None else ())
-                ),
-            )
-            for s in self.router.services.values()
-        ]
-        return wp.encode(wp.state_message(self.version, views))
+        views = {s.name: _view(s) for s in self.router.services.values()}
+        changed = [view for name, view in views.items() if self._published.get(name) != view]
+        removed = [name for name in self._published if name not in views]
+        if not changed and not removed:
+            return None
+        self.version += 1
+        self._published = views
+        return wp.encode(wp.state_message(self.version, changed, removed=removed, whole=False))
 
     def publish(self) -> None:
-        self.version += 1
-        data = self.state_message()
-        for link in self.links.values():
-            link.send_nowait(data)
+        data = self.changes()
+        if data is not None:
+            for link in self.links.values():
+                link.send_nowait(data)
 
     async def sync(self) -> None:
         links = list(self.links.values())
@@ -349,6 +357,16 @@ class WorkerPool:
         except wp.ChannelError as exc:  # a bug: drop this worker; a new one starts
             self.logger.error("Worker channel broken", worker=link.index, error=str(exc))
         done.cancel()
+
+
+def _view(service: Service) -> wp.ServiceView:
+    """What the workers are told of ``service``."""
+    rollout = service.rollout.targets if service.rollout is not None else ()
+    return wp.ServiceView(
+        service.record(),
+        tuple(wp.TargetView(t.serial, t.name, t.health) for t in service.targets),
+        tuple(wp.TargetView(t.serial, t.name, t.health) for t in rollout),
+    )
 
 
 def _worker_pool(proxy: Proxy) -> Frontend:
