@@ -26,7 +26,7 @@ from kproxy.core.states import TargetHealth
 from kproxy.core.tls_rules import inherits_tls, policy_for, root_host
 from kproxy.errors import ServiceNotFound
 from kproxy.runtime.certificates import CertificateSource, Targets
-from kproxy.runtime.health import check_once
+from kproxy.runtime.health import KeptChecks
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES
 from kproxy.runtime.pool import Connector, open_tcp
@@ -71,7 +71,8 @@ class Routing:
     service_map: ServiceMap = attrs.field(factory=ServiceMap.empty, kw_only=True)
     # Set in the supervisor of ``run --workers N``: the workers serve; this router decides.
     replicas: Replicas | None = attrs.field(default=None, kw_only=True)
-    health_check: HealthCheck = attrs.field(default=check_once, kw_only=True)  # tests script it
+    # Each target's checks keep a connection (tests script the checks instead).
+    health_check: HealthCheck = attrs.field(factory=KeptChecks, kw_only=True)
     connector: Connector = attrs.field(default=open_tcp, kw_only=True)  # tests: in memory
 
     def route(self, host: str, path: str) -> tuple[Service, Route] | None:
