@@ -20,9 +20,9 @@ from kproxy.errors import NoHealthyTargets
 from kproxy.runtime import rollouts
 from kproxy.runtime.exchange import RequestHead
 from kproxy.runtime.router import Router, _no_progress
-from kproxy.runtime.supervisor import Workers
 from kproxy.runtime.target import Target
 from kproxy.runtime.worker import Worker
+from kproxy.runtime.worker_links import Workers
 from tests.health_script import HealthScript, logger, options
 
 ONE, TWO, THREE = "10.0.0.1:3000", "10.0.0.2:3000", "10.0.0.3:3000"

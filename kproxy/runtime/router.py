@@ -239,8 +239,11 @@ class Router(Routing):
                 targets=record.options.targets,
                 state=record.state.value,
             )
+        # Started, not waited for one by one: each wait is a pass of the scheduler, and with
+        # thousands of groups those passes (each running every check due meanwhile) were most
+        # of a restore's time. A single target is not checked: it serves.
         for group in groups:
-            await self.nursery.start(group.run)  # a single target is not checked: it serves
+            self.nursery.start_soon(group.run)
 
     def _restored_cutover(self, record: ServiceRecord) -> Cutover:
         targets = self.target_set(
