@@ -7,12 +7,16 @@ tests/e2e/test_rollouts.py.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
+from kproxy.core import snapshot
 from kproxy.core.commands import RolloutDeploy
 from kproxy.core.rollout import RolloutSplit
 from kproxy.core.states import TargetHealth
@@ -21,6 +25,7 @@ from kproxy.runtime import rollouts
 from kproxy.runtime.exchange import RequestHead
 from kproxy.runtime.router import Router
 from kproxy.runtime.service import Service
+from kproxy.runtime.state_store import StateStore
 from kproxy.runtime.target import Target
 from tests.health_script import CHECK_TIME, HealthScript, logger, options
 from tests.test_router import Progress, _request
@@ -192,3 +197,75 @@ async def test_the_rollout_groups_health_decides_its_rotation(
     await trio.sleep(1.5)
     assert [chosen(service, head(rollout=b"u")) for _ in range(3)] == [NEXT] * 3
     assert chosen(service, head()) == MAIN
+
+
+@attrs.define(eq=False)
+class GatedStore(StateStore):
+    """A state directory whose saves wait for ``gate`` (a slow disk), kept in memory."""
+
+    gate: trio.Event = attrs.field(factory=trio.Event)
+    saved: str = ""
+
+    async def write(self, text: str) -> None:
+        await self.gate.wait()
+        self.saved = text
+
+
+async def test_a_rollout_set_saved_while_a_rollout_deploy_waits_to_save_is_kept(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # rollout set takes no service lock: it may be saved between a rollout deploy's health
+    # wait and its own save. The deploy keeps the split it finds when it saves, not an older.
+    store = GatedStore(tmp_path)
+    store.gate.set()
+    router = Router(logger(), store, nursery, health_check=HealthScript({MAIN, NEXT, NEWER}))
+    await router.deploy("web", options(MAIN))
+    await rollouts.deploy(router, RolloutDeploy("web", (NEXT,)), Progress())
+    await rollouts.set_split(router, "web", RolloutSplit(10))
+    store.gate = trio.Event()  # saves wait from here on
+    async with trio.open_nursery() as commands:
+        commands.start_soon(rollouts.set_split, router, "web", RolloutSplit(50))
+        await trio.sleep(1)  # the set waits in its save, holding the saver
+        deploy = RolloutDeploy("web", (NEWER,), drain_timeout=1)
+        commands.start_soon(rollouts.deploy, router, deploy, Progress())
+        await trio.sleep(2)  # the deploy's targets are healthy: it waits to save
+        store.gate.set()
+    service = _service(router)
+    assert service.split == RolloutSplit(50)
+    assert service.rollout is not None
+    assert [t.name for t in service.rollout.targets] == [NEWER]
+    (saved,) = snapshot.load(json.loads(store.saved))[0]
+    assert saved.rollout == snapshot.RolloutRecord((NEWER,), (), 1, RolloutSplit(50))
+    router.close_nowait()
+
+
+async def test_a_rollout_set_behind_a_rollout_stop_finds_no_group(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The group is read as the set is saved: a rollout stop saved first leaves none to split
+    # to (the stopped group, draining, must not come back).
+    store = GatedStore(tmp_path)
+    store.gate.set()
+    router = Router(logger(), store, nursery, health_check=HealthScript({MAIN, NEXT}))
+    await router.deploy("web", options(MAIN))
+    await rollouts.deploy(router, RolloutDeploy("web", (NEXT,), drain_timeout=1), Progress())
+    store.gate = trio.Event()
+    refused: list[str] = []
+
+    async def set_split() -> None:
+        with pytest.raises(CommandError, match="has no rollout group") as raised:
+            await rollouts.set_split(router, "web", RolloutSplit(50))
+        refused.append(str(raised.value))
+
+    async with trio.open_nursery() as commands:
+        commands.start_soon(rollouts.stop, router, "web", Progress())
+        await trio.sleep(1)  # the stop waits in its save, holding the saver
+        commands.start_soon(set_split)
+        await trio.sleep(1)
+        store.gate.set()
+    assert len(refused) == 1
+    service = _service(router)
+    assert (service.rollout, service.split) == (None, None)
+    (saved,) = snapshot.load(json.loads(store.saved))[0]
+    assert saved.rollout is None
+    router.close_nowait()

@@ -446,3 +446,54 @@ def test_absolute_form_replaces_every_host_field_with_one() -> None:
         b"/",
         [(b"host", b"c.example"), (b"accept", b"*/*")],
     )
+
+
+def test_with_services_is_with_service_for_each_at_once() -> None:
+    services = [
+        ("a", ["x.com"], ["/api", "/"]),
+        ("b", ["x.com", "*.y.com"], ["/api/v2"]),
+        ("c", [], []),
+    ]
+    at_once = ServiceMap.empty().with_services(services)
+    assert at_once == build(*services)
+    assert at_once.lookup("x.com", "/api/v2/z") == Route("b", "/api/v2")
+    assert at_once.lookup("x.com", "/api/z") == Route("a", "/api")
+    assert at_once.lookup("q.y.com", "/api/v2") == Route("b", "/api/v2")
+    assert at_once.lookup("other", "/") == Route("c", "/")
+
+
+def test_a_changed_copy_routes_as_a_map_built_afresh() -> None:
+    # Copies share the tables of the hosts they did not touch: rebinding, moving and
+    # removing services must route exactly as the same bindings built from scratch.
+    changed = build(("a", ["x.com"], []), ("b", ["x.com"], ["/p"]), ("c", ["y.com"], []))
+    changed = changed.with_services([("a", ["y.com"], ["/q"]), ("d", ["x.com"], [])])
+    changed = changed.without_services(["b", "missing"])
+    afresh = build(("a", ["y.com"], ["/q"]), ("c", ["y.com"], []), ("d", ["x.com"], []))
+    assert changed == afresh
+    for host, path in [("x.com", "/p/1"), ("x.com", "/"), ("y.com", "/q"), ("y.com", "/z")]:
+        assert changed.lookup(host, path) == afresh.lookup(host, path)
+    assert changed.lookup("x.com", "/p") == Route("d", "/")
+    assert changed.services() == frozenset({"a", "c", "d"})
+
+
+def test_a_duplicate_pair_goes_to_the_name_that_sorts_first_in_a_copy_too() -> None:
+    service_map = build(("b", ["x.com"], []))
+    assert service_map.with_service("a", ["x.com"], []).lookup("x.com", "/") == Route("a", "/")
+    assert service_map.with_service("c", ["x.com"], []).lookup("x.com", "/") == Route("b", "/")
+
+
+def test_clashes_in_order_with_the_map_and_each_other() -> None:
+    service_map = build(("web", ["x.com"], []))
+    refused = service_map.clashes(
+        [
+            ("web", ["x.com"], []),  # its own pair: fine
+            ("api", ["x.com"], ["/api"]),
+            ("copy", ["x.com"], ["/"]),
+            ("late", ["x.com"], ["api/"]),  # clashes with api, earlier in the list
+            ("bad", ["bad host"], []),
+        ]
+    )
+    assert refused.keys() == {"copy", "late", "bad"}
+    assert refused["copy"] == Conflict("x.com", "/", "web")
+    assert refused["late"] == Conflict("x.com", "/api", "api")
+    assert isinstance(refused["bad"], ValueError)

@@ -20,9 +20,9 @@ from kproxy.errors import NoHealthyTargets
 from kproxy.runtime import rollouts
 from kproxy.runtime.exchange import RequestHead
 from kproxy.runtime.router import Router, _no_progress
-from kproxy.runtime.supervisor import Workers
 from kproxy.runtime.target import Target
 from kproxy.runtime.worker import Worker
+from kproxy.runtime.worker_links import Workers
 from tests.health_script import HealthScript, logger, options
 
 ONE, TWO, THREE = "10.0.0.1:3000", "10.0.0.2:3000", "10.0.0.3:3000"
@@ -39,12 +39,18 @@ class Pair:
         self.worker = Worker(RunOptions(socket_path="", state_dir=""), logger())
         self.replica = Router(logger(), None, nursery, health_check=self.script)
 
+        self.sent: list[wp.Message] = []  # every state message the worker applied
+
     def publish(self) -> None:
-        self.workers.version += 1
+        """The whole state first, as a new worker gets it; then only what changed."""
+        data = self.workers.changes() if self.sent else self.workers.state_message()
+        if data is None:
+            return
         reader = wp.MessageReader()
-        reader.receive_data(self.workers.state_message())
+        reader.receive_data(data)
         message = reader.next_message()
         assert message is not None
+        self.sent.append(message)
         assert self.worker.apply(self.replica, message) == self.workers.version
 
     def choices(self, count: int) -> list[str]:
@@ -174,3 +180,46 @@ async def test_the_replica_follows_the_rollout_group_its_health_and_split(
     assert (after.rollout, after.split, after.record().rollout) == (None, None, None)
     assert replica.choose_target(_with_cookie(b"alice")).name == ONE
     assert await pair.worker.drain([t.serial for t in retired], 1) == 0  # retired: drainable
+
+
+async def test_after_the_whole_state_a_worker_is_sent_only_what_changed(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    pair.script.healthy = {ONE, TWO, THREE}
+    api = ServiceOptions(hosts=("api.test",))
+    await pair.supervisor.deploy("web", options(ONE))
+    await pair.supervisor.deploy("api", options(TWO, service=api))
+    pair.publish()
+    assert [e["name"] for e in pair.sent[-1]["services"]] == ["web", "api"]
+    assert pair.sent[-1]["whole"]
+    api_service = pair.replica.services["api"]
+
+    await pair.supervisor.deploy("web", options(THREE))
+    pair.publish()
+    assert [e["name"] for e in pair.sent[-1]["services"]] == ["web"]
+    assert (pair.sent[-1]["whole"], pair.sent[-1]["removed"]) == (False, [])
+    assert pair.choices(2) == [THREE, THREE]
+    assert pair.replica.services["api"] is api_service  # untouched
+    assert pair.workers.changes() is None  # nothing more to send
+
+    await pair.supervisor.remove("api")
+    pair.publish()
+    assert (pair.sent[-1]["services"], pair.sent[-1]["removed"]) == ([], ["api"])
+    assert sorted(pair.replica.services) == ["web"]
+    assert pair.replica.service_map.services() == {"web"}
+    # A worker started now gets the whole state, the same the first one followed to.
+    fresh, replica = (
+        Worker(RunOptions(socket_path="", state_dir=""), logger()),
+        Router(logger(), None, pair.replica.nursery),
+    )
+    reader = wp.MessageReader()
+    reader.receive_data(pair.workers.state_message())
+    message = reader.next_message()
+    assert message is not None
+    assert message["whole"]
+    assert fresh.apply(replica, message) == pair.workers.version
+    assert replica.service_map == pair.replica.service_map == pair.supervisor.service_map
+    assert [s.record() for s in replica.services.values()] == [
+        s.record() for s in pair.replica.services.values()
+    ]
+    replica.close_nowait()

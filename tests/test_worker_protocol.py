@@ -99,7 +99,7 @@ def test_state_round_trips_with_target_identities_and_health() -> None:
     reader.receive_data(wp.encode(wp.state_message(42, [view])))
     message = reader.next_message()
     assert message is not None
-    assert wp.read_state(message) == (42, [view])
+    assert wp.read_state(message) == wp.StateUpdate(42, (view,))
 
 
 def test_a_state_without_services_raises() -> None:
@@ -116,8 +116,8 @@ def test_a_rollout_group_round_trips_and_older_messages_have_none() -> None:
         (wp.TargetView(2, "127.0.0.1:4000", TargetHealth.UNHEALTHY),),
     )
     message = wp.state_message(7, [view])
-    assert wp.read_state(message) == (7, [view])
+    assert wp.read_state(message) == wp.StateUpdate(7, (view,))
     del message["services"][0]["rollout_targets"]
     del message["services"][0]["rollout"]
-    (read,) = wp.read_state(message)[1]
+    (read,) = wp.read_state(message).services
     assert (read.record.rollout, read.rollout_targets) == (None, ())

@@ -5,28 +5,28 @@ Mirrors kamal-proxy's internal/server/service_map.go. Each service binds every p
 ``""`` and one without prefixes binds ``/``. A request picks the FIRST host level that has
 any bindings (exact, then the wildcard one label up, then the default) and within it the
 longest prefix that matches on a segment boundary; if none matches, the answer is 404 and the
-lower levels are not consulted. The map is an immutable value: the router rebuilds it on
-each deploy or remove and swaps it in one assignment, so lookups need no locks.
+lower levels are not consulted. The map is an immutable value: the router makes a changed copy
+on each deploy or remove (costing the hosts it changes, not every service's routes) and swaps
+it in one assignment, so lookups need no locks.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 import attrs
 
-ROOT_PATH: Final = "/"
-DEFAULT_HOST: Final = ""  # the key of services deployed without --host
-MAX_HOST_LENGTH: Final = 253  # characters, RFC 1035 section 2.3.4
+# The names' own rules are in core/route_names.py; these are here for the modules that
+# import them from the routing table.
+from kproxy.core.route_names import ROOT_PATH as ROOT_PATH
+from kproxy.core.route_names import canonical_ipv6
+from kproxy.core.route_names import normalize_host as normalize_host
+from kproxy.core.route_names import normalize_path_prefix as normalize_path_prefix
 
-# One DNS label, RFC 1123 section 2.1, plus "_" which real networks (Docker) do use.
-_LABEL: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
-_HOST_HINT: Final = "use a name like example.com, a wildcard like *.example.com, or an IP"
-_PREFIX_HINT: Final = "use a path like /api"
+DEFAULT_HOST: Final = ""  # the key of services deployed without --host
 
 
 @attrs.frozen
@@ -46,73 +46,6 @@ class Conflict:
     service: str
 
 
-def _quote(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _host_error(value: str, reason: str) -> ValueError:
-    return ValueError(f"invalid host {_quote(value)}: {reason} ({_HOST_HINT})")
-
-
-def _ipv6(text: str) -> str | None:
-    """The canonical (RFC 5952) form of an IPv6 literal, so "0:0::1" and "::1" are one host."""
-    try:
-        return str(ipaddress.IPv6Address(text))
-    except ValueError:
-        return None
-
-
-def normalize_host(value: str) -> str:
-    """Validate and canonicalize a ``--host`` value: lowercase, IPv6 without brackets.
-
-    Raises:
-      ValueError: for an empty value, spaces, a port, a path, or a misplaced ``*``.
-    """
-    host = value.strip().lower()
-    if not host:
-        raise _host_error(value, "empty")
-    if any(char.isspace() for char in host):
-        raise _host_error(value, "whitespace is not allowed (give one host per --host)")
-    if not host.isascii():
-        raise _host_error(value, "non-ASCII (use the punycode form, xn--...)")
-    if "://" in host:
-        raise _host_error(value, "give the host name only, not a URL")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif host.startswith("[") or (host.count(":") == 1 and not host.startswith(":")):
-        raise _host_error(value, "a host must not include a port")
-    if ":" in host:
-        ipv6 = _ipv6(host)
-        if ipv6 is None:
-            raise _host_error(value, "not a valid IPv6 address")
-        return ipv6
-    if "/" in host:
-        raise _host_error(value, "a host has no path (use --path-prefix for that)")
-    name = host.removeprefix("*.")
-    if "*" in name:
-        raise _host_error(
-            value, '"*" is only allowed as the whole first label, as in *.example.com'
-        )
-    if all(label.isdigit() and label.isascii() for label in name.split(".")):
-        try:
-            ipv4 = str(ipaddress.IPv4Address(name))
-        except ValueError:
-            raise _host_error(value, "not a valid IPv4 address") from None
-        if name != host:
-            raise _host_error(value, "a wildcard needs a domain name, not an IP address")
-        return ipv4
-    if len(name) > MAX_HOST_LENGTH:
-        raise _host_error(value, f"longer than {MAX_HOST_LENGTH} characters")
-    for label in name.split("."):
-        if not label:
-            raise _host_error(value, "empty label (a leading, trailing or doubled dot)")
-        if not _LABEL.fullmatch(label):
-            raise _host_error(
-                value, f"bad label {_quote(label)} (letters, digits and inner hyphens only)"
-            )
-    return host
-
-
 def request_host(header: bytes | None) -> str:
     """The host of an incoming ``Host`` header, lowercased, without port or IPv6 brackets.
 
@@ -124,12 +57,12 @@ def request_host(header: bytes | None) -> str:
     host = header.decode("latin-1").lower()  # h11 has validated it; latin-1 cannot fail
     if host.startswith("["):
         end = host.find("]")
-        return (_ipv6(host[1:end]) or host[1:end]) if end > 0 else host
+        return (canonical_ipv6(host[1:end]) or host[1:end]) if end > 0 else host
     colon = host.find(":")
     if colon > 0 and host.find(":", colon + 1) < 0:
         return host[:colon]
     if colon >= 0:
-        return _ipv6(host) or host  # a bare IPv6 literal, which RFC 9110 does not allow
+        return canonical_ipv6(host) or host  # a bare IPv6 literal, which RFC 9110 does not allow
     return host
 
 
@@ -170,30 +103,6 @@ def absolute_form(
     return origin, out if swapped else [(b"host", authority), *out]
 
 
-def normalize_path_prefix(value: str) -> str:
-    """Give a ``--path-prefix`` one leading and no trailing slash, like NormalizePathPrefixes.
-
-    Prefixes are compared with the request path as sent (not percent-decoded), so they
-    must be plain ASCII.
-
-    Raises:
-      ValueError: for ``?``, ``#``, whitespace, control or non-ASCII characters.
-    """
-    for char in value:
-        if char in "?#":
-            reason = f"{_quote(char)} starts a query or fragment, not part of a path"
-        elif char.isspace():
-            reason = "whitespace is not allowed"
-        elif not char.isascii():
-            reason = f"non-ASCII {_quote(char)} is not allowed (percent-encode it)"
-        elif not char.isprintable():
-            reason = "control characters are not allowed"
-        else:
-            continue
-        raise ValueError(f"invalid path prefix {_quote(value)}: {reason} ({_PREFIX_HINT})")
-    return ROOT_PATH + value.strip("/")
-
-
 def _normalize_hosts(hosts: Sequence[str]) -> tuple[str, ...]:
     # An explicit "" binds the default host, as kamal-proxy's NormalizeHosts allows.
     unique = dict.fromkeys(normalize_host(h) if h else DEFAULT_HOST for h in hosts)
@@ -216,36 +125,66 @@ class _Binding:
     hosts: tuple[str, ...]
     path_prefixes: tuple[str, ...]
 
+    def entries(self) -> list[_Entry]:
+        # "" for the root so it matches any path, even "*" or an empty one.
+        return [
+            ("" if prefix == ROOT_PATH else _with_slash(prefix), Route(self.service, prefix))
+            for prefix in self.path_prefixes
+        ]
+
 
 _Entry = tuple[str, Route]  # (prefix to match, with a trailing slash; route), longest first
+# The services to bind: name, hosts, path prefixes (as given to ServiceMap.with_service).
+ServiceRoutes = tuple[str, Sequence[str], Sequence[str]]
+
+
+def _entry_order(entry: _Entry) -> tuple[int, str]:
+    # Longest prefix first; on a duplicate pair the service whose name sorts first wins.
+    return -len(entry[0]), entry[1].service
+
+
+def _binding(name: str, hosts: Sequence[str], path_prefixes: Sequence[str]) -> _Binding:
+    return _Binding(name, _normalize_hosts(hosts), _normalize_prefixes(path_prefixes))
 
 
 @attrs.frozen
 class ServiceMap:
-    """An immutable routing table from (host, path) to service; change it by rebuilding.
+    """An immutable routing table from (host, path) to service; change it by making a copy.
 
-    Build with ``ServiceMap.empty().with_service(...)``. Bindings are kept sorted by service
-    name, so equal maps compare equal whatever order they were built in.
+    Build with ``ServiceMap.empty().with_services(...)`` or ``with_service``. A copy shares
+    what did not change: a change costs the hosts it touches plus one dict copy, not a
+    rebuild of every service's routes. Equal bindings compare equal whatever the build order.
     """
 
-    _bindings: tuple[_Binding, ...] = ()
-    # Derived from _bindings in __attrs_post_init__: host → entries, longest prefix first.
+    _bindings: frozenset[_Binding] = frozenset()
+    # Derived from _bindings: by service name, and host → entries, longest prefix first.
+    _by_service: dict[str, _Binding] = attrs.field(init=False, eq=False, repr=False)
     _routes: dict[str, tuple[_Entry, ...]] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         table: dict[str, list[_Entry]] = {}
         for binding in self._bindings:
+            entries = binding.entries()
             for host in binding.hosts:
-                entries = table.setdefault(host, [])
-                for prefix in binding.path_prefixes:
-                    # "" for the root so it matches any path, even "*" or an empty one.
-                    match = "" if prefix == ROOT_PATH else _with_slash(prefix)
-                    entries.append((match, Route(binding.service, prefix)))
-        routes = {
-            host: tuple(sorted(entries, key=lambda entry: -len(entry[0])))
-            for host, entries in table.items()
-        }
-        object.__setattr__(self, "_routes", routes)  # attrs' documented way for frozen
+                table.setdefault(host, []).extend(entries)
+        routes = {host: tuple(sorted(e, key=_entry_order)) for host, e in table.items()}
+        self._derive({b.service: b for b in self._bindings}, routes)
+
+    def _derive(
+        self, by_service: dict[str, _Binding], routes: dict[str, tuple[_Entry, ...]]
+    ) -> None:
+        object.__setattr__(self, "_by_service", by_service)  # attrs' way for frozen classes
+        object.__setattr__(self, "_routes", routes)
+
+    @classmethod
+    def _copy(
+        cls, by_service: dict[str, _Binding], routes: dict[str, tuple[_Entry, ...]]
+    ) -> ServiceMap:
+        """A map whose derived tables are handed over, not rebuilt (see _replaced)."""
+        made = object.__new__(cls)
+        object.__setattr__(made, "_bindings", frozenset(by_service.values()))
+        made._derive(by_service, routes)
+        return made
 
     @classmethod
     def empty(cls) -> ServiceMap:
@@ -263,17 +202,50 @@ class ServiceMap:
         Raises:
           ValueError: if a host or prefix is invalid (see normalize_host, normalize_path_prefix).
         """
-        binding = _Binding(name, _normalize_hosts(hosts), _normalize_prefixes(path_prefixes))
-        others = (b for b in self._bindings if b.service != name)
-        return ServiceMap(tuple(sorted((*others, binding), key=lambda b: b.service)))
+        return self.with_services([(name, hosts, path_prefixes)])
+
+    def with_services(self, services: Iterable[ServiceRoutes]) -> ServiceMap:
+        """:meth:`with_service` for each of ``services`` at once: one copy for all (a restore,
+        a worker's replica). Checks no conflicts (see :meth:`clashes`).
+
+        Raises:
+          ValueError: if a host or prefix is invalid; the map is unchanged.
+        """
+        return self._replaced({name: _binding(name, h, p) for name, h, p in services})
 
     def without_service(self, name: str) -> ServiceMap:
         """A copy without ``name``; unchanged if it was not there."""
-        return ServiceMap(tuple(b for b in self._bindings if b.service != name))
+        return self.without_services([name])
+
+    def without_services(self, names: Iterable[str]) -> ServiceMap:
+        """A copy without any of ``names`` (those not there are ignored)."""
+        gone = {name: None for name in names if name in self._by_service}
+        return self._replaced(gone) if gone else self
+
+    def _replaced(self, changes: Mapping[str, _Binding | None]) -> ServiceMap:
+        """A copy with each named service bound as given (None: unbound)."""
+        by_service = dict(self._by_service)
+        touched: set[str] = set()
+        for name, binding in changes.items():
+            old = by_service.pop(name, None)
+            if old is not None:
+                touched.update(old.hosts)
+            if binding is not None:
+                by_service[name] = binding
+                touched.update(binding.hosts)
+        routes = dict(self._routes)
+        for host in touched:
+            entries = [e for e in routes.pop(host, ()) if e[1].service not in changes]
+            for binding in changes.values():
+                if binding is not None and host in binding.hosts:
+                    entries += binding.entries()
+            if entries:
+                routes[host] = tuple(sorted(entries, key=_entry_order))
+        return ServiceMap._copy(by_service, routes)
 
     def services(self) -> frozenset[str]:
         """The names of all services in the map."""
-        return frozenset(b.service for b in self._bindings)
+        return frozenset(self._by_service)
 
     def conflict(
         self, name: str, hosts: Sequence[str], path_prefixes: Sequence[str]
@@ -293,6 +265,30 @@ class ServiceMap:
                     if route.path_prefix == prefix and route.service != name:
                         return Conflict(host=host, path_prefix=prefix, service=route.service)
         return None
+
+    def clashes(self, services: Iterable[ServiceRoutes]) -> dict[str, Conflict | ValueError]:
+        """Which of ``services``, taken in order, :meth:`conflict` would refuse: with this map's
+        services and the ones before it in the list (a restore keeps the first of two that
+        clash), or whose hosts or prefixes are invalid. One pass, however many there are."""
+        taken = {
+            (host, route.path_prefix): route.service
+            for host, entries in self._routes.items()
+            for _, route in entries
+        }
+        refused: dict[str, Conflict | ValueError] = {}
+        for name, hosts, path_prefixes in services:
+            try:
+                binding = _binding(name, hosts, path_prefixes)
+            except ValueError as exc:
+                refused[name] = exc
+                continue
+            pairs = [(h, p) for h in binding.hosts for p in binding.path_prefixes]
+            clash = next((pair for pair in pairs if taken.get(pair, name) != name), None)
+            if clash is not None:
+                refused[name] = Conflict(clash[0], clash[1], taken[clash])
+                continue
+            taken.update((pair, name) for pair in pairs)
+        return refused
 
     def lookup(self, host: str, path: str) -> Route | None:
         """Route a request, or None for a 404.
@@ -333,5 +329,6 @@ def strip_path_prefix(target: bytes, prefix: str) -> bytes:
     raw = prefix.encode("ascii")
     rest = path[len(raw) :]
     if not path.startswith(raw) or rest[:1] not in (b"", b"/"):
-        raise ValueError(f"target {target!r} does not start with path prefix {_quote(prefix)}")
+        quoted = json.dumps(prefix, ensure_ascii=False)
+        raise ValueError(f"target {target!r} does not start with path prefix {quoted}")
     return (rest or b"/") + sep + query

@@ -14,6 +14,8 @@ A service in a rollout has a ``rollout`` entry (its rollout group and split, see
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -31,6 +33,9 @@ from kproxy.core.rollout import RolloutSplit
 from kproxy.core.states import ServiceState
 
 FORMAT_VERSION: Final = 1
+# Services whose encoded entries are kept (records are immutable, so an entry never goes stale;
+# past this many services a save encodes each again, as if nothing were kept).
+ENTRY_CACHE: Final = 16384
 
 
 @attrs.frozen
@@ -71,20 +76,36 @@ class ServiceRecord:
 
 
 def dump(records: Iterable[ServiceRecord]) -> dict[str, Any]:
+    """The state's content as JSON-ready dicts (:func:`dump_text` is the file's text)."""
+    return {"version": FORMAT_VERSION, "services": [dict(entry(r)) for r in records]}
+
+
+def dump_text(records: Iterable[ServiceRecord]) -> str:
+    """The state file's text: :func:`dump` as JSON, one service per line (keys sorted).
+
+    Each service's line is kept (:func:`_entry_text`) while its record is unchanged, so a save
+    of n services re-encodes only the services that changed, not all n."""
+    lines = ",\n".join(_entry_text(r) for r in records)
+    return f'{{"version": {FORMAT_VERSION}, "services": [\n{lines}\n]}}\n'
+
+
+@functools.lru_cache(maxsize=ENTRY_CACHE)
+def entry(record: ServiceRecord) -> Mapping[str, Any]:
+    """A service's entry in the state (read-only: it is shared while the record is cached;
+    copy it to add to it, as the worker channel does)."""
     return {
-        "version": FORMAT_VERSION,
-        "services": [
-            {
-                "name": r.name,
-                "state": r.state.value,
-                "message": r.message,
-                "max_pause": r.max_pause,
-                "options": attrs.asdict(r.options),
-                "rollout": _dump_rollout(r.rollout),
-            }
-            for r in records
-        ],
+        "name": record.name,
+        "state": record.state.value,
+        "message": record.message,
+        "max_pause": record.max_pause,
+        "options": attrs.asdict(record.options),
+        "rollout": _dump_rollout(record.rollout),
     }
+
+
+@functools.lru_cache(maxsize=ENTRY_CACHE)
+def _entry_text(record: ServiceRecord) -> str:
+    return json.dumps(entry(record), sort_keys=True)
 
 
 def _dump_rollout(rollout: RolloutRecord | None) -> dict[str, Any] | None:

@@ -5,13 +5,16 @@ an **event** (no ``id``) expects nothing back; a **request** carries an ``id`` i
 (each side numbers its own) and gets one ``reply`` (``id``: the request's, ``answer``: an
 object), unless the channel closes first or the asker stops waiting.
 
-Rule 1: the supervisor is the only writer of state. A worker holds a replica, replaced whole by
-every ``state`` event, and answers each with an ``ack`` event carrying its version.
+Rule 1: the supervisor is the only writer of state. A worker holds a replica: its first ``state``
+event is the whole state, and each after it carries the services changed since the one before
+(and the names of those removed); the worker answers each with an ``ack`` event carrying its
+version. The channel loses and reorders nothing, so the replica is the supervisor's state.
 Rule 2: events are handled one at a time, in the order sent, before the next message is read,
 so a ``drain`` request sent after a ``state`` finds its targets already out of the worker's
 routing. Requests run side by side: their replies may come in any order.
 
-supervisor → worker: events ``state`` (version, services), ``shutdown`` (grace), ``abort``;
+supervisor → worker: events ``state`` (version, services, removed, whole), ``shutdown`` (grace),
+``abort``;
 requests ``drain`` (targets, timeout) → (cancelled), ``idle`` (service, timeout) → (idle).
 worker → supervisor: events ``ready`` (pid), ``ack`` (version); requests ``acme-certificate``
 (name) → (path, not_after) and ``acme-token`` (target) → (answer) (runtime/acme_workers.py).
@@ -107,26 +110,56 @@ class ServiceView:
     rollout_targets: tuple[TargetView, ...] = ()  # the rollout group's (``record.rollout``)
 
 
-def state_message(version: int, services: Iterable[ServiceView]) -> Message:
-    views = list(services)
-    data = snapshot.dump(v.record for v in views)
-    for entry, view in zip(data["services"], views, strict=True):
-        entry["targets"] = [[t.serial, t.address, t.health.value] for t in view.targets]
-        entry["rollout_targets"] = [
-            [t.serial, t.address, t.health.value] for t in view.rollout_targets
-        ]
-    return {"type": "state", "version": version, "services": data["services"]}
+@attrs.frozen
+class StateUpdate:
+    """A ``state`` event: the services that changed since the previous one (each whole),
+    the names of those removed, or, ``whole``, every service (any other is gone)."""
+
+    version: int
+    services: tuple[ServiceView, ...]
+    removed: tuple[str, ...] = ()
+    whole: bool = True
 
 
-def read_state(message: Message) -> tuple[int, list[ServiceView]]:
-    """A ``state`` message's version and services.
+def state_message(
+    version: int,
+    services: Iterable[ServiceView],
+    *,
+    removed: Iterable[str] = (),
+    whole: bool = True,
+) -> Message:
+    """A ``state`` event (see :class:`StateUpdate`): a new worker's first is ``whole``, and
+    each change after it carries only the services it changed, so a change to one of n
+    services costs one service's encoding and applying, not n."""
+    entries = [
+        {
+            **snapshot.entry(view.record),
+            "targets": [[t.serial, t.address, t.health.value] for t in view.targets],
+            "rollout_targets": [
+                [t.serial, t.address, t.health.value] for t in view.rollout_targets
+            ],
+        }
+        for view in services
+    ]
+    return {
+        "type": "state",
+        "version": version,
+        "services": entries,
+        "removed": list(removed),
+        "whole": whole,
+    }
+
+
+def read_state(message: Message) -> StateUpdate:
+    """A ``state`` message's content.
 
     Raises:
         ChannelError: the message does not describe a state (the two sides disagree).
     """
     entries = message.get("services")
-    if not isinstance(entries, list):
-        raise ChannelError("a state message has a list of services")
+    removed = message.get("removed", [])
+    if not isinstance(entries, list) or not isinstance(removed, list):
+        raise ChannelError("a state message has a list of services and one of removed names")
     records, errors = snapshot.load({"version": snapshot.FORMAT_VERSION, "services": entries})
     if errors:
         raise ChannelError("; ".join(errors))
@@ -139,7 +172,8 @@ def read_state(message: Message) -> tuple[int, list[ServiceView]]:
                 _target_views(entry.get("rollout_targets", [])),
             )
         )
-    return int(message["version"]), views
+    whole = bool(message.get("whole", True))
+    return StateUpdate(int(message["version"]), tuple(views), tuple(map(str, removed)), whole)
 
 
 def _target_views(entries: list[list[Any]]) -> tuple[TargetView, ...]:

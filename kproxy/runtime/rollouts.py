@@ -13,6 +13,8 @@ made after, with no await between (``Router.saver``, runtime/state_saver.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import trio
 
@@ -21,9 +23,13 @@ from kproxy.core.options import DeploymentOptions
 from kproxy.core.rollout import RolloutSplit
 from kproxy.core.snapshot import RolloutRecord, ServiceRecord
 from kproxy.errors import CommandError, ServiceNotFound
-from kproxy.runtime.router import Progress, Router, _new_targets
+from kproxy.runtime.router import Progress, Router
+from kproxy.runtime.routing import new_targets
 from kproxy.runtime.service import Service
 from kproxy.runtime.target_set import TargetSet
+
+# A service's rollout group, what its ``rollout deploy`` said, and its split (None: none).
+Rollout = tuple[TargetSet | None, DeploymentOptions | None, RolloutSplit | None]
 
 
 async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> None:
@@ -38,11 +44,11 @@ async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> 
             service is as it was.
     """
     name = command.service
-    router._get(name)  # fail fast, before any health check
+    router.get(name)  # fail fast, before any health check
     deadline = trio.current_time() + command.deploy_timeout  # a queued command's wait counts
     what = f"rollout deploy to {', '.join(command.targets)}"
-    async with router._locks.hold(name, what, progress, deadline):
-        service = router._get(name)  # a remove may have run while this waited for the lock
+    async with router.locks.hold(name, what, progress, deadline):
+        service = router.get(name)  # a remove may have run while this waited for the lock
         options = attrs.evolve(
             service.options,
             targets=command.targets,
@@ -51,20 +57,23 @@ async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> 
             drain_timeout=command.drain_timeout,
             force=False,
         )
-        new = router.target_set(name, _new_targets(options, router.connector))
+        new = router.target_set(name, new_targets(options, router.connector))
         router.logger.info("Deploying for rollout", service=name, targets=options.targets)
         try:
             await router.nursery.start(new.run)
             await new.healthy_by(deadline, options.deploy_timeout, progress, what="rollout")
-            split = service.split
-            old, _, _ = await _commit(router, service, new, options, split)
+            # The split is read as the change is saved: a ``rollout set`` (which waits for no
+            # service lock) committed meanwhile is kept, not overwritten.
+            (old, _, _), (_, _, split) = await _commit(
+                router, service, lambda now: (new, options, now[2])
+            )
         except BaseException:
             new.close()
             raise
         if old is not None:
             old.drain_nowait(command.drain_timeout)
         router.logger.info("Deployed for rollout", service=name, targets=options.targets)
-        await router._sync()
+        await router.sync()
         if split is None:
             await progress(
                 f"{name}: rollout group {', '.join(options.targets)} ready; it gets no "
@@ -73,7 +82,7 @@ async def deploy(router: Router, command: RolloutDeploy, progress: Progress) -> 
         else:
             await progress(f"{name}: rollout traffic now goes to {', '.join(options.targets)}")
         if old is not None:
-            await router._wait_drained(old, command.drain_timeout, progress)
+            await router.wait_drained(old, command.drain_timeout, progress)
 
 
 async def set_split(router: Router, name: str, split: RolloutSplit) -> None:
@@ -83,17 +92,24 @@ async def set_split(router: Router, name: str, split: RolloutSplit) -> None:
         ServiceNotFound: the service is not deployed.
         CommandError: it has no rollout group.
     """
-    service = router._get(name)
-    if service.rollout is None:
-        raise CommandError(
-            f"service {name!r} has no rollout group (rollout target not set); "
-            f"deploy one first: rollout deploy {name} --target HOST:PORT"
-        )
-    await _commit(router, service, service.rollout, service.rollout_options, split)
+    service = router.get(name)
+
+    def with_split(now: Rollout) -> Rollout:
+        # The group as it is when the change is saved: a rollout deploy or stop that was
+        # saved meanwhile is kept (this command takes no service lock: it waits for nothing).
+        group, options, _ = now
+        if group is None:
+            raise CommandError(
+                f"service {name!r} has no rollout group (rollout target not set); "
+                f"deploy one first: rollout deploy {name} --target HOST:PORT"
+            )
+        return group, options, split
+
+    await _commit(router, service, with_split)
     router.logger.info(
         "Set rollout split", service=name, percentage=split.percent, allowlist=split.allowlist
     )
-    await router._sync()
+    await router.sync()
 
 
 async def stop(router: Router, name: str, progress: Progress) -> bool:
@@ -104,43 +120,44 @@ async def stop(router: Router, name: str, progress: Progress) -> bool:
     Raises:
         ServiceNotFound: the service is not deployed.
     """
-    async with router._locks.hold(name, "rollout stop", progress):
-        service = router._get(name)
+    async with router.locks.hold(name, "rollout stop", progress):
+        service = router.get(name)
         if service.rollout is None:
             return False
-        group, options, _split = await _commit(router, service, None, None, None)
+        (group, options, _split), _ = await _commit(router, service, lambda _: (None, None, None))
         if group is None or options is None:  # a rollout stop that ran meanwhile
             return False
         group.drain_nowait(options.drain_timeout)
         router.logger.info("Stopped rollout", service=name)
-    await router._sync()
+    await router.sync()
     await progress(f"{name}: all traffic goes to {', '.join(service.options.targets)}")
-    await router._wait_drained(group, options.drain_timeout, progress)
+    await router.wait_drained(group, options.drain_timeout, progress)
     return True
 
 
 async def _commit(
-    router: Router,
-    service: Service,
-    group: TargetSet | None,
-    options: DeploymentOptions | None,
-    split: RolloutSplit | None,
-) -> tuple[TargetSet | None, DeploymentOptions | None, RolloutSplit | None]:
-    """Save the service with this rollout group (None: none) and split, then install it and
-    publish it; returns what it replaced. ERR (CommandError) with nothing changed when the
-    state cannot be saved."""
+    router: Router, service: Service, change: Callable[[Rollout], Rollout]
+) -> tuple[Rollout, Rollout]:
+    """Save the service with the rollout group, its options and split that ``change`` makes of
+    the current ones, then install them and publish; returns what it replaced and what it
+    installed. ``change`` runs once earlier saves are done, so it sees what they made; it may
+    raise to refuse (nothing changes). ERR (CommandError) with nothing changed when the state
+    cannot be saved."""
+    chosen: list[Rollout] = []
 
     def prospective() -> list[ServiceRecord]:
         if router.services.get(service.name) is not service:
             raise ServiceNotFound(f"service {service.name!r} was removed meanwhile")
+        chosen.append(change((service.rollout, service.rollout_options, service.split)))
+        group, options, split = chosen[-1]
         rollout = None
         if group is not None and options is not None:
             rollout = RolloutRecord.of(options, split)
         return router.records_with(service.name, attrs.evolve(service.record(), rollout=rollout))
 
-    def switch() -> tuple[TargetSet | None, DeploymentOptions | None, RolloutSplit | None]:
-        old = service.replace_rollout(group, options, split)
-        router._publish()
-        return old
+    def switch() -> tuple[Rollout, Rollout]:
+        old = service.replace_rollout(*chosen[-1])
+        router.publish()
+        return old, chosen[-1]
 
     return await router.saver.commit(prospective, switch)

@@ -1,19 +1,21 @@
-"""The router: services by name, the current ServiceMap, and the commands that change them.
+"""The router: the commands that change the routing (runtime/routing.py) and the state file.
 
 Every change follows one pattern: validate, wait (health) under a deadline, save the state the
 change will make, then swap the ServiceMap value whole (``StateSaver.commit``: an unsaved change
 is not made), then drain. Requests read ``router.service_map`` once: old or new, never a mix.
 
-A service's targets come as a TargetSet (runtime/target_set.py), made by :meth:`Router.target_set`
-and run in the router's nursery: their health checks and drains outlive the command that began
-them. Worker processes build their read-only copy of the routing with the same methods
-(:meth:`Router.target_set`, :meth:`Router.cut_over`, :meth:`Router.withdraw`).
+A service's targets come as a TargetSet (runtime/target_set.py), made by ``target_set`` and run
+in the router's nursery: their health checks and drains outlive the command that began them.
+Worker processes build their read-only copy of the routing with the same methods, those of
+:class:`~kproxy.runtime.routing.Routing`. The rollout commands (runtime/rollouts.py) use the
+public ones here: ``get``, ``locks``, ``saver``, ``records_with``, ``publish``, ``sync`` and
+``wait_drained``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
@@ -22,63 +24,37 @@ from kproxy.core.flag_values import format_duration
 from kproxy.core.listing import ServiceInfo
 from kproxy.core.options import DeploymentOptions
 from kproxy.core.pages import ErrorPages
-from kproxy.core.service_map import Route, ServiceMap
 from kproxy.core.snapshot import ServiceRecord
-from kproxy.core.states import ServiceState, TargetHealth
-from kproxy.core.tls_rules import inherits_tls, policy_for, root_host
+from kproxy.core.states import ServiceState
 from kproxy.errors import DeployError, ServiceNotFound
 from kproxy.runtime.certificates import (
     AutomaticCertificates,
-    CertificateSource,
-    Targets,
     certificate_source,
     restored_source,
 )
-from kproxy.runtime.health import check_once
-from kproxy.runtime.log import Logger
-from kproxy.runtime.pages import BUILTIN_PAGES, error_pages_or_builtin, read_error_pages
-from kproxy.runtime.pool import Connector, open_tcp
+from kproxy.runtime.pages import error_pages_or_builtin, read_error_pages
+from kproxy.runtime.routing import Cutover, Routing, new_targets
+from kproxy.runtime.routing import Replicas as Replicas  # proxy.py's type
 from kproxy.runtime.service import Service
 from kproxy.runtime.service_locks import ServiceLocks
 from kproxy.runtime.state_saver import StateSaver, replaced_record
 from kproxy.runtime.state_store import StateStore
-from kproxy.runtime.target import Target
-from kproxy.runtime.target_set import HealthCheck, TargetSet
 from kproxy.runtime.target_set import Progress as Progress  # the commands' type, for proxy.py
+from kproxy.runtime.target_set import TargetSet
 
 
 async def _no_progress(_line: str) -> None:
     pass
 
 
-class Replicas(Protocol):
-    """Worker processes serving with copies of the router's state (``run --workers N``)."""
-
-    def publish(self) -> None:
-        """The state changed (a cutover, a pause, a health change): send it to every worker."""
-
-    async def sync(self) -> None:
-        """Wait until every live worker applied the latest published state."""
-
-    async def drain(self, targets: list[Target], timeout: float) -> int:
-        """Drain retired ``targets`` in every worker; returns the requests cancelled in all."""
-
-    async def wait_idle(self, service: str, timeout: float) -> bool:
-        """Wait for the service's in-flight requests in every worker; True if all finished."""
-
-
 @attrs.define(eq=False)
-class Router:
-    logger: Logger
+class Router(Routing):
+    """The deciding process's routing (runtime/routing.py) and the commands that change it."""
+
     store: StateStore | None
     nursery: trio.Nursery  # runs the target sets: their checks and drains outlive a command
-    services: dict[str, Service] = attrs.field(factory=dict)
-    service_map: ServiceMap = attrs.field(factory=ServiceMap.empty)
-    _locks: ServiceLocks = attrs.field(factory=ServiceLocks)
-    # Set in the supervisor of ``run --workers N``: the workers serve; this router decides.
-    replicas: Replicas | None = attrs.field(default=None, kw_only=True)
-    health_check: HealthCheck = attrs.field(default=check_once, kw_only=True)  # tests script it
-    connector: Connector = attrs.field(default=open_tcp, kw_only=True)  # tests: in memory
+    # One command at a time per service (rollouts.py takes them too).
+    locks: ServiceLocks = attrs.field(factory=ServiceLocks, init=False)
     # Automatic certificates, and the HTTP-01 tokens the HTTP port answers (None: none).
     acme: AutomaticCertificates | None = attrs.field(default=None, kw_only=True)
     # Every change to the saved state: saved first, then made (``ERR`` means nothing changed).
@@ -86,20 +62,6 @@ class Router:
 
     def __attrs_post_init__(self) -> None:
         self.saver = StateSaver(self.store, self.logger)
-
-    # --- requests ---------------------------------------------------------------------------
-
-    def route(self, host: str, path: str) -> tuple[Service, Route] | None:
-        route = self.service_map.lookup(host, path)
-        if route is None:
-            return None
-        return self.services[route.service], route
-
-    def _addresses(self, name: str) -> Targets:
-        """The service's target addresses when asked (for an on-demand URL that is a path)."""
-        return lambda: (
-            [t.name for t in self.services[name].targets] if name in self.services else []
-        )
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -114,14 +76,14 @@ class Router:
         """
         self._check_conflicts(name, options)  # fail fast, before any health check
         pages = self._read_pages(options)  # likewise: a bad --error-pages changes nothing
-        certificates = certificate_source(options.service, self.acme, self._addresses(name))
+        certificates = certificate_source(options.service, self.acme, self.addresses(name))
         deadline = trio.current_time() + options.deploy_timeout  # a queued deploy's wait counts
         what = f"deploy to {', '.join(options.targets)}"
-        async with self._locks.hold(name, what, progress, deadline):
+        async with self.locks.hold(name, what, progress, deadline):
             if pages.directory:
                 statuses = ", ".join(map(str, sorted(pages.templates)))
                 await progress(f"{name}: error pages from {pages.directory}: {statuses}")
-            new = self.target_set(name, _new_targets(options, self.connector))
+            new = self.target_set(name, new_targets(options, self.connector))
             self.logger.info("Deploying", service=name, targets=options.targets)
             try:
                 await self.nursery.start(new.run)  # the health checks begin
@@ -139,7 +101,7 @@ class Router:
 
                 def switch() -> TargetSet | None:
                     old = self.cut_over(name, options, new, pages, certificates)
-                    self._publish()
+                    self.publish()
                     # The drain starts with the cutover, before an await that a vanished
                     # control client can cancel: the old targets must not keep their checks.
                     if old is not None:
@@ -151,17 +113,17 @@ class Router:
                 new.close()
                 raise
             self.logger.info("Deployed", service=name, targets=options.targets)
-            await self._sync()  # with workers, the cutover is done once every one has cut over
+            await self.sync()  # with workers, the cutover is done once every one has cut over
             await progress(f"{name}: traffic now goes to {', '.join(options.targets)}")
             if old is not None:
-                await self._wait_drained(old, options.drain_timeout, progress)
+                await self.wait_drained(old, options.drain_timeout, progress)
 
     async def remove(self, name: str, progress: Progress = _no_progress) -> None:
-        async with self._locks.hold(name, "remove", progress):
+        async with self.locks.hold(name, "remove", progress):
 
             def switch() -> tuple[Service, TargetSet | None, float | None]:
                 service = self.withdraw(name)
-                self._publish()
+                self.publish()
                 service.active.drain_nowait(service.options.drain_timeout)  # as in deploy
                 rollout, rollout_options, _ = service.replace_rollout(None, None)
                 rollout_drain = rollout_options.drain_timeout if rollout_options else None
@@ -172,9 +134,9 @@ class Router:
             removed = await self.saver.commit(lambda: self.records_with(name, None), switch)
             service, rollout, rollout_drain = removed
             self.logger.info("Removed", service=name)
-            await self._wait_drained(service.active, service.options.drain_timeout, progress)
+            await self.wait_drained(service.active, service.options.drain_timeout, progress)
             if rollout is not None and rollout_drain is not None:
-                await self._wait_drained(rollout, rollout_drain, progress)
+                await self.wait_drained(rollout, rollout_drain, progress)
 
     async def pause(
         self, name: str, drain_timeout: float, max_pause: float, progress: Progress = _no_progress
@@ -183,7 +145,7 @@ class Router:
             name, ServiceState.PAUSED, lambda s: s.pause(max_pause), max_pause=max_pause
         )
         self.logger.info("Paused", service=name)
-        await self._sync()
+        await self.sync()
         await self._wait_in_flight(service, drain_timeout, progress)
 
     async def stop(
@@ -193,13 +155,13 @@ class Router:
             name, ServiceState.STOPPED, lambda s: s.stop(message), message=message
         )
         self.logger.info("Stopped", service=name, message=message)
-        await self._sync()
+        await self.sync()
         await self._wait_in_flight(service, drain_timeout, progress)
 
     async def resume(self, name: str) -> None:
         await self._change_state(name, ServiceState.RUNNING, Service.resume, message="")
         self.logger.info("Resumed", service=name)
-        await self._sync()
+        await self.sync()
 
     def service_infos(self) -> list[ServiceInfo]:
         return [
@@ -225,11 +187,11 @@ class Router:
         self, name: str, state: ServiceState, change: Callable[[Service], None], **fields: Any
     ) -> Service:
         """Pause, stop or resume service ``name``: saved first, then made and published."""
-        service = self._get(name)
+        service = self.get(name)
 
         def switch() -> Service:
             change(service)
-            self._publish()
+            self.publish()
             return service
 
         def prospective() -> list[ServiceRecord]:
@@ -241,128 +203,65 @@ class Router:
 
     async def restore(self, records: list[ServiceRecord], errors: list[str]) -> None:
         """Bring back saved services (see ``load_state``), serving at once: their targets
-        start out healthy."""
+        start out healthy. All of them are routed in one change (``cut_over_all``)."""
         for error in errors:
             self.logger.error("State restore failed for a service", error=error)
+        refused = self.service_map.clashes(
+            (r.name, r.options.service.hosts, r.options.service.path_prefixes) for r in records
+        )
+        restored: list[tuple[ServiceRecord, Cutover]] = []
         for record in records:
-            conflict = self.service_map.conflict(
-                record.name, record.options.service.hosts, record.options.service.path_prefixes
-            )
-            if conflict is not None:
+            clash = refused.get(record.name)
+            if clash is not None:
+                reason = clash if isinstance(clash, ValueError) else clash.service
                 self.logger.error(
                     "State restore skipped a service",
                     service=record.name,
-                    error=f"routes clash with service {conflict.service}",
+                    error=f"routes clash with service {reason}",
                 )
                 continue
-            restored = _new_targets(record.options, self.connector, healthy=True)
-            targets = self.target_set(record.name, restored)
-            pages, unreadable = error_pages_or_builtin(record.options.service.error_pages)
-            if unreadable is not None:
-                self.logger.error(
-                    "State restore: error pages unavailable, using the built-in pages",
-                    service=record.name,
-                    error=unreadable,
-                )
-            addresses = self._addresses(record.name)
-            options = record.options.service
-            certificates = restored_source(record.name, options, self.logger, self.acme, addresses)
-            self.cut_over(record.name, record.options, targets, pages, certificates)
-            self.services[record.name].follow(record.state, record.message, record.max_pause)
-            await self.nursery.start(targets.run)  # a single target is not checked: it serves
+            restored.append((record, self._restored_cutover(record)))
+        self.cut_over_all([cutover for _, cutover in restored])
+        groups: list[TargetSet] = []
+        for record, cutover in restored:
+            service = self.services[record.name]
+            service.follow(record.state, record.message, record.max_pause)
+            groups.append(cutover.targets)
             if record.rollout is not None:  # its rollout group (runtime/rollouts.py), likewise
                 rollout = record.rollout.deployment_options(record.options)
-                grouped = _new_targets(rollout, self.connector, healthy=True)
+                grouped = new_targets(rollout, self.connector, healthy=True)
                 group = self.target_set(record.name, grouped)
-                self.services[record.name].replace_rollout(group, rollout, record.rollout.split)
-                await self.nursery.start(group.run)
+                service.replace_rollout(group, rollout, record.rollout.split)
+                groups.append(group)
             self.logger.info(
                 "Restored",
                 service=record.name,
                 targets=record.options.targets,
                 state=record.state.value,
             )
+        # Started, not waited for one by one: each wait is a pass of the scheduler, and with
+        # thousands of groups those passes (each running every check due meanwhile) were most
+        # of a restore's time. A single target is not checked: it serves.
+        for group in groups:
+            self.nursery.start_soon(group.run)
 
-    # --- the routing table: the router's commands and the workers' copies use these -------
-
-    def target_set(self, name: str, targets: list[Target]) -> TargetSet:
-        """A target group of service ``name``; the router runs it (``nursery.start(set.run)``),
-        a worker does not (its health is the supervisor's)."""
-        return TargetSet(
-            name,
-            targets,
-            self.logger,
-            check=self.health_check,
-            on_change=self._publish,
-            remote_drain=self.replicas.drain if self.replicas is not None else None,
+    def _restored_cutover(self, record: ServiceRecord) -> Cutover:
+        targets = self.target_set(
+            record.name, new_targets(record.options, self.connector, healthy=True)
         )
-
-    def cut_over(
-        self,
-        name: str,
-        options: DeploymentOptions,
-        targets: TargetSet,
-        pages: ErrorPages = BUILTIN_PAGES,
-        certificates: CertificateSource | None = None,
-    ) -> TargetSet | None:
-        """Route ``name`` to ``targets``, making the service if new; returns the group it
-        replaced. No await: requests see the old service or the new, never a mix."""
-        service = self.services.get(name)
-        old = None
-        if service is None:
-            service = self.services[name] = Service(name, options, targets)
-        else:
-            old = service.replace_active(options, targets)
-        service.pages = pages
-        service.certificates = certificates
-        self.service_map = self.service_map.with_service(
-            name, options.service.hosts, options.service.path_prefixes
-        )
-        self._sync_tls()
-        return old
-
-    def withdraw(self, name: str) -> Service:
-        """Stop routing to service ``name`` (a remove); its targets are the caller's to drain."""
-        service = self._get(name)
-        del self.services[name]
-        self.service_map = self.service_map.without_service(name)
-        self._sync_tls()
-        service.close()
-        return service
-
-    def _sync_tls(self) -> None:
-        """Each service's TLS policy after a routing change: a path-prefix service follows
-        the root service of its host (kamal-proxy's syncTLSOptionsFromRootDomain)."""
-        for service in self.services.values():
-            options = service.options.service
-            root = None
-            if inherits_tls(options):
-                routed = self.route(root_host(options), "/")
-                root = routed[0].options.service if routed is not None else None
-            service.tls = policy_for(options, root)
-
-    def close_nowait(self) -> None:
-        """Release every pooled upstream connection (the proxy is stopping)."""
-        for service in self.services.values():
-            for target in service.all_targets:
-                target.pool.close_nowait()
+        pages, unreadable = error_pages_or_builtin(record.options.service.error_pages)
+        if unreadable is not None:
+            self.logger.error(
+                "State restore: error pages unavailable, using the built-in pages",
+                service=record.name,
+                error=unreadable,
+            )
+        options = record.options.service
+        addresses = self.addresses(record.name)
+        certificates = restored_source(record.name, options, self.logger, self.acme, addresses)
+        return Cutover(record.name, record.options, targets, pages, certificates)
 
     # --- helpers ----------------------------------------------------------------------------
-
-    def _publish(self) -> None:
-        if self.replicas is not None:
-            self.replicas.publish()
-
-    async def _sync(self) -> None:
-        if self.replicas is not None:
-            await self.replicas.sync()
-
-    def _get(self, name: str) -> Service:
-        service = self.services.get(name)
-        if service is None:
-            known = ", ".join(sorted(self.services)) or "none"
-            raise ServiceNotFound(f"service {name!r} is not deployed (deployed: {known})")
-        return service
 
     def _check_conflicts(self, name: str, options: DeploymentOptions) -> None:
         conflict = self.service_map.conflict(
@@ -383,7 +282,7 @@ class Router:
         except ValueError as exc:
             raise DeployError(str(exc)) from None
 
-    async def _wait_drained(self, old: TargetSet, timeout: float, progress: Progress) -> None:
+    async def wait_drained(self, old: TargetSet, timeout: float, progress: Progress) -> None:
         """Report the drain and wait for it; cancelling this wait leaves the drain running."""
         await progress(
             f"{old.service}: draining {', '.join(t.name for t in old.targets)} "
@@ -401,18 +300,3 @@ class Router:
             idle = await self.replicas.wait_idle(service.name, timeout) and idle
         if not idle:
             await progress(f"{service.name}: some requests are still running after the timeout")
-
-
-def _new_targets(
-    options: DeploymentOptions, connector: Connector, *, healthy: bool = False
-) -> list[Target]:
-    """The deploy's targets: checked before they serve, or, restored, serving at once."""
-    targets = [Target(a, options.target, connector=connector) for a in options.addresses]
-    targets += [
-        Target(a, options.target, connector=connector, read_only=True)
-        for a in options.read_addresses
-    ]
-    if healthy:
-        for target in targets:
-            target.set_health(TargetHealth.HEALTHY)
-    return targets

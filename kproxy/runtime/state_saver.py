@@ -67,15 +67,15 @@ class StateSaver:
         async with self._lock:
             records = list(prospective())
             if self.store is not None:
-                await self._save(self.store, snapshot.dump(records))
+                await self._save(self.store, snapshot.dump_text(records))
             return switch()
 
-    async def _save(self, store: StateStore, data: dict[str, object]) -> None:
+    async def _save(self, store: StateStore, text: str) -> None:
         # Shielded: a control client that goes away mid-save must not leave the file and the
         # running proxy apart. The bound covers a wait for an earlier, stuck save.
         with trio.move_on_after(SAVE_TIMEOUT, shield=True) as scope:
             try:
-                await store.write(data)
+                await store.write(text)
             except StateError as exc:
                 self.logger.error("State save failed; nothing changed", error=str(exc))
                 raise CommandError(f"{exc}; nothing changed") from exc

@@ -47,9 +47,9 @@ class StateStore:
             raise StateError(f"state file {self.path} does not hold a JSON object")
         return data
 
-    async def write(self, data: dict[str, Any]) -> None:
-        """Save ``data``; saves are serialized so a slower older one can't overwrite a newer one."""
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    async def write(self, text: str) -> None:
+        """Save ``text`` (``snapshot.dump_text``); saves are serialized so a slower older one
+        can't overwrite a newer one."""
         async with self._lock:
             try:
                 await trio.to_thread.run_sync(write_atomically, self.path, text.encode())

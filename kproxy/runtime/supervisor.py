@@ -3,10 +3,11 @@
 The supervisor owns what must be single: the control socket, the state file, the health checks
 and the router that decides (runtime/router.py, unchanged). It serves no HTTP. Each worker
 (runtime/worker.py) listens on the same port with SO_REUSEPORT and routes with a replica of the
-router's state, sent whole after every change over the worker's channel (runtime/worker_channel.py,
-core/worker_protocol.py). The router waits, through the ``Replicas`` hooks implemented here,
-until every worker has applied a cutover, and sums the drains the workers report, so a
-command's answer means the same as with one process.
+router's state, sent whole to a new worker and then, after every change, the services it
+changed, over the worker's channel (runtime/worker_channel.py, core/worker_protocol.py). The
+router waits, through the ``Replicas`` hooks (runtime/worker_links.py ``Workers``), until every
+worker has applied a cutover, and sums the drains the workers report, so a command's answer
+means the same as with one process.
 
 A worker that exits is started again with the current state. SIGTERM asks every worker to
 finish its requests within the grace period; a second signal cuts them off.
@@ -34,132 +35,14 @@ from kproxy.runtime.log import Logger
 from kproxy.runtime.metrics import WorkerMetrics
 from kproxy.runtime.proxy import Frontend, Proxy
 from kproxy.runtime.router import Router
-from kproxy.runtime.target import Target
 from kproxy.runtime.worker_channel import WorkerChannel
+from kproxy.runtime.worker_links import WorkerLink, Workers
 
 WORKER_START_TIMEOUT: Final = 30.0  # seconds from spawning a worker to its "ready"
-SYNC_TIMEOUT: Final = 10.0  # seconds a worker may take to apply a state before it is not waited for
-REPLY_MARGIN: Final = 5.0  # seconds past a drain's or pause's own timeout to wait for a worker
 EXIT_TIMEOUT: Final = 2.0  # seconds a worker gets to exit once told to, before SIGKILL
 RESTART_DELAY: Final = (0.1, 1.0)  # seconds: first restart, and the cap when crash-looping
 STABLE_AFTER: Final = 10.0  # seconds a worker must run for a crash loop to count as over
 RECEIVE_SIZE: Final = 65536  # bytes per read from a worker's stdout
-
-
-@attrs.define(eq=False)
-class WorkerLink:
-    """The supervisor's side of one worker process."""
-
-    index: int
-    process: trio.Process
-    channel: WorkerChannel
-    logger: Logger
-    pid: int = 0
-    acked: int = -1  # the latest state version the worker applied
-    alive: bool = True
-    ready: trio.Event = attrs.field(factory=trio.Event)  # also set when it dies first
-    changed: trio.Event = attrs.field(factory=trio.Event)  # replaced on each ack or death
-
-    def __attrs_post_init__(self) -> None:
-        self.channel.handle_event = self._follow
-
-    def send_nowait(self, message: wp.Message | bytes) -> None:
-        # A worker going away at this very moment gets nothing: its replacement gets the state.
-        if self.alive:
-            self.channel.send_nowait(message)
-
-    async def _follow(self, message: wp.Message) -> None:
-        """Take one of the worker's events (the channel's ``handle_event``)."""
-        kind = message["type"]
-        if kind == "ack":
-            self.acked = max(self.acked, int(message["version"]))
-            self.wake()
-        elif kind == "ready":
-            self.pid = int(message["pid"])
-            self.logger.info("Worker ready", worker=self.index, pid=self.pid)
-            self.ready.set()
-        else:
-            raise wp.ChannelError(f"unknown message type {kind!r}")
-
-    def wake(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
-
-    def died(self) -> None:
-        self.alive = False
-        self.ready.set()
-        self.wake()
-
-
-@attrs.define(eq=False)
-class Workers:
-    """The router's ``Replicas``: every live worker gets each state and each drain."""
-
-    router: Router | None = None
-    logger: Logger | None = None
-    links: dict[int, WorkerLink] = attrs.field(factory=dict)  # by worker number
-    version: int = 0
-
-    def state_message(self) -> bytes:
-        assert self.router is not None
-        views = [
-            wp.ServiceView(
-                s.record(),
-                tuple(wp.TargetView(t.serial, t.name, t.health) for t in s.targets),
-                tuple(  # the rollout group's (runtime/rollouts.py)
-                    wp.TargetView(t.serial, t.name, t.health)
-                    for t in (s.rollout.targets if s.rollout is not None else ())
-                ),
-            )
-            for s in self.router.services.values()
-        ]
-        return wp.encode(wp.state_message(self.version, views))
-
-    def publish(self) -> None:
-        self.version += 1
-        data = self.state_message()
-        for link in self.links.values():
-            link.send_nowait(data)
-
-    async def sync(self) -> None:
-        links = list(self.links.values())
-        with trio.move_on_after(SYNC_TIMEOUT):
-            for link in links:
-                while link.alive and link.acked < self.version:
-                    await link.changed.wait()
-        behind = [link.index for link in links if link.alive and link.acked < self.version]
-        if behind and self.logger is not None:  # a stuck worker must not hold every command
-            self.logger.error(
-                "Workers did not apply the new state in time",
-                workers=behind,
-                timeout_seconds=SYNC_TIMEOUT,
-            )
-
-    async def ask_all(self, message: wp.Message, timeout: float) -> list[wp.Message]:
-        """Send ``message`` to every live worker; their answers (a worker that dies or takes
-        longer than ``timeout`` gives none)."""
-        answers: list[wp.Message] = []
-
-        async def ask(link: WorkerLink) -> None:
-            answer = await link.channel.ask(message, timeout)
-            if answer is not None:
-                answers.append(answer)
-
-        async with trio.open_nursery() as nursery:
-            for link in self.links.values():
-                if link.alive:
-                    nursery.start_soon(ask, link)
-        return answers
-
-    async def drain(self, targets: list[Target], timeout: float) -> int:
-        message = {"type": "drain", "targets": [t.serial for t in targets], "timeout": timeout}
-        answers = await self.ask_all(message, timeout + REPLY_MARGIN)
-        return sum(int(a["cancelled"]) for a in answers)
-
-    async def wait_idle(self, service: str, timeout: float) -> bool:
-        message = {"type": "idle", "service": service, "timeout": timeout}
-        answers = await self.ask_all(message, timeout + REPLY_MARGIN)
-        return all(a["idle"] for a in answers)
 
 
 @attrs.define(eq=False)

@@ -28,7 +28,7 @@ from kproxy.core.balancer import ReadWriteBalancer, RoundRobin
 from kproxy.core.flag_values import format_duration
 from kproxy.core.states import TargetHealth
 from kproxy.errors import DeployTimeout
-from kproxy.runtime.health import CheckResult, check_once
+from kproxy.runtime.health import CheckResult, KeptChecks, check_once
 from kproxy.runtime.log import Logger
 from kproxy.runtime.target import Target
 
@@ -201,6 +201,13 @@ class TargetSet:
         return self.balancer.readers if target.read_only else self.balancer.writers
 
     async def _check_health(self, target: Target) -> None:
+        try:
+            await self._keep_checking(target)
+        finally:
+            if isinstance(self.check, KeptChecks):  # its connection goes with its checks
+                self.check.release(target)
+
+    async def _keep_checking(self, target: Target) -> None:
         single = len(self.targets) == 1
         if single and target.healthy:
             return  # restored: serving, and nobody would take it out of rotation

@@ -24,6 +24,7 @@ from kproxy.core import worker_protocol as wp
 from kproxy.core.addresses import parse_target
 from kproxy.core.options import DeploymentOptions, RunOptions
 from kproxy.core.pages import ErrorPages
+from kproxy.core.snapshot import ServiceRecord
 from kproxy.runtime.acme_workers import RemoteAcme
 from kproxy.runtime.certificates import AutomaticCertificates, restored_source
 from kproxy.runtime.listeners import Listeners
@@ -31,6 +32,7 @@ from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import error_pages_or_builtin
 from kproxy.runtime.proxy import Frontend, Proxy
 from kproxy.runtime.router import Router
+from kproxy.runtime.routing import Cutover
 from kproxy.runtime.service import Service
 from kproxy.runtime.target import Target
 from kproxy.runtime.target_set import drain_targets
@@ -51,7 +53,8 @@ class Worker(Proxy):
 
     channel: WorkerChannel | None = None
     initial: wp.Message | None = None  # the first state, applied before the first accept
-    _live: dict[int, Target] = attrs.field(factory=dict)  # serial → target, as routed
+    # Per service, serial → target, as routed (both groups).
+    _live: dict[str, dict[int, Target]] = attrs.field(factory=dict)
     _retired: dict[int, Target] = attrs.field(factory=dict)  # replaced; waiting for "drain"
 
     frontend: Frontend = attrs.field(
@@ -67,48 +70,64 @@ class Worker(Proxy):
             self.apply(router, self.initial)
 
     def apply(self, router: Router, message: wp.Message) -> int:
-        """Replace the replica with a ``state`` message's; returns its version. No await:
+        """Take a ``state`` message into the replica; returns its version. No await:
         requests see the whole old state or the whole new one.
 
         The routing is built as the supervisor's router built it (``Router.target_set``,
-        ``cut_over``, ``withdraw``); only health comes from the message, not from checks."""
-        version, views = wp.read_state(message)
-        names = {view.record.name for view in views}
-        for name in [name for name in router.services if name not in names]:
+        ``cut_over_all``, ``withdraw``); only health comes from the message, not from checks.
+        A message carries the services that changed (``whole``: all of them): only those are
+        looked at, and the new or redeployed ones are routed in one change."""
+        update = wp.read_state(message)
+        if update.whole:
+            names = {view.record.name for view in update.services}
+            gone = [name for name in router.services if name not in names]
+        else:
+            gone = [name for name in update.removed if name in router.services]
+        for name in gone:
             router.withdraw(name)
-        live: dict[int, Target] = {}
-        for view in views:
+            self._retire(name, {})
+        cutovers: list[Cutover] = []
+        changed: list[tuple[wp.ServiceView, list[Target], dict[int, Target]]] = []
+        for view in update.services:
             record = view.record
-            targets = self._targets(router, record.options, view.targets, live)
+            live: dict[int, Target] = {}
+            targets = self._targets(router, record, record.options, view.targets, live)
             service = router.services.get(record.name)
             if service is None or service.targets != targets or service.options != record.options:
-                # A deploy: its --error-pages are read again, as the supervisor did.
+                # A deploy: its --error-pages are read again, as the supervisor did, and its
+                # certificate files, which this worker loads itself.
                 pages = self._pages(record.name, record.options)
-                # And its certificate files, which this worker loads itself.
                 certificates = restored_source(
                     record.name, record.options.service, self.logger, router.acme
                 )
-                router.cut_over(
-                    record.name,
-                    record.options,
-                    router.target_set(record.name, targets),
-                    pages,
-                    certificates,
-                )
-                service = router.services[record.name]
+                group = router.target_set(record.name, targets)
+                cutovers.append(Cutover(record.name, record.options, group, pages, certificates))
+            changed.append((view, targets, live))
+        if cutovers:
+            router.cut_over_all(cutovers)
+        for view, targets, live in changed:
+            record = view.record
+            service = router.services[record.name]
             for target, seen in zip(targets, view.targets, strict=True):
                 service.active.set_health(target, seen.health)
             self._follow_rollout(router, service, view, live)
             service.follow(record.state, record.message, record.max_pause)
-        for serial, target in self._live.items():
+            self._retire(record.name, live)
+        return update.version
+
+    def _retire(self, name: str, live: dict[int, Target]) -> None:
+        """Service ``name`` now routes to ``live`` (serial → target): the others it had wait
+        for the supervisor's "drain"."""
+        for serial, target in self._live.pop(name, {}).items():
             if serial not in live:
                 self._retired[serial] = target
-        self._live = live
-        return version
+        if live:
+            self._live[name] = live
 
     def _targets(
         self,
         router: Router,
+        record: ServiceRecord,
         options: DeploymentOptions,
         views: tuple[wp.TargetView, ...],
         live: dict[int, Target],
@@ -116,9 +135,10 @@ class Worker(Proxy):
         """A group's targets as the supervisor has them: the ones this worker routes to
         already (by serial), new ones made; each is entered in ``live``."""
         targets = []
-        writers = len(options.targets)  # the readers follow (router._new_targets)
+        known = self._live.get(record.name, {})
+        writers = len(options.targets)  # the readers follow (routing.new_targets)
         for index, seen in enumerate(views):
-            target = self._live.get(seen.serial)
+            target = known.get(seen.serial)
             if target is None:
                 address = parse_target(seen.address)
                 target = Target(
@@ -138,7 +158,7 @@ class Worker(Proxy):
             service.replace_rollout(None, None)
             return
         options = rollout.deployment_options(view.record.options)
-        targets = self._targets(router, options, view.rollout_targets, live)
+        targets = self._targets(router, view.record, options, view.rollout_targets, live)
         group = service.rollout
         if group is None or group.targets != targets:
             group = router.target_set(service.name, targets)
