@@ -158,6 +158,15 @@ def test_rejected(data: bytes, status: int, reason: str) -> None:
     assert reason in result.reason
 
 
+def test_connect_405_names_the_methods_served() -> None:
+    result = verdict(head(request_line=b"CONNECT a.example:443 HTTP/1.1"))
+    assert isinstance(result, Reject)
+    assert dict(result.headers)[b"allow"] == b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+    other = verdict(head(request_line=b"CONNECT * HTTP/1.1"))
+    assert isinstance(other, Reject)
+    assert other.headers == ()
+
+
 def test_header_count_limit() -> None:
     fields = [b"X-%d: v" % i for i in range(99)]  # plus Host: 100
     assert verdict(head(*fields)) == Accept()

@@ -92,10 +92,12 @@ class Accept:
 
 @attrs.frozen
 class Reject:
-    """Answer ``status`` and close the connection; nothing reaches a target."""
+    """Answer ``status`` (with ``headers`` besides the usual ones) and close the connection;
+    nothing reaches a target."""
 
     status: int
     reason: str
+    headers: tuple[Header, ...] = ()
 
 
 Verdict: TypeAlias = Accept | Reject
@@ -184,6 +186,10 @@ def _other_target_form(request_line: bytes, target: bytes) -> bool:
     return _SCHEME.match(target) is not None
 
 
+# RFC 9110 §15.5.6: a 405 names the methods that are served, here every one but CONNECT.
+_ALLOW: Final = ((b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)
+
+
 def _connect(target: bytes) -> Reject:
     """CONNECT asks for a tunnel to ``host:port``, which is a forward proxy's job: kproxy
     serves its own services and tunnels nowhere, so 405, as nginx answers (Go's server, hence
@@ -192,7 +198,7 @@ def _connect(target: bytes) -> Reject:
     §3.2.3) is malformed: 400. Either way the connection closes, as after any Reject."""
     if _AUTHORITY.fullmatch(target) is None:
         return Reject(400, f"CONNECT needs a host:port target, not {target[:80]!r}")
-    return Reject(405, "CONNECT is not supported: kproxy is not a forward proxy")
+    return Reject(405, "CONNECT is not supported: kproxy is not a forward proxy", _ALLOW)
 
 
 def _body_framing(headers: list[Header], version: tuple[int, int]) -> Verdict:

@@ -186,6 +186,7 @@ class HttpServer:
             (b"content-type", CONTENT_TYPE),
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
+            *reject.headers,
         ]
         try:
             await client.write(ResponseWriter().whole(reject.status, headers, body))

@@ -418,3 +418,13 @@ async def test_vector(nursery: trio.Nursery, tmp_path: Path, vector: Vector) -> 
         assert bytes(recorder.raw).count(b"/smuggled") == 1
     assert b";a=b" not in recorder.raw  # chunk extensions are not passed on
     assert b";z" not in recorder.raw
+
+
+async def test_connect_405_carries_allow(nursery: trio.Nursery, tmp_path: Path) -> None:
+    proxy, _ = await start_proxy(nursery, tmp_path, state=False)
+    connect = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    data, closed = await converse(proxy.http_port, (connect,))
+    assert closed
+    assert statuses(data) == [405]
+    head = data.split(b"\r\n\r\n")[0].lower()
+    assert b"\r\nallow: get, head, post, put, patch, delete, options\r\n" in head + b"\r\n"
