@@ -9,6 +9,7 @@ connection is accepted), the target timeout by ``--target-timeout``.
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -122,12 +123,20 @@ async def test_a_slow_steady_reader_is_not_cut() -> None:
 # --- the send timeout through the proxy -------------------------------------------------------
 
 
-async def endless_body(stream: trio.SocketStream, head: bytes) -> None:
-    """A target answering with a BIG body, as fast as it is taken."""
-    await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
-    chunk = b"x" * 65536
-    for _ in range(BIG // len(chunk)):
-        await stream.send_all(chunk)
+def endless_body(ended: trio.Event) -> Callable[[trio.SocketStream, bytes], Awaitable[None]]:
+    """A target answering with a BIG body, as fast as it is taken; ``ended`` is set once its
+    connection is gone."""
+
+    async def answer(stream: trio.SocketStream, head: bytes) -> None:
+        try:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+            chunk = b"x" * 65536
+            for _ in range(BIG // len(chunk)):
+                await stream.send_all(chunk)
+        finally:
+            ended.set()
+
+    return answer
 
 
 @guard(20)
@@ -136,13 +145,7 @@ async def test_a_client_that_reads_nothing_is_cut_and_its_target_connection_drop
 ) -> None:
     monkeypatch.setattr(transport, "SEND_TIMEOUT", 1.0)
     ended = trio.Event()
-
-    async def answer(stream: trio.SocketStream, head: bytes) -> None:
-        try:
-            await endless_body(stream, head)
-        finally:
-            ended.set()
-
+    answer = endless_body(ended)
     target = await start_raw_target(nursery, answer)
     proxy, logs = await start_proxy(nursery, tmp_path, state=False)
     await proxy.deploy("web", quick_options(target.address))
@@ -171,13 +174,7 @@ async def test_a_tls_client_that_reads_nothing_is_cut(
     """The send timeout sits under the TLS layer: the same cut for HTTPS."""
     monkeypatch.setattr(transport, "SEND_TIMEOUT", 1.0)
     ended = trio.Event()
-
-    async def answer(stream: trio.SocketStream, head: bytes) -> None:
-        try:
-            await endless_body(stream, head)
-        finally:
-            ended.set()
-
+    answer = endless_body(ended)
     ca = trustme.CA()
     target = await start_raw_target(nursery, answer)
     proxy, logs = await start_proxy(nursery, tmp_path)
