@@ -10,38 +10,40 @@ import os
 from collections.abc import Sequence
 from typing import Any, Final
 
-import attrs
-
 from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import client_ips_from_header, header_value
 from kproxy.core.pages import ErrorPages
 from kproxy.core.service_map import request_host
-from kproxy.runtime.exchange import RequestHead
+from kproxy.runtime.exchange import RequestHead, ResponseRecord
+from kproxy.runtime.log import ACCESS_FIELDS
 from kproxy.runtime.pages import BUILTIN_PAGES
 
 Header = tuple[bytes, bytes]
 
 
-@attrs.define
-class RequestLog:
-    """The fields of one access log line (kamal-proxy's names), filled in as the request goes."""
+class RequestLog(ResponseRecord):
+    """The fields of one access log line (kamal-proxy's names), filled in as the request goes;
+    also the request's :class:`ResponseRecord`, which the relay fills in (``status`` is the
+    status logged, ``headers`` and ``body_bytes`` those of the response sent).
 
-    fields: dict[str, Any]
-    status: int = 0
-    started: float = 0.0
-    response_headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
-    response_bytes: int = 0  # body bytes sent to the client, as kamal-proxy counts them
-    response_header_names: tuple[str, ...] = ()  # the service's --log-response-header
-    # Per-request decisions the relay needs, made once the service is known:
-    peer_ip: str = ""  # the socket peer, which X-Forwarded-For always ends with
-    forwarded_for: tuple[str, ...] | None = None  # --client-ip-header's addresses (None: unset)
-    cookie_scope: CookieScope | None = None  # --scope-cookie-paths, when it applies
-    pages: ErrorPages = BUILTIN_PAGES  # the service's --error-pages
-    metered: object = None  # what RequestMetrics.enter returned (runtime/metrics.py)
+    A plain class with a slot per field, not a dict: the usual line's values go to
+    ``Logger.access_values`` in their order, with no dict to build and check."""
 
-    @classmethod
-    def begin(
-        cls,
+    __slots__ = (
+        *ACCESS_FIELDS[:16],  # the request's fields, in their order (see values())
+        "started",
+        "request_header_fields",  # --log-request-header's fields, or None
+        "response_header_names",  # the service's --log-response-header
+        # Per-request decisions the relay needs, made once the service is known:
+        "peer_ip",  # the socket peer, which X-Forwarded-For always ends with
+        "forwarded_for",  # --client-ip-header's addresses (None: unset)
+        "cookie_scope",  # --scope-cookie-paths, when it applies
+        "pages",  # the service's --error-pages
+        "metered",  # what RequestMetrics.enter returned (runtime/metrics.py)
+    )
+
+    def __init__(
+        self,
         request: RequestHead,
         *,
         port: int,
@@ -49,37 +51,43 @@ class RequestLog:
         client_ip: str,
         client_port: int,
         now: float,
-    ) -> RequestLog:
+    ) -> None:
         """The fields known from the request head alone."""
+        super().__init__()
         # The first value of each header, as Go's Header.Get gives it: one dict built in C
         # (the last duplicate written first, so the first one wins) instead of six scans.
         first = dict(reversed(request.headers))
         path, _, query = request.target.partition(b"?")
+        self.host = request_host(first.get(b"host"))
+        self.port = port
+        self.path = path.decode("latin-1")
         # Every line gets a request id, 404s included (kamal-proxy's request-id middleware
         # runs before routing); an empty incoming value counts as absent, as in Go.
-        request_id = first.get(b"x-request-id", b"").decode("latin-1") or _new_request_id()
-        fields = {
-            "host": request_host(first.get(b"host")),
-            "port": port,
-            "path": path.decode("latin-1"),
-            "request_id": request_id,
-            "service": "",
-            "target": "",
-            "method": request.method.decode("latin-1"),
-            # Go's Request.ContentLength: -1 when unknown (chunked).
-            "req_content_length": -1
-            if b"transfer-encoding" in first
-            else _length(first.get(b"content-length")),
-            "req_content_type": first.get(b"content-type", b"").decode("latin-1"),
-            "client_addr": client_ip,
-            "client_port": str(client_port) if client_ip else "",  # a string, as Go logs it
-            "remote_addr": first.get(b"x-forwarded-for", b"").decode("latin-1") or client_ip,
-            "user_agent": first.get(b"user-agent", b"").decode("latin-1"),
-            "proto": f"HTTP/{request.http_version.decode()}",
-            "scheme": scheme,
-            "query": query.decode("latin-1"),
-        }
-        return cls(fields, started=now, peer_ip=client_ip)
+        self.request_id = first.get(b"x-request-id", b"").decode("latin-1") or _new_request_id()
+        self.service = ""
+        self.target = ""
+        self.method = request.method.decode("latin-1")
+        # Go's Request.ContentLength: -1 when unknown (chunked).
+        self.req_content_length = (
+            -1 if b"transfer-encoding" in first else _length(first.get(b"content-length"))
+        )
+        self.req_content_type = first.get(b"content-type", b"").decode("latin-1")
+        self.client_addr = client_ip
+        self.client_port = str(client_port) if client_ip else ""  # a string, as Go logs it
+        self.remote_addr = first.get(b"x-forwarded-for", b"").decode("latin-1") or client_ip
+        self.user_agent = first.get(b"user-agent", b"").decode("latin-1")
+        version = request.http_version
+        self.proto = _PROTOS.get(version) or f"HTTP/{version.decode()}"
+        self.scheme = scheme
+        self.query = query.decode("latin-1")
+        self.started = now
+        self.request_header_fields: dict[str, Any] | None = None
+        self.response_header_names: tuple[str, ...] = ()
+        self.peer_ip = client_ip
+        self.forwarded_for: tuple[str, ...] | None = None
+        self.cookie_scope: CookieScope | None = None
+        self.pages: ErrorPages = BUILTIN_PAGES
+        self.metered: object = None
 
     def use_client_ip_header(self, headers: Sequence[Header], name: str) -> None:
         """--client-ip-header: its addresses, if they all parse, become the client for the log
@@ -91,23 +99,44 @@ class RequestLog:
             return
         self.forwarded_for = forwarded_for
         client = self.forwarded_for[0] if self.forwarded_for else self.peer_ip
-        self.fields["client_addr"] = client
-        self.fields["remote_addr"] = ", ".join(self.forwarded_for) or client
+        self.client_addr = client
+        self.remote_addr = ", ".join(self.forwarded_for) or client
 
-    def add_headers(self, prefix: str, headers: Sequence[Header], names: tuple[str, ...]) -> None:
-        """``req_x_custom`` style fields for --log-request-header/--log-response-header."""
-        _add_headers(self.fields, prefix, headers, names)
+    def add_request_headers(self, headers: Sequence[Header], names: tuple[str, ...]) -> None:
+        """``req_x_custom`` style fields for --log-request-header."""
+        if names:
+            fields: dict[str, Any] = {}
+            _add_headers(fields, "req_", headers, names)
+            self.request_header_fields = fields
+
+    def values(self, now: float) -> tuple[Any, ...] | None:
+        """The usual line's values, in ``ACCESS_FIELDS``' order; None when the line has more
+        fields (--log-request-header, --log-response-header): see ``line``."""
+        if self.request_header_fields is not None or self.response_header_names:
+            return None
+        return (
+            self.host, self.port, self.path, self.request_id, self.service, self.target,
+            self.method, self.req_content_length, self.req_content_type, self.client_addr,
+            self.client_port, self.remote_addr, self.user_agent, self.proto, self.scheme,
+            self.query, self.status, int((now - self.started) * 1e9), self.body_bytes,
+            text(header_value(self.headers, b"content-type")),
+        )  # fmt: skip
 
     def line(self, now: float) -> dict[str, Any]:
-        """The fields to log, the response's added; the request's own are left as they are."""
-        fields = self.fields.copy()  # measurably cheaper than dict(self.fields)
+        """The fields to log, by name, in the order they are written."""
+        fields = {name: getattr(self, name) for name in ACCESS_FIELDS[:16]}
+        if self.request_header_fields is not None:
+            fields.update(self.request_header_fields)
         fields["status"] = self.status
         fields["duration"] = int((now - self.started) * 1e9)
-        fields["resp_content_length"] = self.response_bytes
-        fields["resp_content_type"] = text(header_value(self.response_headers, b"content-type"))
+        fields["resp_content_length"] = self.body_bytes
+        fields["resp_content_type"] = text(header_value(self.headers, b"content-type"))
         if self.response_header_names:
-            _add_headers(fields, "resp_", self.response_headers, self.response_header_names)
+            _add_headers(fields, "resp_", self.headers, self.response_header_names)
         return fields
+
+
+_PROTOS: Final = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
 
 
 # Request ids in UUID version 4 form: a random per-process prefix and a counter, since

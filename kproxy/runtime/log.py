@@ -92,12 +92,24 @@ class Logger:
 
     def access(self, fields: dict[str, Any]) -> None:
         """The access log line of one request (msg "Request"), ``fields`` taken as they are."""
-        members = _access_members(fields)
         head = self._access_head
+        members = None
+        if head is not None and tuple(fields) == ACCESS_FIELDS:
+            members = _access_members(tuple(fields.values()))
         if members is None or head is None:
             self._write("INFO", ACCESS_MSG, fields)
             return
         # The same text as _write's: a timestamp has nothing for JSON to escape.
+        self._add(f'{{"time": "{self._timestamp()}", {head}{members}}}\n', batched=True)
+
+    def access_values(self, values: tuple[Any, ...]) -> None:
+        """``access`` of the line whose fields are ``ACCESS_FIELDS``, given their values in
+        that order: the usual line, without a dict to build and take apart."""
+        head = self._access_head
+        members = _access_members(values) if head is not None else None
+        if members is None or head is None:
+            self._write("INFO", ACCESS_MSG, dict(zip(ACCESS_FIELDS, values, strict=True)))
+            return
         self._add(f'{{"time": "{self._timestamp()}", {head}{members}}}\n', batched=True)
 
     def warning(self, msg: str, **fields: Any) -> None:
@@ -176,18 +188,16 @@ def _access_head(context: Mapping[str, Any]) -> str | None:
     return _ENCODER.encode({"level": "INFO", "msg": ACCESS_MSG, **context})[1:-1] + ", "
 
 
-def _access_members(fields: dict[str, Any]) -> str | None:
-    """The members of an access line, as the encoder writes them, if ``fields`` has exactly
-    ``ACCESS_FIELDS`` with their usual types; None otherwise (say with --log-request-header).
+def _access_members(values: tuple[Any, ...]) -> str | None:
+    """The members of an access line, as the encoder writes them, given the values of
+    ``ACCESS_FIELDS`` in order, if they have their usual types; None otherwise.
 
     Most values have nothing to escape, so one test over all of them decides whether they can
     go in as they are; if not, each is escaped by the function json uses to write a str,
     encode_basestring_ascii."""
-    if tuple(fields) != ACCESS_FIELDS:
-        return None
     (host, port, path, request_id, service, target, method, length, content_type, client_addr,
      client_port, remote_addr, user_agent, proto, scheme, query, status, duration, sent,
-     resp_type) = fields.values()  # fmt: skip
+     resp_type) = values  # fmt: skip
     # Exact ints only: "%d" would spell a bool or a float differently from json.
     if not (type(port) is type(length) is type(status) is type(duration) is type(sent) is int):
         return None

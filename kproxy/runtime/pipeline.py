@@ -73,7 +73,7 @@ class RequestPipeline:
                 exchange.request = RequestHead(
                     request.method, target, headers, request.http_version
                 )
-        log = RequestLog.begin(
+        log = RequestLog(
             exchange.request,
             port=self.port,
             scheme=exchange.scheme,
@@ -86,11 +86,14 @@ class RequestPipeline:
             keep_open = await self._route(exchange, log)
         finally:
             now = trio.current_time()
-            self.logger.access(log.line(now))
+            values = log.values(now)
+            if values is not None:
+                self.logger.access_values(values)
+            else:
+                self.logger.access(log.line(now))
             if self.metrics is not None:
-                fields = log.fields
                 self.metrics.leave(
-                    log.metered, fields["service"], fields["method"], log.status, now - log.started
+                    log.metered, log.service, log.method, log.status, now - log.started
                 )
         return keep_open
 
@@ -106,23 +109,23 @@ class RequestPipeline:
                     exchange, 200, key_authorization, CHALLENGE_CONTENT_TYPE, log=log
                 )
                 return True
-        routed = self.router.route(log.fields["host"], log.fields["path"])
+        routed = self.router.route(log.host, log.path)
         if routed is None:
-            return await self._fail(exchange, log, NoMatchingService(), ResponseRecord())
+            return await self._fail(exchange, log, NoMatchingService())
         service, route = routed
-        log.fields["service"] = service.name
+        log.service = service.name
         log.pages = service.pages
         if self.metrics is not None:
             options = service.options.service
             log.metered = self.metrics.enter(
                 service.name,
-                log.fields["path"],
+                log.path,
                 options.exclude_metrics_paths,
                 route.path_prefix,
                 options.strip_path_prefix,
             )
         if (refused := exchange.body_refused()) is not None:  # known bad before any target
-            return await self._fail(exchange, log, BadRequestBody(refused), ResponseRecord())
+            return await self._fail(exchange, log, BadRequestBody(refused))
         service_options = service.options.service
         if service_options.client_ip_header:
             log.use_client_ip_header(request.headers, service_options.client_ip_header)
@@ -139,7 +142,7 @@ class RequestPipeline:
             if isinstance(answer, bytes):
                 return await self._redirect(exchange, log, answer)
             if answer is not None:  # STATUS_NOT_OVER_TLS
-                return await self._fail(exchange, log, NotServedOverTls(), ResponseRecord())
+                return await self._fail(exchange, log, NotServedOverTls())
         if (
             service_options.scope_cookie_paths
             and service_options.strip_path_prefix
@@ -148,7 +151,7 @@ class RequestPipeline:
             host_header = header_value(request.headers, b"host")
             log.cookie_scope = CookieScope(route.path_prefix, text(host_header))
         target_options = service.options.target
-        log.add_headers("req_", request.headers, target_options.log_request_headers)
+        log.add_request_headers(request.headers, target_options.log_request_headers)
         log.response_header_names = target_options.log_response_headers
         upstream_target = raw_target
         if service_options.strip_path_prefix:
@@ -166,15 +169,15 @@ class RequestPipeline:
                 return await self._proxy_buffered(exchange, upstream_target, service, log)
             target = service.choose_target(exchange.request)
         except UpstreamError as exc:
-            return await self._fail(exchange, log, exc, ResponseRecord())
-        log.fields["target"] = target.name
+            return await self._fail(exchange, log, exc)
+        log.target = target.name
         return await self._proxy(exchange, upstream_target, service, target, log)
 
     async def _redirect(self, exchange: Exchange, log: RequestLog, location: bytes) -> bool:
         headers, body = relay_rules.redirect_answer(exchange.request.method, location)
         sent = await exchange.send_whole(301, headers, body)
         if sent is not None:
-            log.status, log.response_headers, log.response_bytes = 301, headers, len(body)
+            log.status, log.headers, log.body_bytes = 301, headers, len(body)
         # Read a small unread body first, as Go's server does before closing, so the close
         # does not reset the connection under a client still sending it.
         await exchange.discard_body()
@@ -193,8 +196,8 @@ class RequestPipeline:
                 await service.admit()  # it may have been paused or stopped meanwhile
                 target = service.choose_target(exchange.request)
             except (UpstreamError, ClientGone, BadRequestBody) as exc:
-                return await self._fail(exchange, log, exc, ResponseRecord())
-            log.fields["target"] = target.name
+                return await self._fail(exchange, log, exc)
+            log.target = target.name
             return await self._proxy(exchange, upstream_target, service, target, log, body=body)
 
     async def _proxy(
@@ -216,7 +219,7 @@ class RequestPipeline:
             forward_headers=target.options.forward_headers,
             target=target.name,
             now=time.time(),
-            make_request_id=lambda: str(log.fields["request_id"]),
+            make_request_id=lambda: log.request_id,
             upgrade=upgrade,
             forwarded_for=log.forwarded_for,
         )
@@ -229,61 +232,59 @@ class RequestPipeline:
             upgrade=upgrade,
             buffered_size=body.size if body is not None else None,
         )
-        record = ResponseRecord()
+        scope = exchange.scope
         try:
+            target.begin(scope)  # in flight: not a ``with target.track()``, which costs more
             try:
-                with target.track(exchange.scope):
-                    await forward(
-                        exchange,
-                        upstream_request,
-                        target,
-                        record,
-                        body=body,
-                        buffer_dir=self.buffer_dir,
-                        cookie_scope=log.cookie_scope,
-                        writer_affinity=(
-                            service.writer_affinity(request) if service.has_readers else None
-                        ),
-                    )
+                await forward(
+                    exchange,
+                    upstream_request,
+                    target,
+                    log,
+                    body=body,
+                    buffer_dir=self.buffer_dir,
+                    cookie_scope=log.cookie_scope,
+                    writer_affinity=(
+                        service.writer_affinity(request) if service.has_readers else None
+                    ),
+                )
             except (trio.Cancelled, BaseExceptionGroup) as stopped:
                 # The exchange alone (not the connection, nor the server) was cancelled: the
                 # request is cut off, and answered here, shielded for a bounded time. Anything
                 # else cancelled goes on up. (A nursery in the relay reports its tasks'
                 # Cancelled as a group.)
-                if not _only_cancelled(stopped) or not exchange.cut_off or record.upgraded:
+                if not _only_cancelled(stopped) or not exchange.cut_off or log.upgraded:
                     raise
                 if self.metrics is not None:
                     self.metrics.cut_off.labels(service.name).inc()
-                raise record.interruption or UpstreamTimeout(
+                raise log.interruption or UpstreamTimeout(
                     f"request to draining target {target.name} cut off"
                 ) from None
+            finally:
+                target.end(scope)
         except (UpstreamError, ClientGone, BadRequestBody, ResponseAborted) as exc:
-            log.response_headers, log.response_bytes = record.headers, record.body_bytes
             if not isinstance(exc, ClientGone):  # a client leaving is the access log's news
                 self.logger.info(
                     "Proxy error",
                     service=service.name,
                     target=target.name,
-                    status=_status_for(exc, record),
+                    status=_status_for(exc, log),
                     error=str(exc),
                 )
             if not exchange.scope.cancel_called:
-                return await self._fail(exchange, log, exc, record)
+                return await self._fail(exchange, log, exc)
             # Cut off: answered outside the cancelled exchange's reach, for a bounded time.
             with trio.move_on_after(CUT_OFF_ANSWER_TIMEOUT, shield=True):
-                return await self._fail(exchange, log, exc, record)
+                return await self._fail(exchange, log, exc)
             log.status = STATUS_CLIENT_CLOSED  # the answer could not be delivered in time
             return False
-        log.response_headers, log.response_bytes = record.headers, record.body_bytes
-        log.status = record.status
-        return not record.upgraded
+        return not log.upgraded  # the status, headers and bytes logged are the relay's
 
-    async def _fail(
-        self, exchange: Exchange, log: RequestLog, exc: Exception, record: ResponseRecord
-    ) -> bool:
-        """Answer (or, past the response head, just log) a failure; returns keep-open."""
-        log.status = _status_for(exc, record)
-        if record.head_sent or isinstance(exc, ClientGone):
+    async def _fail(self, exchange: Exchange, log: RequestLog, exc: Exception) -> bool:
+        """Answer (or, past the response head, just log) a failure; returns keep-open. What
+        the relay recorded in ``log`` of the response so far decides the status."""
+        log.status = _status_for(exc, log)
+        if log.head_sent or isinstance(exc, ClientGone):
             return False  # a truncated response must end with a cut connection
         page = error_page(log.status, getattr(exc, "message", ""), log.pages)
         if not await self._send_simple(exchange, log.status, page, CONTENT_TYPE, log=log):
@@ -306,7 +307,7 @@ class RequestPipeline:
         sent = await exchange.send_whole(status, headers, body, close=self.closing)
         if sent is None:
             return 0
-        log.response_headers, log.response_bytes = headers, sent
+        log.headers, log.body_bytes = headers, sent
         return status
 
 

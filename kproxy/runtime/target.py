@@ -65,10 +65,12 @@ class Target:
         (the one the request runs in) if it overstays."""
         return _Tracked(self, scope)
 
-    def _begin(self, scope: trio.CancelScope) -> None:
+    def begin(self, scope: trio.CancelScope) -> None:
+        """A request in ``scope`` is in flight (``track`` is the ``with`` form); ``end`` must
+        follow."""
         self._inflight.add(scope)
 
-    def _end(self, scope: trio.CancelScope) -> None:
+    def end(self, scope: trio.CancelScope) -> None:
         self._inflight.discard(scope)
         self._upgraded.discard(scope)
         if not self._inflight and self._idle is not None:
@@ -120,7 +122,7 @@ class _Tracked:
     scope: trio.CancelScope
 
     def __enter__(self) -> None:
-        self.target._begin(self.scope)
+        self.target.begin(self.scope)
 
     def __exit__(self, *exc_info: object) -> None:
-        self.target._end(self.scope)
+        self.target.end(self.scope)

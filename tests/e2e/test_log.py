@@ -26,7 +26,7 @@ def usual_access_fields() -> dict[str, Any]:
     request = RequestHead(
         b"GET", b"/p?q=1", [(b"host", b"App.example:80"), (b"user-agent", b"caf\xe9")], b"1.1"
     )
-    log = RequestLog.begin(
+    log = RequestLog(
         request, port=80, scheme="http", client_ip="127.0.0.1", client_port=5000, now=1.0
     )
     log.status = 200
