@@ -64,7 +64,89 @@ class RequestPipeline:
     metrics: RequestMetrics | None = None  # run --metrics-port: None costs one test a request
 
     async def handle(self, exchange: Exchange) -> bool:
-        """Serve one request; returns whether its connection may carry another."""
+        """Serve one request; returns whether its connection may carry another. (Routing is no
+        coroutine of its own: each await layer costs every request at each of its waits.)"""
+        log = self._begin(exchange)
+        try:
+            request = exchange.request
+            raw_target = request.target
+            # HTTP-01 (RFC 8555 §8.3) before routing, redirects and pause/stop: a pending token
+            # is answered; any other request goes on. One prefix check is all others pay.
+            if raw_target.startswith(CHALLENGE_PATH) and self.router.acme is not None:
+                key_authorization = await self.router.acme.answer(raw_target)
+                if key_authorization is not None:
+                    log.status = await self._send_simple(
+                        exchange, 200, key_authorization, CHALLENGE_CONTENT_TYPE, log=log
+                    )
+                    return True
+            routed = self.router.route(log.host, log.path)
+            if routed is None:
+                return await self._fail(exchange, log, NoMatchingService())
+            service, route = routed
+            log.service = service.name
+            log.pages = service.pages
+            if self.metrics is not None:
+                options = service.options.service
+                log.metered = self.metrics.enter(
+                    service.name,
+                    log.path,
+                    options.exclude_metrics_paths,
+                    route.path_prefix,
+                    options.strip_path_prefix,
+                )
+            if (refused := exchange.body_refused()) is not None:  # known bad before any target
+                return await self._fail(exchange, log, BadRequestBody(refused))
+            service_options = service.options.service
+            if service_options.client_ip_header:
+                log.use_client_ip_header(request.headers, service_options.client_ip_header)
+            secure = exchange.scheme == "https"
+            # Plain HTTP to a service without TLS or a canonical host skips the call (fast path).
+            if service.tls.enabled or secure or service_options.canonical_host:
+                answer = check_scheme(
+                    service.tls,
+                    secure=secure,
+                    host_header=header_value(request.headers, b"host"),
+                    target=raw_target,
+                    canonical_host=service_options.canonical_host,
+                )
+                if isinstance(answer, bytes):
+                    return await self._redirect(exchange, log, answer)
+                if answer is not None:  # STATUS_NOT_OVER_TLS
+                    return await self._fail(exchange, log, NotServedOverTls())
+            if (
+                service_options.scope_cookie_paths
+                and service_options.strip_path_prefix
+                and route.path_prefix != "/"
+            ):  # kamal-proxy scopes only what it strips (router.go sets MatchedPrefix only then)
+                host_header = header_value(request.headers, b"host")
+                log.cookie_scope = CookieScope(route.path_prefix, text(host_header))
+            target_options = service.options.target
+            log.add_request_headers(request.headers, target_options.log_request_headers)
+            log.response_header_names = target_options.log_response_headers
+            upstream_target = raw_target
+            if service_options.strip_path_prefix:
+                upstream_target = strip_path_prefix(raw_target, route.path_prefix)
+            try:
+                if not service.running and service.is_health_check(
+                    request.method, upstream_target.partition(b"?")[0].decode("latin-1")
+                ):
+                    # Paused or stopped: keep load balancers in front of us from dropping the host.
+                    log.status = await self._send_simple(exchange, 200, b"OK\n", log=log)
+                    return True
+                if not service.running or service.removed:  # else admit() has nothing to wait for
+                    await service.admit()
+                if target_options.buffer_requests and has_request_body(request.headers):
+                    return await self._proxy_buffered(exchange, upstream_target, service, log)
+                target = service.choose_target(exchange.request)
+            except UpstreamError as exc:
+                return await self._fail(exchange, log, exc)
+            log.target = target.name
+            return await self._proxy(exchange, upstream_target, service, target, log)
+        finally:
+            self._finish(log)
+
+    def _begin(self, exchange: Exchange) -> RequestLog:
+        """The request's log, begun (an absolute-form target is routed by its authority)."""
         request = exchange.request
         if request.target[:1] != b"/":  # the one check origin-form requests pay
             absolute = absolute_form(request.target, request.headers)
@@ -73,7 +155,7 @@ class RequestPipeline:
                 exchange.request = RequestHead(
                     request.method, target, headers, request.http_version
                 )
-        log = RequestLog(
+        return RequestLog(
             exchange.request,
             port=self.port,
             scheme=exchange.scheme,
@@ -81,97 +163,17 @@ class RequestPipeline:
             client_port=exchange.client_port,
             now=trio.current_time(),
         )
-        keep_open = True
-        try:
-            keep_open = await self._route(exchange, log)
-        finally:
-            now = trio.current_time()
-            values = log.values(now)
-            if values is not None:
-                self.logger.access_values(values)
-            else:
-                self.logger.access(log.line(now))
-            if self.metrics is not None:
-                self.metrics.leave(
-                    log.metered, log.service, log.method, log.status, now - log.started
-                )
-        return keep_open
 
-    async def _route(self, exchange: Exchange, log: RequestLog) -> bool:
-        request = exchange.request
-        raw_target = request.target
-        # HTTP-01 (RFC 8555 §8.3) before routing, redirects and pause/stop: a pending token
-        # is answered; any other request goes on. One prefix check is all others pay.
-        if raw_target.startswith(CHALLENGE_PATH) and self.router.acme is not None:
-            key_authorization = await self.router.acme.answer(raw_target)
-            if key_authorization is not None:
-                log.status = await self._send_simple(
-                    exchange, 200, key_authorization, CHALLENGE_CONTENT_TYPE, log=log
-                )
-                return True
-        routed = self.router.route(log.host, log.path)
-        if routed is None:
-            return await self._fail(exchange, log, NoMatchingService())
-        service, route = routed
-        log.service = service.name
-        log.pages = service.pages
+    def _finish(self, log: RequestLog) -> None:
+        """The request's access log line (and metrics), however it ended."""
+        now = trio.current_time()
+        values = log.values(now)
+        if values is not None:
+            self.logger.access_values(values)
+        else:
+            self.logger.access(log.line(now))
         if self.metrics is not None:
-            options = service.options.service
-            log.metered = self.metrics.enter(
-                service.name,
-                log.path,
-                options.exclude_metrics_paths,
-                route.path_prefix,
-                options.strip_path_prefix,
-            )
-        if (refused := exchange.body_refused()) is not None:  # known bad before any target
-            return await self._fail(exchange, log, BadRequestBody(refused))
-        service_options = service.options.service
-        if service_options.client_ip_header:
-            log.use_client_ip_header(request.headers, service_options.client_ip_header)
-        secure = exchange.scheme == "https"
-        # Plain HTTP to a service without TLS or a canonical host skips the call (the fast path).
-        if service.tls.enabled or secure or service_options.canonical_host:
-            answer = check_scheme(
-                service.tls,
-                secure=secure,
-                host_header=header_value(request.headers, b"host"),
-                target=raw_target,
-                canonical_host=service_options.canonical_host,
-            )
-            if isinstance(answer, bytes):
-                return await self._redirect(exchange, log, answer)
-            if answer is not None:  # STATUS_NOT_OVER_TLS
-                return await self._fail(exchange, log, NotServedOverTls())
-        if (
-            service_options.scope_cookie_paths
-            and service_options.strip_path_prefix
-            and route.path_prefix != "/"
-        ):  # kamal-proxy scopes only what it strips (router.go sets MatchedPrefix only then)
-            host_header = header_value(request.headers, b"host")
-            log.cookie_scope = CookieScope(route.path_prefix, text(host_header))
-        target_options = service.options.target
-        log.add_request_headers(request.headers, target_options.log_request_headers)
-        log.response_header_names = target_options.log_response_headers
-        upstream_target = raw_target
-        if service_options.strip_path_prefix:
-            upstream_target = strip_path_prefix(raw_target, route.path_prefix)
-        try:
-            if not service.running and service.is_health_check(
-                request.method, upstream_target.partition(b"?")[0].decode("latin-1")
-            ):
-                # Paused or stopped: keep load balancers in front of us from dropping the host.
-                log.status = await self._send_simple(exchange, 200, b"OK\n", log=log)
-                return True
-            if not service.running or service.removed:  # else admit() has nothing to wait for
-                await service.admit()
-            if target_options.buffer_requests and has_request_body(request.headers):
-                return await self._proxy_buffered(exchange, upstream_target, service, log)
-            target = service.choose_target(exchange.request)
-        except UpstreamError as exc:
-            return await self._fail(exchange, log, exc)
-        log.target = target.name
-        return await self._proxy(exchange, upstream_target, service, target, log)
+            self.metrics.leave(log.metered, log.service, log.method, log.status, now - log.started)
 
     async def _redirect(self, exchange: Exchange, log: RequestLog, location: bytes) -> bool:
         headers, body = relay_rules.redirect_answer(exchange.request.method, location)

@@ -220,30 +220,31 @@ class _Relay:
             raise error
         return release
 
-    async def _receive(self, deadline: float) -> bool:
+    async def _receive(self, deadline: float, watch_at: float) -> bool:
         """One read from the target, given up at ``deadline`` (False).
 
-        With a ``hangup_watch``, the deadline and the look for a hang-up are its alarm's: one
-        that goes off cancels the request's scope (``record.interruption`` says why), so this
-        returns True or not at all. A quick answer (most of them) costs an attribute store.
+        With a ``hangup_watch``, the deadline and the look for a hang-up (from ``watch_at``
+        on) are its alarm's: one that goes off cancels the request's scope
+        (``record.interruption`` says why), so this returns True or not at all. A quick answer
+        (most of them) costs an attribute store.
         """
+        upstream = self.upstream
         watch = self.hangup_watch
         if watch is not None:
-            clock = self.exchange.clock
             watch.timeout_at = deadline
-            clock.set(watch, min(deadline, trio.current_time() + HANGUP_WATCH_DELAY))
+            self.exchange.clock.set(watch, min(deadline, watch_at))
             try:
-                await self.upstream.receive()
+                upstream.reader.feed(await upstream.transport.receive())
             finally:
                 watch.deadline = math.inf  # disarmed, as clock.set does it (without the call)
             if watch.rang:  # it went off just as the read completed: stop here, not later
                 await trio.lowlevel.checkpoint()
             return True
         if deadline == math.inf:
-            await self.upstream.receive()
+            await upstream.receive()
             return True
         with trio.move_on_at(deadline):
-            await self.upstream.receive()
+            await upstream.receive()
             return True
         return False
 
@@ -262,24 +263,21 @@ class _Relay:
             await stall.receive(self.upstream.receive)
         return event
 
-    async def _next_event_by(self, deadline: float) -> Event | None:
-        """The reader's next event, reading as needed; None once ``deadline`` passed."""
-        reader = self.upstream.reader
-        while (event := reader.next_event()) is NEED_DATA:
-            if not await self._receive(deadline):
-                return None
-        return event
-
     async def _read_head(self) -> ResponseHead:
         """The final response head (or a 101); 1xx answers on the way go to the client."""
-        exchange, target = self.exchange, self.target
-        deadline = trio.current_time() + target.options.target_timeout
+        exchange, target, reader = self.exchange, self.target, self.upstream.reader
+        now = trio.current_time()  # one clock reading for the deadline and the hang-up look
+        deadline = now + target.options.target_timeout
+        watch_at = now + HANGUP_WATCH_DELAY
         while True:
             wait = deadline
             if exchange.waiting_for_100:
                 wait = min(deadline, trio.current_time() + EXPECT_CONTINUE_TIMEOUT)
-            try:
-                event = await self._next_event_by(wait)
+            try:  # the next event, reading as needed; None once ``wait`` passed
+                while (event := reader.next_event()) is NEED_DATA:
+                    if not await self._receive(wait, watch_at):
+                        event = None
+                        break
             except BadResponse as exc:
                 raise UpstreamUnreachable(f"{target.name} sent no valid response: {exc}") from exc
             except STREAM_ERRORS as exc:
