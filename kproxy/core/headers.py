@@ -14,7 +14,7 @@ fresh lists ready for ``h11.Request``/``h11.Response``.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final, NamedTuple, TypeAlias
 
 from kproxy.core.service_map import request_host
@@ -111,8 +111,15 @@ def header_values(headers: Iterable[Header], name: bytes) -> list[bytes]:
 
 def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
     """Lowercased tokens of every Connection header (RFC 9110 section 7.6.1)."""
-    values = [value for key, value in headers if key == CONNECTION]
-    if not values:
+    # A loop, not a comprehension: in Python 3.11 that is a function call of its own.
+    values = None
+    for key, value in headers:
+        if key == CONNECTION:
+            if values is None:
+                values = [value]
+            else:
+                values.append(value)
+    if values is None:
         return _NO_TOKENS  # most requests and responses: asked several times per request
     # Every value at once: one lower() and one split() instead of one per token.
     tokens = frozenset([t.strip(b" \t") for t in b",".join(values).lower().split(b",")])
@@ -167,7 +174,7 @@ def build_upstream_request_headers(
     forward_headers: bool,
     target: str,
     now: float,
-    make_request_id: Callable[[], str],
+    new_request_id: str,
     upgrade: bool,
     forwarded_for: Sequence[str] | None = None,
 ) -> UpstreamRequestHeaders:
@@ -183,7 +190,8 @@ def build_upstream_request_headers(
         incoming value when ``forward_headers``, as kamal-proxy does).
       now: wall-clock unix time in seconds (``time.time()``, not trio's clock): X-Request-Start
         is read by APM tools as an absolute time.
-      make_request_id: called only when the client sent no X-Request-ID.
+      new_request_id: the X-Request-ID to send when the client sent none (the access log's
+        id: every request has one, so a string costs less than a callable).
       upgrade: the request is forwarded as an upgrade (see :func:`strip_hop_by_hop`).
       forwarded_for: the addresses a trusted ``--client-ip-header`` gave (see
         :func:`client_ips_from_header`). When not None they replace the incoming
@@ -229,7 +237,7 @@ def build_upstream_request_headers(
     if incoming_id:
         request_id = incoming_id.decode("latin-1")
     else:
-        request_id = make_request_id()
+        request_id = new_request_id
         out.append((X_REQUEST_ID, request_id.encode("ascii")))
     if not incoming_start:
         # "t=<unix ms>" is the form kamal-proxy sends (request_start_middleware.go).

@@ -127,13 +127,14 @@ class RequestPipeline:
             if service_options.strip_path_prefix:
                 upstream_target = strip_path_prefix(raw_target, route.path_prefix)
             try:
-                if not service.running and service.is_health_check(
+                running = service.running
+                if not running and service.is_health_check(
                     request.method, upstream_target.partition(b"?")[0].decode("latin-1")
                 ):
                     # Paused or stopped: keep load balancers in front of us from dropping the host.
                     log.status = await self._send_simple(exchange, 200, b"OK\n", log=log)
                     return True
-                if not service.running or service.removed:  # else admit() has nothing to wait for
+                if not running or service.removed:  # else admit() has nothing to wait for
                     await service.admit()
                 if target_options.buffer_requests and has_request_body(request.headers):
                     return await self._proxy_buffered(exchange, upstream_target, service, log)
@@ -221,7 +222,7 @@ class RequestPipeline:
             forward_headers=target.options.forward_headers,
             target=target.name,
             now=time.time(),
-            make_request_id=lambda: log.request_id,
+            new_request_id=log.request_id,
             upgrade=upgrade,
             forwarded_for=log.forwarded_for,
         )
