@@ -114,12 +114,17 @@ class RequestLog(ResponseRecord):
         fields (--log-request-header, --log-response-header): see ``line``."""
         if self.request_header_fields is not None or self.response_header_names:
             return None
+        content_type = ""
+        for name, value in self.headers:  # header_value and text, without two calls
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+                break
         return (
             self.host, self.port, self.path, self.request_id, self.service, self.target,
             self.method, self.req_content_length, self.req_content_type, self.client_addr,
             self.client_port, self.remote_addr, self.user_agent, self.proto, self.scheme,
             self.query, self.status, int((now - self.started) * 1e9), self.body_bytes,
-            text(header_value(self.headers, b"content-type")),
+            content_type,
         )  # fmt: skip
 
     def line(self, now: float) -> dict[str, Any]:

@@ -173,7 +173,7 @@ class Logger:
             or time.monotonic() - self._last_flush >= FLUSH_INTERVAL
         ):
             self.flush()
-        else:
+        elif not self._flushing:
             self._defer_flush()
 
 

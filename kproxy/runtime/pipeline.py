@@ -66,7 +66,21 @@ class RequestPipeline:
     async def handle(self, exchange: Exchange) -> bool:
         """Serve one request; returns whether its connection may carry another. (Routing is no
         coroutine of its own: each await layer costs every request at each of its waits.)"""
-        log = self._begin(exchange)
+        request = exchange.request
+        if request.target[:1] != b"/":  # the one check origin-form requests pay
+            absolute = absolute_form(request.target, request.headers)
+            if absolute is not None:  # routed, logged and forwarded by its authority
+                exchange.request = RequestHead(
+                    request.method, absolute[0], absolute[1], request.http_version
+                )
+        log = RequestLog(
+            exchange.request,
+            port=self.port,
+            scheme=exchange.scheme,
+            client_ip=exchange.client_ip,
+            client_port=exchange.client_port,
+            now=trio.current_time(),
+        )
         try:
             request = exchange.request
             raw_target = request.target
@@ -143,38 +157,17 @@ class RequestPipeline:
                 return await self._fail(exchange, log, exc)
             log.target = target.name
             return await self._proxy(exchange, upstream_target, service, target, log)
-        finally:
-            self._finish(log)
-
-    def _begin(self, exchange: Exchange) -> RequestLog:
-        """The request's log, begun (an absolute-form target is routed by its authority)."""
-        request = exchange.request
-        if request.target[:1] != b"/":  # the one check origin-form requests pay
-            absolute = absolute_form(request.target, request.headers)
-            if absolute is not None:  # routed, logged and forwarded by its authority
-                target, headers = absolute
-                exchange.request = RequestHead(
-                    request.method, target, headers, request.http_version
+        finally:  # the access log line (and metrics), however the request ended
+            now = trio.current_time()
+            values = log.values(now)
+            if values is not None:
+                self.logger.access_values(values)
+            else:
+                self.logger.access(log.line(now))
+            if self.metrics is not None:
+                self.metrics.leave(
+                    log.metered, log.service, log.method, log.status, now - log.started
                 )
-        return RequestLog(
-            exchange.request,
-            port=self.port,
-            scheme=exchange.scheme,
-            client_ip=exchange.client_ip,
-            client_port=exchange.client_port,
-            now=trio.current_time(),
-        )
-
-    def _finish(self, log: RequestLog) -> None:
-        """The request's access log line (and metrics), however it ended."""
-        now = trio.current_time()
-        values = log.values(now)
-        if values is not None:
-            self.logger.access_values(values)
-        else:
-            self.logger.access(log.line(now))
-        if self.metrics is not None:
-            self.metrics.leave(log.metered, log.service, log.method, log.status, now - log.started)
 
     async def _redirect(self, exchange: Exchange, log: RequestLog, location: bytes) -> bool:
         headers, body = relay_rules.redirect_answer(exchange.request.method, location)
