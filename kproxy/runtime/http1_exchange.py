@@ -31,6 +31,7 @@ from kproxy.errors import BadRequestBody, ClientGone
 from kproxy.runtime.alarms import Alarm, AlarmClock
 from kproxy.runtime.exchange import RequestHead, Tunnel
 from kproxy.runtime.hangup_watch import HangupWatch
+from kproxy.runtime.read_pacing import ReadPacer
 from kproxy.runtime.socket_io import MAX_PARTS, STREAM_ERRORS
 from kproxy.runtime.transport import Transport
 
@@ -73,6 +74,7 @@ class Http1Exchange:
     # The head's verdict: how its body is framed.
     framing_verdict: request_framing.Accept = attrs.field(factory=request_framing.Accept)
     body_check: request_framing.ChunkedBody | None = None  # the current request's, when chunked
+    pacer: ReadPacer = attrs.field(factory=ReadPacer)  # slows the reads of a trickled request
 
     def __attrs_post_init__(self) -> None:
         self.head_alarm = Alarm(self.connection_scope)
@@ -150,6 +152,7 @@ class Http1Exchange:
           passes cancels the connection's scope.
         """
         self.body_check = None
+        self.pacer.reset()
         pending, closed = self.conn.trailing_data  # a pipelined head may already be here
         buffer = bytearray(pending)
         if closed and not buffer:
@@ -187,9 +190,11 @@ class Http1Exchange:
     async def _receive_into(self, buffer: bytearray) -> bool:
         """One read, fed to h11 and kept in ``buffer``; False at EOF or a broken connection."""
         try:
+            await self.pacer.pace()
             data = await self.transport.receive()
         except STREAM_ERRORS:
             return False
+        self.pacer.count(len(data))
         self.conn.receive_data(data)
         buffer += data
         return bool(data)
@@ -201,7 +206,9 @@ class Http1Exchange:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]  # NEED_DATA was ruled out
+            await self.pacer.pace()
             data = await self.transport.receive()
+            self.pacer.count(len(data))
             self.eof = not data
             if self.body_check is not None:
                 self.body_check.feed(data)  # before h11 parses a byte of it
