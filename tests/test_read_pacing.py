@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from kproxy.runtime.alarms import TICK
-from kproxy.runtime.read_pacing import PAUSE, TINY, TRICKLE_GAP, TRICKLES, ReadPacer
+from kproxy.runtime.read_pacing import PAUSE, TRICKLE_GAP, TRICKLES, ReadPacer
 
 
 @pytest.fixture
@@ -18,15 +18,17 @@ def autojump_clock() -> trio.testing.MockClock:
 
 
 async def _wait_of(pacer: ReadPacer) -> float:
+    """How long a read waits first, as Http1Exchange asks."""
     started = trio.current_time()
-    await pacer.pace()
+    if pacer.paced:
+        await pacer.pause()
     return trio.current_time() - started
 
 
 async def _trickle(pacer: ReadPacer, reads: int, gap: float = TRICKLE_GAP) -> None:
     for _ in range(reads):
         await trio.sleep(gap)
-        pacer.count(1)
+        pacer.tiny_read()
 
 
 async def test_a_trickle_is_paced_from_its_third_counted_read(
@@ -40,7 +42,7 @@ async def test_a_trickle_is_paced_from_its_third_counted_read(
         waited = await _wait_of(pacer)
         assert PAUSE <= waited <= 2 * PAUSE + TICK
         assert trio.current_time() / TICK == pytest.approx(round(trio.current_time() / TICK))
-        pacer.count(1)  # one more tiny read, long after the last: still a trickle
+        pacer.tiny_read()  # one more tiny read, long after the last: still a trickle
 
 
 async def test_a_read_that_is_not_tiny_or_a_new_head_ends_the_pacing(
@@ -48,7 +50,7 @@ async def test_a_read_that_is_not_tiny_or_a_new_head_ends_the_pacing(
 ) -> None:
     pacer = ReadPacer()
     await _trickle(pacer, TRICKLES)
-    pacer.count(TINY)
+    pacer.reset()  # Http1Exchange's answer to a read of TINY bytes or more
     assert await _wait_of(pacer) == 0
     await _trickle(pacer, TRICKLES)
     pacer.reset()

@@ -31,7 +31,7 @@ from kproxy.errors import BadRequestBody, ClientGone
 from kproxy.runtime.alarms import Alarm, AlarmClock
 from kproxy.runtime.exchange import RequestHead, Tunnel
 from kproxy.runtime.hangup_watch import HangupWatch
-from kproxy.runtime.read_pacing import ReadPacer
+from kproxy.runtime.read_pacing import TINY, ReadPacer
 from kproxy.runtime.socket_io import MAX_PARTS, STREAM_ERRORS
 from kproxy.runtime.transport import Transport
 
@@ -190,14 +190,21 @@ class Http1Exchange:
     async def _receive_into(self, buffer: bytearray) -> bool:
         """One read, fed to h11 and kept in ``buffer``; False at EOF or a broken connection."""
         try:
-            await self.pacer.pace()
+            if self.pacer.paced:
+                await self.pacer.pause()
             data = await self.transport.receive()
         except STREAM_ERRORS:
             return False
-        self.pacer.count(len(data))
+        self._count_for_pacing(data)
         self.conn.receive_data(data)
         buffer += data
         return bool(data)
+
+    def _count_for_pacing(self, data: bytes) -> None:
+        if 0 < len(data) < TINY:
+            self.pacer.tiny_read()
+        elif self.pacer.trickles:
+            self.pacer.reset()
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         """h11's next event of the request, its body checked before h11 parses it."""
@@ -206,9 +213,10 @@ class Http1Exchange:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]  # NEED_DATA was ruled out
-            await self.pacer.pace()
+            if self.pacer.paced:
+                await self.pacer.pause()
             data = await self.transport.receive()
-            self.pacer.count(len(data))
+            self._count_for_pacing(data)
             self.eof = not data
             if self.body_check is not None:
                 self.body_check.feed(data)  # before h11 parses a byte of it

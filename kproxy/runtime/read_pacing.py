@@ -31,32 +31,34 @@ PAUSE: Final = 2.0  # seconds: a paced read waits this to twice this first
 
 @attrs.define(eq=False)
 class ReadPacer:
-    """The trickle count of one client connection's request reads (see the module doc)."""
+    """The trickle count of one client connection's request reads (see the module doc). The
+    caller tests ``paced`` and ``len(data) < TINY`` itself: a read on a healthy connection
+    then costs no call here."""
 
     trickles: int = 0  # counted tiny reads in a row
+    paced: bool = False  # reads wait first: call ``pause``
     _last_tiny: float = -math.inf  # when the last tiny read completed
 
     def reset(self) -> None:
-        """A new request head: no trickle yet."""
+        """A new request head, or a read that was not tiny: no trickle (any more)."""
         self.trickles = 0
+        self.paced = False
         self._last_tiny = -math.inf
 
-    async def pace(self) -> None:
-        """Before a read: wait, if the client trickles."""
-        if self.trickles >= TRICKLES:
-            # On a tick of the alarm clock: the reads due in one tick wake in one batch, not
-            # one scheduling pass each.
-            due = trio.current_time() + PAUSE * (1.0 + random.random())
-            await trio.sleep_until(math.ceil(due / TICK) * TICK)
+    async def pause(self) -> None:
+        """Before a paced read: wait until a tick PAUSE to 2 PAUSE from now. On a tick of the
+        alarm clock, the reads due in one tick wake in one batch, not one scheduling pass
+        each."""
+        due = trio.current_time() + PAUSE * (1.0 + random.random())
+        await trio.sleep_until(math.ceil(due / TICK) * TICK)
 
-    def count(self, received: int) -> None:
-        """After a read of ``received`` bytes (0 at EOF: the caller stops reading anyway)."""
-        if received >= TINY:
-            self.trickles = 0
-            return
-        now = trio.current_time()  # only for tiny reads: rare on a healthy connection
+    def tiny_read(self) -> None:
+        """After a read of fewer than TINY bytes (not EOF: the caller stops reading then)."""
+        now = trio.current_time()
         if now - self._last_tiny >= TRICKLE_GAP:
             self.trickles += 1
+            self.paced = self.trickles >= TRICKLES
         else:
             self.trickles = 0
+            self.paced = False
         self._last_tiny = now
