@@ -152,7 +152,8 @@ class Http1Exchange:
           passes cancels the connection's scope.
         """
         self.body_check = None
-        self.pacer.reset()
+        if self.pacer.trickles:
+            self.pacer.reset()
         pending, closed = self.conn.trailing_data  # a pipelined head may already be here
         buffer = bytearray(pending)
         if closed and not buffer:
@@ -195,16 +196,13 @@ class Http1Exchange:
             data = await self.transport.receive()
         except STREAM_ERRORS:
             return False
-        self._count_for_pacing(data)
-        self.conn.receive_data(data)
-        buffer += data
-        return bool(data)
-
-    def _count_for_pacing(self, data: bytes) -> None:
-        if 0 < len(data) < TINY:
+        if len(data) < TINY and data:  # inline: a healthy read costs two tests, no call
             self.pacer.tiny_read()
         elif self.pacer.trickles:
             self.pacer.reset()
+        self.conn.receive_data(data)
+        buffer += data
+        return bool(data)
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         """h11's next event of the request, its body checked before h11 parses it."""
@@ -216,7 +214,10 @@ class Http1Exchange:
             if self.pacer.paced:
                 await self.pacer.pause()
             data = await self.transport.receive()
-            self._count_for_pacing(data)
+            if len(data) < TINY and data:
+                self.pacer.tiny_read()
+            elif self.pacer.trickles:
+                self.pacer.reset()
             self.eof = not data
             if self.body_check is not None:
                 self.body_check.feed(data)  # before h11 parses a byte of it
