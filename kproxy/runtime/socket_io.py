@@ -65,7 +65,7 @@ class SendTimeout(TimeoutError):
     it counts among STREAM_ERRORS: a peer that stopped taking bytes is as good as gone)."""
 
 
-LOOKS: Final = 12  # looks at a blocked peer's progress per send timeout (every 5 s of 60 s)
+LOOKS: Final = 30  # looks at a blocked peer's progress per send timeout (every 2 s of 60 s)
 _NOTHING_SEEN: Final = -(1 << 63)
 
 

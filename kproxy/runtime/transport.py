@@ -14,7 +14,7 @@ that takes no byte of what is sent to it for that long (a response, a tunnel's b
 gone, as if it had reset the connection. "Takes no byte" is measured by the bytes its TCP
 acknowledged, counted across writes (``socket_io._wait_sendable``), so a slow but steady
 reader is never cut, however long one wait for a writable socket lasts, and a stalled one is
-cut 60 s (to 65 s) after the last byte it took, however often the kernel's growing buffer
+cut 60 s (to 62 s) after the last byte it took, however often the kernel's growing buffer
 makes its socket writable meanwhile.
 """
 
