@@ -152,8 +152,9 @@ class Http1Exchange:
           passes cancels the connection's scope.
         """
         self.body_check = None
-        if self.pacer.trickles:
-            self.pacer.reset()
+        pacer = self.pacer
+        if pacer.trickles:
+            pacer.reset()
         pending, closed = self.conn.trailing_data  # a pipelined head may already be here
         buffer = bytearray(pending)
         if closed and not buffer:
@@ -172,7 +173,16 @@ class Http1Exchange:
                     return request_framing.Reject(
                         431, f"request head larger than {max_bytes} bytes"
                     )
+                # A few bytes that left the head unfinished: a trickle's, if they keep coming
+                # so, after pauses (read_pacing). A whole head in one read is never counted.
+                came = len(buffer) - searched
+                if 0 < came < TINY:
+                    pacer.tiny_read()
+                elif came and pacer.trickles:
+                    pacer.reset()
                 searched = len(buffer)
+                if pacer.paced:
+                    await pacer.pause()
                 if not await self._receive_into(buffer):
                     return None
         finally:
@@ -191,15 +201,9 @@ class Http1Exchange:
     async def _receive_into(self, buffer: bytearray) -> bool:
         """One read, fed to h11 and kept in ``buffer``; False at EOF or a broken connection."""
         try:
-            if self.pacer.paced:
-                await self.pacer.pause()
             data = await self.transport.receive()
         except STREAM_ERRORS:
             return False
-        if len(data) < TINY and data:  # inline: a healthy read costs two tests, no call
-            self.pacer.tiny_read()
-        elif self.pacer.trickles:
-            self.pacer.reset()
         self.conn.receive_data(data)
         buffer += data
         return bool(data)
