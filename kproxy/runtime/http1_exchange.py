@@ -31,6 +31,7 @@ from kproxy.errors import BadRequestBody, ClientGone
 from kproxy.runtime.alarms import Alarm, AlarmClock
 from kproxy.runtime.exchange import RequestHead, Tunnel
 from kproxy.runtime.hangup_watch import HangupWatch
+from kproxy.runtime.read_pacing import TINY, ReadPacer
 from kproxy.runtime.socket_io import MAX_PARTS, STREAM_ERRORS
 from kproxy.runtime.transport import Transport
 
@@ -73,6 +74,7 @@ class Http1Exchange:
     # The head's verdict: how its body is framed.
     framing_verdict: request_framing.Accept = attrs.field(factory=request_framing.Accept)
     body_check: request_framing.ChunkedBody | None = None  # the current request's, when chunked
+    pacer: ReadPacer = attrs.field(factory=ReadPacer)  # slows the reads of a trickled request
 
     def __attrs_post_init__(self) -> None:
         self.head_alarm = Alarm(self.connection_scope)
@@ -150,6 +152,9 @@ class Http1Exchange:
           passes cancels the connection's scope.
         """
         self.body_check = None
+        pacer = self.pacer
+        if pacer.trickles:
+            pacer.reset()
         pending, closed = self.conn.trailing_data  # a pipelined head may already be here
         buffer = bytearray(pending)
         if closed and not buffer:
@@ -168,7 +173,16 @@ class Http1Exchange:
                     return request_framing.Reject(
                         431, f"request head larger than {max_bytes} bytes"
                     )
+                # A few bytes that left the head unfinished: a trickle's, if they keep coming
+                # so, after pauses (read_pacing). A whole head in one read is never counted.
+                came = len(buffer) - searched
+                if 0 < came < TINY:
+                    pacer.tiny_read()
+                elif came and pacer.trickles:
+                    pacer.reset()
                 searched = len(buffer)
+                if pacer.paced:
+                    await pacer.pause()
                 if not await self._receive_into(buffer):
                     return None
         finally:
@@ -201,7 +215,13 @@ class Http1Exchange:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]  # NEED_DATA was ruled out
+            if self.pacer.paced:
+                await self.pacer.pause()
             data = await self.transport.receive()
+            if len(data) < TINY and data:
+                self.pacer.tiny_read()
+            elif self.pacer.trickles:
+                self.pacer.reset()
             self.eof = not data
             if self.body_check is not None:
                 self.body_check.feed(data)  # before h11 parses a byte of it

@@ -23,6 +23,7 @@ import struct
 import termios
 from typing import Final
 
+import attrs
 import trio
 from trio.lowlevel import (
     cancel_shielded_checkpoint,
@@ -30,6 +31,8 @@ from trio.lowlevel import (
     wait_readable,
     wait_writable,
 )
+
+from kproxy.core import tcp_info
 
 # Bytes per receive: large reads mean fewer syscalls (a 64 KiB body comes with its head in
 # one: 16 % less CPU per such response, measured), while staying under glibc's 128 KiB mmap
@@ -62,27 +65,61 @@ class SendTimeout(TimeoutError):
     it counts among STREAM_ERRORS: a peer that stopped taking bytes is as good as gone)."""
 
 
-async def _wait_sendable(sock: socket.socket, timeout: float) -> None:
-    """Wait until ``sock`` takes more bytes; SendTimeout once its peer took none of those
-    queued for ``timeout`` seconds. Progress is the kernel's queue of unacknowledged and
-    unsent bytes going down, not the socket turning writable: with large buffers a slow but
-    steady reader can leave it unwritable for minutes (a cancel scope per wait is fine here:
-    only a full buffer gets this far)."""
+LOOKS: Final = 30  # looks at a blocked peer's progress per send timeout (every 2 s of 60 s)
+_NOTHING_SEEN: Final = -(1 << 63)
+
+
+@attrs.define(eq=False)
+class SendProgress:
+    """What a connection's peer had taken (TCP's count of acknowledged bytes) when last looked
+    at, and since when: kept across sends, so each wait for a writable socket goes on from the
+    last byte the peer took rather than starting its own timeout."""
+
+    taken: int = _NOTHING_SEEN
+    since: float = 0.0
+
+
+async def _wait_sendable(
+    sock: socket.socket, timeout: float, progress: SendProgress | None = None
+) -> None:
+    """Wait until ``sock`` takes more bytes; SendTimeout once its peer took no byte for
+    ``timeout`` seconds. Progress is the peer acknowledging bytes (TCP_INFO), not the socket
+    turning writable: with large buffers a slow but steady reader can leave it unwritable for
+    minutes, and the kernel may grow a socket's buffer, making it writable, while its peer
+    takes nothing. Looked at LOOKS times per timeout, so a stalled peer is cut between
+    ``timeout`` and ``timeout * (1 + 1/LOOKS)`` after the last byte it took (a cancel scope per
+    wait is fine here: only a full buffer gets this far). Without TCP_INFO (not TCP), progress
+    is the queue of unsent and unacknowledged bytes going down during this wait."""
     if timeout == math.inf:
         await wait_writable(sock)
         return
-    queued = unsent(sock)
+    acked = _bytes_acked(sock)
+    if progress is None or acked is None:
+        progress = SendProgress()
     while True:
-        with trio.move_on_after(timeout):
-            await wait_writable(sock)
-            return
-        now_queued = unsent(sock)
-        if now_queued >= queued:
+        now = trio.current_time()
+        taken = acked if acked is not None else -unsent(sock)
+        if taken > progress.taken:
+            progress.taken, progress.since = taken, now
+        elif now - progress.since >= timeout:
             # Closing will reset the connection: a FIN would wait behind the unsent bytes,
             # which the kernel would hold (and probe a zero window for) long after us.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
             raise SendTimeout(f"the peer took no byte for {timeout:g}s")
-        queued = now_queued
+        with trio.move_on_after(min(progress.since + timeout - now, timeout / LOOKS)):
+            await wait_writable(sock)
+            return
+        acked = _bytes_acked(sock)
+
+
+def _bytes_acked(sock: socket.socket) -> int | None:
+    """The bytes the peer's TCP has acknowledged so far; None for a socket that is not TCP."""
+    try:
+        data = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, tcp_info.SIZE)
+    except OSError:
+        return None
+    info = tcp_info.parse(data)
+    return info.bytes_acked if info is not None else None
 
 
 def unsent(sock: socket.socket) -> int:
@@ -90,13 +127,15 @@ def unsent(sock: socket.socket) -> int:
     return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"), "little")
 
 
-async def _send(sock: socket.socket, data: bytes | memoryview, timeout: float) -> int:
+async def _send(
+    sock: socket.socket, data: bytes | memoryview, timeout: float, progress: SendProgress | None
+) -> int:
     await checkpoint_if_cancelled()
     try:
         sent = sock.send(data)
     except BlockingIOError:
         while True:
-            await _wait_sendable(sock, timeout)
+            await _wait_sendable(sock, timeout, progress)
             try:
                 return sock.send(data)
             except BlockingIOError:
@@ -105,16 +144,27 @@ async def _send(sock: socket.socket, data: bytes | memoryview, timeout: float) -
     return sent
 
 
-async def send_all(sock: socket.socket, data: bytes, timeout: float = math.inf) -> None:
-    """All of ``data``; SendTimeout when the peer takes no byte of it for ``timeout``."""
-    sent = await _send(sock, data, timeout)
+async def send_all(
+    sock: socket.socket,
+    data: bytes,
+    timeout: float = math.inf,
+    progress: SendProgress | None = None,
+) -> None:
+    """All of ``data``; SendTimeout when the peer takes no byte for ``timeout`` (counted
+    across calls that pass the connection's ``progress``)."""
+    sent = await _send(sock, data, timeout, progress)
     if sent < len(data):  # the kernel's buffer filled up: go on from where it stopped
         with memoryview(data) as view:
             while sent < len(data):
-                sent += await _send(sock, view[sent:], timeout)
+                sent += await _send(sock, view[sent:], timeout, progress)
 
 
-async def send_parts(sock: socket.socket, parts: list[bytes], timeout: float = math.inf) -> None:
+async def send_parts(
+    sock: socket.socket,
+    parts: list[bytes],
+    timeout: float = math.inf,
+    progress: SendProgress | None = None,
+) -> None:
     """``send_all`` of ``parts`` in order, by one sendmsg(2): no joined copy of them first (a
     response head and a 64 KiB body). At most MAX_PARTS parts (the kernel takes 1024)."""
     await checkpoint_if_cancelled()
@@ -125,7 +175,7 @@ async def send_parts(sock: socket.socket, parts: list[bytes], timeout: float = m
     if sent == sum(map(len, parts)):
         await cancel_shielded_checkpoint()
     else:  # the kernel's buffer filled up: the rest as one buffer (rare, so the copy is fine)
-        await send_all(sock, b"".join(parts)[sent:], timeout)
+        await send_all(sock, b"".join(parts)[sent:], timeout, progress)
 
 
 def readable_now(fd: int) -> bool:

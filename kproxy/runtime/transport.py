@@ -11,9 +11,11 @@ trio's checkpoints and waits around each call and no stream wrapper in between.
 
 A client connection has a send timeout (``SEND_TIMEOUT``, nginx's ``send_timeout``): a client
 that takes no byte of what is sent to it for that long (a response, a tunnel's bytes) is
-gone, as if it had reset the connection. "Takes no byte" is measured by the kernel's queue
-of unacknowledged bytes (``socket_io._wait_sendable``), so a slow but steady reader is never
-cut, however long one wait for a writable socket lasts.
+gone, as if it had reset the connection. "Takes no byte" is measured by the bytes its TCP
+acknowledged, counted across writes (``socket_io._wait_sendable``), so a slow but steady
+reader is never cut, however long one wait for a writable socket lasts, and a stalled one is
+cut 60 s (to 62 s) after the last byte it took, however often the kernel's growing buffer
+makes its socket writable meanwhile.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class SocketTransport:
     sock: socket.socket
     closed: bool = False
     send_timeout: float = math.inf  # see SEND_TIMEOUT: a client's; a target's has none
+    _progress: socket_io.SendProgress = attrs.field(factory=socket_io.SendProgress)
 
     @classmethod
     def of_accepted(cls, sock: socket.socket) -> SocketTransport:
@@ -117,10 +120,10 @@ class SocketTransport:
 
     async def send(self, data: bytes) -> None:
         if data:
-            await socket_io.send_all(self.sock, data, self.send_timeout)
+            await socket_io.send_all(self.sock, data, self.send_timeout, self._progress)
 
     async def send_parts(self, parts: list[bytes]) -> None:
-        await socket_io.send_parts(self.sock, parts, self.send_timeout)
+        await socket_io.send_parts(self.sock, parts, self.send_timeout, self._progress)
 
     def peer_gone(self) -> bool:
         return socket_io.hung_up(self.sock.fileno())

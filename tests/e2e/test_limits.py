@@ -17,7 +17,7 @@ from kproxy import DeploymentOptions, Proxy, RunOptions, TargetOptions
 from kproxy.core.command_parser import parse_command
 from kproxy.core.commands import Run
 from kproxy.errors import UsageError
-from kproxy.runtime import request_body
+from kproxy.runtime import read_pacing, request_body
 from kproxy.runtime.acceptor import default_max_connections
 from kproxy.runtime.h11_stream import H11Stream
 from kproxy.runtime.http_server import (
@@ -192,6 +192,35 @@ async def test_a_trickled_head_is_cut_off(
             sending.cancel_scope.cancel()
     assert 0.4 < elapsed < 1.5
     assert [r.target for r in up.received if r.target != b"/up"] == ([] if first else [b"/first"])
+
+
+@guard(20)
+async def test_a_paced_trickle_is_still_served_whole_and_cut_off_by_its_timeout(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head trickled with pauses between its pieces is read paced (read_pacing): the pieces
+    that came meanwhile are read together and the request is served intact, and a head that
+    never ends is cut off by the header timeout as it is unpaced."""
+    monkeypatch.setattr(read_pacing, "TRICKLE_GAP", 0.05)
+    monkeypatch.setattr(read_pacing, "PAUSE", 0.2)
+    up = await start_upstream(nursery)
+    proxy, http = await proxy_for(nursery, tmp_path, up.address)
+    http.header_timeout = 1.0
+    whole = b"GET /paced HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+    async with await trio.open_tcp_stream("127.0.0.1", proxy.http_port) as stream:
+        for start in range(0, len(whole), 6):  # 11 pieces, 70 ms apart: paced from the 3rd
+            await stream.send_all(whole[start : start + 6])
+            await trio.sleep(0.07)
+        assert (await receive_until(stream, b"upstream")).startswith(b"HTTP/1.1 200 ")
+    assert [r.target for r in up.received if r.target != b"/up"] == [b"/paced"]
+    endless = GET + b"X-Slow: " + b"s" * 10_000 + b"\r\n\r\n"
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.http_port)
+    async with stream, trio.open_nursery() as sending:
+        sending.start_soon(trickle, stream, endless, 0.07)
+        elapsed = await seconds_until_closed(stream)
+        sending.cancel_scope.cancel()
+    assert 0.9 < elapsed < 1.6
+    assert [r.target for r in up.received if r.target != b"/up"] == [b"/paced"]
 
 
 @guard(20)

@@ -17,7 +17,7 @@ import trio
 import trustme
 
 from kproxy.runtime import transport
-from kproxy.runtime.socket_io import SendTimeout
+from kproxy.runtime.socket_io import LOOKS, SendTimeout
 from kproxy.runtime.transport import SEND_TIMEOUT, SocketTransport
 from tests.helpers import (
     control,
@@ -102,6 +102,23 @@ async def test_a_peer_that_takes_nothing_is_cut_after_the_send_timeout() -> None
         await connection.aclose()  # resets the connection: no FIN queued behind 4 MiB
         receiver.setblocking(True)
         assert read_until_reset(receiver) < 4 << 20
+
+
+@guard(10)
+async def test_the_send_timeout_counts_from_the_last_byte_taken_not_from_each_wait() -> None:
+    """A wait that ends without the peer taking a byte (here cancelled; in life, the kernel
+    growing the socket's buffer makes it writable) does not start the timeout again: the
+    next send is cut one timeout after the last byte taken, not one timeout after it began."""
+    sender, receiver = tcp_pair(64 << 10, 256 << 10)
+    with sender, receiver:
+        connection = SocketTransport(sender, send_timeout=0.6)
+        started = trio.current_time()
+        with trio.move_on_after(0.4):
+            await connection.send(b"x" * (4 << 20))
+        with pytest.raises(SendTimeout):
+            await connection.send(b"y" * (4 << 20))
+        assert 0.6 <= trio.current_time() - started < 0.6 * (1 + 1 / LOOKS) + 0.2
+        await connection.aclose()
 
 
 @guard(20)
