@@ -16,17 +16,17 @@ from reliability.scenario import timed
 
 # In the priority order of what they guard; the names are module names. Each with
 # its expected minutes at the short and the full size (``--list``): measured on 2 cores shared
-# with other work (load 7 to 15) on 2026-12-05, the full size from a tenth or a twentieth of
-# it (reliability/README.md, "How long it takes"); they move with the load and kproxy's speed.
+# with other work on 2026-12-05, the full size by that day's whole full-size run
+# (reliability/README.md, "How long it takes"); they move with the load and kproxy's speed.
 SCENARIOS: Final = {
-    "deploys_under_load": (1.7, 25),  # 1
-    "kill9": (0.6, 45),  # 2
-    "http_fuzz": (0.6, 8),  # 3
-    "control_fuzz": (0.6, 14),  # 4
-    "slow_clients": (1, 1),  # 5
+    "deploys_under_load": (1.7, 24),  # 1
+    "kill9": (0.6, 30),  # 2
+    "http_fuzz": (0.6, 6.5),  # 3
+    "control_fuzz": (0.6, 1),  # 4
+    "slow_clients": (1.4, 1.5),  # 5
     "leaks": (0.9, 17),  # 6
-    "disk_trouble": (0.3, 0.6),  # 7
-    "target_faults": (0.9, 11),  # 8
+    "disk_trouble": (0.3, 0.2),  # 7
+    "target_faults": (0.9, 3),  # 8
 }
 
 
