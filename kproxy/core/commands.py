@@ -26,9 +26,7 @@ class Remove:
 @attrs.frozen
 class Pause:
     service: str
-    drain_timeout: float = attrs.field(
-        default=opt.DEFAULT_DRAIN_TIMEOUT, validator=opt.not_negative("drain-timeout")
-    )
+    drain_timeout: float = opt.drain_timeout_field()
     max_pause: float = attrs.field(
         default=opt.DEFAULT_PAUSE_TIMEOUT, validator=opt.positive("max-pause")
     )
@@ -37,9 +35,7 @@ class Pause:
 @attrs.frozen
 class Stop:
     service: str
-    drain_timeout: float = attrs.field(
-        default=opt.DEFAULT_DRAIN_TIMEOUT, validator=opt.not_negative("drain-timeout")
-    )
+    drain_timeout: float = opt.drain_timeout_field()
     message: str = ""
 
 
@@ -55,12 +51,8 @@ class RolloutDeploy:
     service: str
     targets: tuple[str, ...]  # as DeploymentOptions normalizes them (the parser does)
     read_targets: tuple[str, ...] = ()
-    deploy_timeout: float = attrs.field(
-        default=opt.DEFAULT_DEPLOY_TIMEOUT, validator=opt.positive("deploy-timeout")
-    )
-    drain_timeout: float = attrs.field(
-        default=opt.DEFAULT_DRAIN_TIMEOUT, validator=opt.not_negative("drain-timeout")
-    )
+    deploy_timeout: float = opt.deploy_timeout_field()
+    drain_timeout: float = opt.drain_timeout_field()
 
 
 @attrs.frozen

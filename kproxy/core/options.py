@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -62,6 +62,16 @@ def not_negative(name: str) -> Callable[[object, object, float], None]:
             raise ValueError(f"--{name} must not be negative, got {format_duration(value)}")
 
     return check
+
+
+def deploy_timeout_field() -> Any:
+    """The ``--deploy-timeout`` field of a command or options class (default and check)."""
+    return attrs.field(default=DEFAULT_DEPLOY_TIMEOUT, validator=positive("deploy-timeout"))
+
+
+def drain_timeout_field() -> Any:
+    """The ``--drain-timeout`` field of a command or options class (default and check)."""
+    return attrs.field(default=DEFAULT_DRAIN_TIMEOUT, validator=not_negative("drain-timeout"))
 
 
 def _normalize_hosts(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -303,12 +313,8 @@ class DeploymentOptions:
     targets: tuple[str, ...] = attrs.field(converter=_parse_targets)
     service: ServiceOptions = attrs.field(factory=ServiceOptions)
     target: TargetOptions = attrs.field(factory=TargetOptions)
-    deploy_timeout: float = attrs.field(
-        default=DEFAULT_DEPLOY_TIMEOUT, validator=positive("deploy-timeout")
-    )
-    drain_timeout: float = attrs.field(
-        default=DEFAULT_DRAIN_TIMEOUT, validator=not_negative("drain-timeout")
-    )
+    deploy_timeout: float = deploy_timeout_field()
+    drain_timeout: float = drain_timeout_field()
     force: bool = False
     # --read-target: GET and HEAD requests go to these (core/balancer.py ReadWriteBalancer).
     read_targets: tuple[str, ...] = attrs.field(default=(), converter=_parse_read_targets)
