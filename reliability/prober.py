@@ -10,6 +10,8 @@ from typing import Final
 
 import attrs
 
+from reliability.background import Background
+
 TIMEOUT: Final = 5.0  # seconds: a slower answer is a failure
 
 
@@ -35,7 +37,7 @@ def _read_response(sock: socket.socket) -> tuple[int, bool]:
 
 
 @attrs.define(eq=False)
-class Prober:
+class Prober(Background):
     """GET ``http://host/`` through the proxy every ``interval`` seconds, until stopped."""
 
     port: int
@@ -45,16 +47,6 @@ class Prober:
     failures: list[str] = attrs.field(factory=list)
     _stop: threading.Event = attrs.field(factory=threading.Event)
     _thread: threading.Thread | None = None
-
-    def start(self) -> Prober:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         request = f"GET /probe HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()

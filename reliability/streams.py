@@ -17,11 +17,13 @@ from typing import Final
 
 import attrs
 
+from reliability.background import Background
+
 TIMEOUT: Final = 10.0  # seconds without a byte: a hang
 
 
 @attrs.define(eq=False)
-class StreamClient:
+class StreamClient(Background):
     port: int
     host: str
     kind: str  # "sse" or "websocket"
@@ -29,16 +31,6 @@ class StreamClient:
     ends: list[tuple[float, str]] = attrs.field(factory=list)  # (time.monotonic(), why)
     _stop: threading.Event = attrs.field(factory=threading.Event)
     _thread: threading.Thread | None = None
-
-    def start(self) -> StreamClient:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while not self._stop.is_set():
