@@ -48,6 +48,9 @@ TARGET_TIMEOUT: Final = 2.0  # seconds (--target-timeout)
 CLIENT_TIMEOUT: Final = 10.0  # seconds: no answer (or no more of it) by then is a hang
 CLOSE_RACE_BOUND: Final = 0.005  # of the closing target's requests: POSTs acked, then reset
 CLOSE_RACE: Final = "502 POST"  # the outcome that race gives
+# The bound as a count is never below this: 0.5 % of the short size's ~300 requests is 1, and
+# at the rate seen (about 1 in 300 there) two in one run is chance, not a changed rate.
+MIN_CLOSE_RACES: Final = 3
 ALLOWED: Final = {  # fault → statuses allowed; "cut" is a 200 whose body stops short
     "none": {"200"},
     "close": {"200"},
@@ -155,7 +158,8 @@ def run(short: bool, seed: int) -> Result:
         label = "default workers" if workers is None else "1 worker"
         wrong = {}
         close_races = outcomes.get("close", {}).get(CLOSE_RACE, 0)
-        races_allowed = int(CLOSE_RACE_BOUND * sum(outcomes.get("close", {}).values()))
+        close_requests = sum(outcomes.get("close", {}).values())
+        races_allowed = max(int(CLOSE_RACE_BOUND * close_requests), MIN_CLOSE_RACES)
         for service, got in outcomes.items():
             fault = "none" if service == "good" or service.startswith("healed") else service
             bad = {k: n for k, n in got.items() if k not in ALLOWED[fault]}
