@@ -64,6 +64,27 @@ async def test_a_connection_the_target_let_go_is_replaced_within_the_check(
     checks.release(one)
 
 
+async def test_what_a_target_says_unasked_on_a_kept_connection_is_no_answer(
+    nursery: trio.Nursery,
+) -> None:
+    async def times_out_when_idle(stream: trio.SocketStream) -> None:
+        await receive_until(stream, b"\r\n\r\n")
+        await stream.send_all(UP_ANSWER)
+        await trio.sleep(0.05)  # idle for too long, by this target's standards
+        await stream.send_all(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+        await trio.sleep_forever()  # and it even keeps the connection open
+
+    server = await start_raw_server(nursery, times_out_when_idle)
+    checks = KeptChecks()
+    one = target(server.address)
+    assert (await checks(one)).healthy
+    await trio.sleep(0.2)
+    result = await checks(one)
+    assert (result.healthy, result.reason) == (True, "200 from /up")  # on a new connection
+    assert server.connections == 2
+    checks.release(one)
+
+
 async def test_release_closes_the_kept_connection(nursery: trio.Nursery) -> None:
     ended = trio.Event()
 

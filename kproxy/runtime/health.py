@@ -39,6 +39,7 @@ from kproxy.core.upstream_http import (
     encode_request_head,
 )
 from kproxy.runtime.pool import describe_connect_error
+from kproxy.runtime.socket_io import readable_now
 from kproxy.runtime.target import Target
 
 USER_AGENT = b"kproxy/health-check"
@@ -76,6 +77,12 @@ class KeptChecks:
 
     async def __call__(self, target: Target) -> CheckResult:
         kept = self._kept.pop(target, None)
+        if kept is not None and readable_now(kept.sock.fileno()):
+            # Closed by the target meanwhile, or it spoke unasked (a 408 at its idle timeout):
+            # nothing there answers this check, so not kept (as Go's client drops such idle
+            # connections) and not held against the target.
+            kept.sock.close()
+            kept = None
         try:
             if kept is not None:
                 result, reusable = await _ask(kept, target)
