@@ -79,7 +79,7 @@ async def test_deploy_waits_for_health_then_cuts_over(
         nursery.start_soon(heal_later)
         assert router.route("example.test", "/") is None
         await router.deploy("web", options(ONE), progress)
-    assert trio.current_time() == pytest.approx(3 + 4 * CHECK_TIME)  # the 4th check passed
+    assert trio.current_time() == pytest.approx(3 + 2 * CHECK_TIME)  # the 4th check passed
     assert _targets(router) == [ONE]
     assert progress.lines == [
         f"web: waiting for {ONE} to pass /up (timeout 30s)",

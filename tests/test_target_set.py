@@ -6,7 +6,9 @@ import pytest
 import trio
 import trio.testing
 
+from kproxy.core.check_schedule import spread_phase
 from kproxy.core.states import TargetHealth
+from kproxy.runtime.health import CheckResult
 from kproxy.runtime.target import Target
 from kproxy.runtime.target_set import TargetSet, drain_targets
 from tests.health_script import CHECK_TIME, HealthScript, logger, target
@@ -38,7 +40,7 @@ async def test_every_target_is_checked_now_then_every_interval(
         await trio.sleep(2.5)
         targets.close()
     assert [t for t, name in script.checks if name == A] == pytest.approx(
-        [0, 1 + CHECK_TIME, 2 + 2 * CHECK_TIME]
+        [0, 1 + CHECK_TIME, 2 + CHECK_TIME]  # a grid from the first check's end: no drift
     )
     assert script.count(B) == 3
     assert [t.health for t in targets.targets] == [TargetHealth.HEALTHY, TargetHealth.UNHEALTHY]
@@ -49,6 +51,52 @@ async def test_every_target_is_checked_now_then_every_interval(
         (B, False, "503 from /up"),
     ]
     assert targets.drained.is_set()  # closing ends the task; nothing was drained
+
+
+async def test_a_late_check_does_not_move_the_grid_and_an_overrun_skips_instants(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    script = HealthScript(healthy={A, B})
+    slow = {2: 0.4, 4: 2.3}  # A's 3rd check takes 0.4 s, its 5th 2.3 s (the interval is 1 s)
+
+    async def check(one: Target) -> CheckResult:
+        if one.name == A and script.count(A) in slow:
+            await trio.sleep(slow[script.count(A)] - CHECK_TIME)
+        return await script(one)
+
+    targets = TargetSet("web", [target(A), target(B)], logger(), check=check)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(targets.run)
+        await trio.sleep(8.5)
+        targets.close()
+    # The grid runs from the first check's end (CHECK_TIME): the 4th check is on it although the
+    # 3rd ended 0.4 s late, and the 5th, ending 2.3 s later, skips the two instants it overran.
+    started = [t for t, name in script.checks if name == A]
+    expected = [0, 1, 2.4 - CHECK_TIME, 3, 4 + 2.3 - CHECK_TIME, 7, 8]
+    assert started == pytest.approx([t + CHECK_TIME if t else 0 for t in expected])
+    assert [t for t, name in script.checks if name == B] == pytest.approx(
+        [0] + [k + CHECK_TIME for k in range(1, 9)]
+    )
+
+
+async def test_restored_targets_are_first_checked_at_a_phase_of_their_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    script = HealthScript(healthy={A, B})
+    restored = [target(A), target(B)]
+    for one in restored:
+        one.set_health(TargetHealth.HEALTHY)  # as a restore makes them: serving at once
+    targets = TargetSet("web", restored, logger(), check=script)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(targets.run)
+        await trio.sleep(2.99)
+        targets.close()
+    for name in (A, B):  # none at once: each at its spread phase, then every interval
+        phase = spread_phase(name)
+        assert [t for t, checked in script.checks if checked == name] == pytest.approx(
+            [phase, phase + 1, phase + 2]
+        )
+    assert abs(spread_phase(A) - spread_phase(B)) > 0.01  # not together
 
 
 async def test_the_balancer_follows_health(autojump_clock: trio.testing.MockClock) -> None:
@@ -119,7 +167,7 @@ async def test_wait_healthy_reports_progress(autojump_clock: trio.testing.MockCl
         await nursery.start(targets.run)
         nursery.start_soon(heal_b_later)
         await targets.wait_healthy(progress, 30)
-        assert trio.current_time() == pytest.approx(3 + 4 * CHECK_TIME)  # B's 4th check
+        assert trio.current_time() == pytest.approx(3 + 2 * CHECK_TIME)  # B's 4th check
         targets.close()
     assert lines[0] == f"web: waiting for {A}, {B} to pass /up (timeout 30s)"
     assert f"web: {A} is healthy" in lines

@@ -1,5 +1,6 @@
-"""An h11 connection bound to a trio stream: the health checks' client (the data path reads
-and writes HTTP itself: ``http1_exchange``, ``relay``)."""
+"""An h11 connection bound to a trio stream: an HTTP client for the tests (kproxy itself reads
+and writes HTTP on its own: ``http1_exchange`` and ``relay`` on the data path, ``health`` with
+the data path's response reader)."""
 
 from __future__ import annotations
 

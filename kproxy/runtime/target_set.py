@@ -6,10 +6,13 @@ health until it is drained or closed, and then (for a drain) cuts off what is le
 and ends. The router waits on it without owning it, so a command whose control client goes
 away leaves a drain running to the end, and nothing is stopped by a scope stored elsewhere.
 
-Health: every target is checked now and then every ``--health-check-interval``, except in a
-single-target set, which stops checking its target once healthy (taking the only target out
-of rotation would not help anyone; kamal-proxy does the same). A set restored from the state
-file starts out healthy, so a single target is not checked at all.
+Health: every target is checked every ``--health-check-interval`` on a fixed grid
+(core/check_schedule.py): a deployed target at once and then every interval from then on, a
+restored one (which starts out healthy) at a phase of its own, so that many targets' checks
+are spread out, not bunched. Between checks they sleep on one shared timer
+(runtime/check_timer.py), which wakes those due together in one pass. A single-target set
+stops checking its target once healthy (taking the only target out of rotation would not help
+anyone; kamal-proxy does the same), so a restored single target is not checked at all.
 
 Worker processes build sets with the same code but never run them: their health is the
 supervisor's, copied with :meth:`TargetSet.set_health`, and they drain the retired targets they
@@ -25,9 +28,11 @@ import attrs
 import trio
 
 from kproxy.core.balancer import ReadWriteBalancer, RoundRobin
+from kproxy.core.check_schedule import next_check_at, phase_at, spread_phase
 from kproxy.core.flag_values import format_duration
 from kproxy.core.states import TargetHealth
 from kproxy.errors import DeployTimeout
+from kproxy.runtime import check_timer
 from kproxy.runtime.health import CheckResult, KeptChecks, check_once
 from kproxy.runtime.log import Logger
 from kproxy.runtime.target import Target
@@ -211,6 +216,13 @@ class TargetSet:
         single = len(self.targets) == 1
         if single and target.healthy:
             return  # restored: serving, and nobody would take it out of rotation
+        interval = target.options.health_check_interval
+        phase: float | None = None  # a deployed target's: set by its first check's end
+        due = trio.current_time()  # the instant on the grid this check is for
+        if target.healthy:  # restored: serving already, its checks take a place of their own
+            phase = spread_phase(target.name)
+            due = next_check_at(due, interval, phase)
+            await check_timer.sleep_until(due)
         while True:
             result = await self.check(target)
             target.last_check = result.reason
@@ -229,7 +241,12 @@ class TargetSet:
                 )
             if result.healthy and single:
                 return
-            await trio.sleep(target.options.health_check_interval)
+            now = trio.current_time()
+            if phase is None:  # deployed: checked at once, then every interval after that
+                phase = phase_at(now, interval)
+            # The timer may wake a check a little early: the next one is after this one's due.
+            due = next_check_at(max(now, due), interval, phase)
+            await check_timer.sleep_until(due)
 
     async def _drain(self, timeout: float) -> None:
         for target in self.targets:  # out of rotation, should the set still be asked
