@@ -44,6 +44,12 @@ MAX_LINGER_BYTES: Final = 256 * 1024  # bytes read (and dropped) while lingering
 _REQUEST_UNREAD: Final = frozenset({h11.IDLE, h11.SEND_BODY, h11.ERROR, h11.CLOSED})
 _NO_REQUEST: Final = RequestHead(b"", b"", [], b"1.1")
 JOIN_BELOW: Final = 16 * 1024  # bytes: a response smaller than this is joined to be sent
+# h11's Headers is a Sequence: a list of it goes through the ABC's __iter__, a generator
+# step and a __getitem__ call per field. h11 0.16 keeps (raw name, name, value) triples in a
+# slot, read directly when it is there.
+_H11_FIELDS: Final = hasattr(
+    type(h11.Request(method="GET", target="/", headers=[("Host", "a")]).headers), "_full_items"
+)
 
 
 @attrs.define(eq=False)
@@ -75,6 +81,8 @@ class Http1Exchange:
     framing_verdict: request_framing.Accept = attrs.field(factory=request_framing.Accept)
     body_check: request_framing.ChunkedBody | None = None  # the current request's, when chunked
     pacer: ReadPacer = attrs.field(factory=ReadPacer)  # slows the reads of a trickled request
+    started_at: float = 0.0  # trio's clock when the current request's head was whole
+    finished_at: float = 0.0  # trio's clock when the pipeline was done with the last request
 
     def __attrs_post_init__(self) -> None:
         self.head_alarm = Alarm(self.connection_scope)
@@ -89,9 +97,13 @@ class Http1Exchange:
 
     def begin(self, event: h11.Request, verdict: request_framing.Accept) -> None:
         """The request h11 parsed from the head that ``verdict`` judged is the current one."""
-        self.request = RequestHead(
-            event.method, bytes(event.target), list(event.headers), event.http_version
+        headers = event.headers
+        fields = (
+            [(name, value) for _, name, value in headers._full_items]
+            if _H11_FIELDS
+            else list(headers)
         )
+        self.request = RequestHead(event.method, bytes(event.target), fields, event.http_version)
         self.has_body, self.framing_verdict = verdict.has_body, verdict
         self.response = ResponseWriter.for_request(
             self.request.method, self.request.http_version, self.request.headers
@@ -159,15 +171,20 @@ class Http1Exchange:
         buffer = bytearray(pending)
         if closed and not buffer:
             return None
-        idle_wait = idle_timeout if idle_timeout is not None and not buffer else None
-        searched = 0
         alarm, clock = self.head_alarm, self.clock
-        clock.set(alarm, trio.current_time() + (header_timeout if idle_wait is None else idle_wait))
+        # One clock reading per head: the wait for its first byte runs from the previous
+        # request's end, read for its log line (the first request's from the accept).
+        now = trio.current_time() if idle_timeout is None else self.finished_at
+        idle_wait = idle_timeout if idle_timeout is not None and not buffer else None
+        clock.set(alarm, now + (header_timeout if idle_wait is None else idle_wait))
+        searched = 0
+        stale = False  # a read came after ``now`` was read
         try:
             if idle_wait is not None:
                 if not await self._receive_into(buffer):
                     return None
-                clock.set(alarm, trio.current_time() + header_timeout)
+                now = trio.current_time()
+                clock.set(alarm, now + header_timeout)
             while (end := find_head_end(buffer, searched)) is None:
                 if len(buffer) > max_bytes:
                     return request_framing.Reject(
@@ -183,10 +200,13 @@ class Http1Exchange:
                 searched = len(buffer)
                 if pacer.paced:
                     await pacer.pause()
+                stale = True
                 if not await self._receive_into(buffer):
                     return None
         finally:
             alarm.deadline = math.inf  # disarmed, as clock.set does it (without the call)
+        # The request starts when its head is whole: ``now``, unless it took more reads.
+        self.started_at = trio.current_time() if stale else now
         if end > max_bytes:
             return request_framing.Reject(431, f"request head larger than {max_bytes} bytes")
         verdict = request_framing.check_head(bytes(buffer[:end]), max_headers=max_headers)

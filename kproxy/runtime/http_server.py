@@ -167,8 +167,10 @@ class HttpServer:
             return False
         if not keep_open or not (client.response.done and client.response.keep_alive):
             return False
-        if not client.request_complete and not await client.discard_body():
-            return False  # too much unread body (an early answer) to reuse the connection
+        if not client.request_complete:
+            if not await client.discard_body():
+                return False  # too much unread body (an early answer) to reuse the connection
+            client.finished_at = trio.current_time()  # the keep-alive wait runs from here
         if not client.body_in_step:
             return False
         client.next_cycle()

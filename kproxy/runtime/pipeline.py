@@ -79,7 +79,7 @@ class RequestPipeline:
             scheme=exchange.scheme,
             client_ip=exchange.client_ip,
             client_port=exchange.client_port,
-            now=trio.current_time(),
+            now=exchange.started_at,
         )
         try:
             request = exchange.request
@@ -158,7 +158,7 @@ class RequestPipeline:
             log.target = target.name
             return await self._proxy(exchange, upstream_target, service, target, log)
         finally:  # the access log line (and metrics), however the request ended
-            now = trio.current_time()
+            exchange.finished_at = now = trio.current_time()
             values = log.values(now)
             if values is not None:
                 self.logger.access_values(values)
