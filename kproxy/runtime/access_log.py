@@ -26,8 +26,8 @@ class RequestLog(ResponseRecord):
     also the request's :class:`ResponseRecord`, which the relay fills in (``status`` is the
     status logged, ``headers`` and ``body_bytes`` those of the response sent).
 
-    A plain class with a slot per field, not a dict: the usual line's values go to
-    ``Logger.access_values`` in their order, with no dict to build and check."""
+    A plain class with a slot per field, not a dict: the usual line is written from the
+    slots (``members``), with no dict to build and check."""
 
     __slots__ = (
         *ACCESS_FIELDS[:16],  # the request's fields, in their order (see values())
@@ -109,9 +109,13 @@ class RequestLog(ResponseRecord):
             _add_headers(fields, "req_", headers, names)
             self.request_header_fields = fields
 
-    def values(self, now: float) -> tuple[Any, ...] | None:
-        """The usual line's values, in ``ACCESS_FIELDS``' order; None when the line has more
-        fields (--log-request-header, --log-response-header): see ``line``."""
+    def members(self, now: float) -> str | None:
+        """The usual line's members as JSON text, in ``ACCESS_FIELDS``' order, for
+        ``Logger.access_members``; None when the line has more fields (--log-request-header,
+        --log-response-header) or a value json would escape: see ``line``.
+
+        One f-string from the slots (the values are str and int by construction), checked
+        once as a whole: a tuple of values and a join of the pieces cost twice as much."""
         if self.request_header_fields is not None or self.response_header_names:
             return None
         content_type = ""
@@ -119,13 +123,31 @@ class RequestLog(ResponseRecord):
             if name == b"content-type":
                 content_type = value.decode("latin-1")
                 break
-        return (
-            self.host, self.port, self.path, self.request_id, self.service, self.target,
-            self.method, self.req_content_length, self.req_content_type, self.client_addr,
-            self.client_port, self.remote_addr, self.user_agent, self.proto, self.scheme,
-            self.query, self.status, int((now - self.started) * 1e9), self.body_bytes,
-            content_type,
+        host, path, request_id, service, target, method = (
+            self.host, self.path, self.request_id, self.service, self.target, self.method
         )  # fmt: skip
+        req_type, client_addr, client_port, remote_addr, user_agent, proto, scheme, query = (
+            self.req_content_type, self.client_addr, self.client_port, self.remote_addr,
+            self.user_agent, self.proto, self.scheme, self.query,
+        )  # fmt: skip
+        text = (
+            f"{host}{path}{request_id}{service}{target}{method}{req_type}{client_addr}"
+            f"{client_port}{remote_addr}{user_agent}{proto}{scheme}{query}{content_type}"
+        )
+        # json (ensure_ascii) writes printable ASCII as it is, but for the quote and backslash.
+        if not (text.isascii() and text.isprintable()) or '"' in text or "\\" in text:
+            return None
+        return (
+            f'"host": "{host}", "port": {self.port}, "path": "{path}", '
+            f'"request_id": "{request_id}", "service": "{service}", "target": "{target}", '
+            f'"method": "{method}", "req_content_length": {self.req_content_length}, '
+            f'"req_content_type": "{req_type}", "client_addr": "{client_addr}", '
+            f'"client_port": "{client_port}", "remote_addr": "{remote_addr}", '
+            f'"user_agent": "{user_agent}", "proto": "{proto}", "scheme": "{scheme}", '
+            f'"query": "{query}", "status": {self.status}, '
+            f'"duration": {int((now - self.started) * 1e9)}, '
+            f'"resp_content_length": {self.body_bytes}, "resp_content_type": "{content_type}"'
+        )
 
     def line(self, now: float) -> dict[str, Any]:
         """The fields to log, by name, in the order they are written."""

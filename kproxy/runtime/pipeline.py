@@ -159,10 +159,8 @@ class RequestPipeline:
             return await self._proxy(exchange, upstream_target, service, target, log)
         finally:  # the access log line (and metrics), however the request ended
             exchange.finished_at = now = trio.current_time()
-            values = log.values(now)
-            if values is not None:
-                self.logger.access_values(values)
-            else:
+            members = log.members(now)
+            if members is None or not self.logger.access_members(members):
                 self.logger.access(log.line(now))
             if self.metrics is not None:
                 self.metrics.leave(
