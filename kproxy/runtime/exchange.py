@@ -35,6 +35,7 @@ class RequestHead(NamedTuple):  # not attrs.frozen: see core/upstream_http.Respo
     target: bytes
     headers: list[Header]
     http_version: bytes
+    connection: frozenset[bytes]  # its Connection tokens (core/headers.connection_tokens)
 
 
 @attrs.frozen

@@ -24,8 +24,9 @@ import h11
 import trio
 
 from kproxy.core import request_framing
+from kproxy.core.headers import connection_tokens
 from kproxy.core.http1 import find_head_end
-from kproxy.core.responses import ResponseWriter
+from kproxy.core.responses import ResponseWriter, keeps_alive
 from kproxy.core.upstream_http import Header
 from kproxy.errors import BadRequestBody, ClientGone
 from kproxy.runtime.alarms import Alarm, AlarmClock
@@ -42,7 +43,7 @@ MAX_LINGER_BYTES: Final = 256 * 1024  # bytes read (and dropped) while lingering
 # h11's states for a client whose request is not (or no longer) whole; every other one means
 # it was read to its end (DONE, MUST_CLOSE, and MIGHT_SWITCH_PROTOCOL for an upgrade request).
 _REQUEST_UNREAD: Final = frozenset({h11.IDLE, h11.SEND_BODY, h11.ERROR, h11.CLOSED})
-_NO_REQUEST: Final = RequestHead(b"", b"", [], b"1.1")
+_NO_REQUEST: Final = RequestHead(b"", b"", [], b"1.1", frozenset())
 JOIN_BELOW: Final = 16 * 1024  # bytes: a response smaller than this is joined to be sent
 # h11's Headers is a Sequence: a list of it goes through the ABC's __iter__, a generator
 # step and a __getitem__ call per field. h11 0.16 keeps (raw name, name, value) triples in a
@@ -103,11 +104,10 @@ class Http1Exchange:
             if _H11_FIELDS
             else list(headers)
         )
-        self.request = RequestHead(event.method, bytes(event.target), fields, event.http_version)
+        version, connection = event.http_version, connection_tokens(fields)
+        self.request = RequestHead(event.method, bytes(event.target), fields, version, connection)
         self.has_body, self.framing_verdict = verdict.has_body, verdict
-        self.response = ResponseWriter.for_request(
-            self.request.method, self.request.http_version, self.request.headers
-        )
+        self.response.restart(event.method, version, keeps_alive(version, connection))
 
     def next_cycle(self) -> None:
         """Ready for the next request: h11 starts afresh with the bytes already received

@@ -19,6 +19,7 @@ from kproxy.core.acme_challenges import CONTENT_TYPE as CHALLENGE_CONTENT_TYPE
 from kproxy.core.buffering import BufferPolicy, has_request_body
 from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import (
+    UPGRADE,
     build_upstream_request_headers,
     header_value,
     upgrade_type,
@@ -71,7 +72,11 @@ class RequestPipeline:
             absolute = absolute_form(request.target, request.headers)
             if absolute is not None:  # routed, logged and forwarded by its authority
                 exchange.request = RequestHead(
-                    request.method, absolute[0], absolute[1], request.http_version
+                    request.method,
+                    absolute[0],
+                    absolute[1],
+                    request.http_version,
+                    request.connection,
                 )
         log = RequestLog(
             exchange.request,
@@ -205,7 +210,8 @@ class RequestPipeline:
         body: SpooledBody | None = None,
     ) -> bool:
         request = exchange.request
-        upgrade = upgrade_type(request.headers) is not None
+        # The Connection tokens read once, for upgrade_type's and the header rules' use.
+        upgrade = UPGRADE in request.connection and upgrade_type(request.headers) is not None
         headers = build_upstream_request_headers(
             request.headers,
             client_ip=log.peer_ip,
@@ -216,6 +222,7 @@ class RequestPipeline:
             new_request_id=log.request_id,
             upgrade=upgrade,
             forwarded_for=log.forwarded_for,
+            connection=request.connection,
         )
         upstream_request = relay_rules.upstream_request(
             request.method,

@@ -24,7 +24,11 @@ class Scheme(str, enum.Enum):  # noqa: UP042 (its str() is not its value)
 
 def usual_access_fields() -> dict[str, Any]:
     request = RequestHead(
-        b"GET", b"/p?q=1", [(b"host", b"App.example:80"), (b"user-agent", b"caf\xe9")], b"1.1"
+        b"GET",
+        b"/p?q=1",
+        [(b"host", b"App.example:80"), (b"user-agent", b"caf\xe9")],
+        b"1.1",
+        frozenset(),
     )
     log = RequestLog(
         request, port=80, scheme="http", client_ip="127.0.0.1", client_port=5000, now=1.0
@@ -106,7 +110,7 @@ def test_a_request_log_is_written_as_json_writes_its_line(
 ) -> None:
     """The pipeline's way: RequestLog.members to Logger.access_members, else Logger.access of
     its line. Either way the text is json.dumps of the line; plain values take the first."""
-    request = RequestHead(b"GET", b"/p?q=1", [(b"host", b"app.example")], b"1.1")
+    request = RequestHead(b"GET", b"/p?q=1", [(b"host", b"app.example")], b"1.1", frozenset())
     log = RequestLog(
         request, port=80, scheme="http", client_ip="127.0.0.1", client_port=5000, now=1.0
     )
