@@ -45,15 +45,19 @@ class RequestLog(ResponseRecord):
     def __init__(
         self,
         request: RequestHead,
-        *,
         port: int,
         scheme: str,
         client_ip: str,
         client_port: int,
         now: float,
     ) -> None:
-        """The fields known from the request head alone."""
-        super().__init__()
+        """The fields known from the request head alone. (Called with positional arguments
+        per request: keywords cost type.__call__ a dict.)"""
+        # ResponseRecord's fields, set here: its __init__ would be a call more.
+        self.status = self.body_bytes = 0
+        self.headers = []
+        self.head_sent = self.upgraded = False
+        self.interruption = None
         # The first value of each header, as Go's Header.Get gives it: one dict built in C
         # (the last duplicate written first, so the first one wins) instead of six scans.
         first = dict(reversed(request.headers))
@@ -68,8 +72,13 @@ class RequestLog(ResponseRecord):
         self.target = ""
         self.method = request.method.decode("latin-1")
         # Go's Request.ContentLength: -1 when unknown (chunked).
+        length = first.get(b"content-length")
         self.req_content_length = (
-            -1 if b"transfer-encoding" in first else _length(first.get(b"content-length"))
+            -1
+            if b"transfer-encoding" in first
+            else int(length)
+            if length is not None and length.isdigit()
+            else 0
         )
         self.req_content_type = first.get(b"content-type", b"").decode("latin-1")
         self.client_addr = client_ip
@@ -186,10 +195,6 @@ def _new_request_id() -> str:
 
 def text(value: bytes | None) -> str:
     return value.decode("latin-1") if value is not None else ""
-
-
-def _length(value: bytes | None) -> int:
-    return int(value) if value is not None and value.isdigit() else 0
 
 
 def _add_headers(

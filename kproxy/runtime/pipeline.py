@@ -78,13 +78,13 @@ class RequestPipeline:
                     request.http_version,
                     request.connection,
                 )
-        log = RequestLog(
+        log = RequestLog(  # port, scheme, client_ip, client_port, now
             exchange.request,
-            port=self.port,
-            scheme=exchange.scheme,
-            client_ip=exchange.client_ip,
-            client_port=exchange.client_port,
-            now=exchange.started_at,
+            self.port,
+            exchange.scheme,
+            exchange.client_ip,
+            exchange.client_port,
+            exchange.started_at,
         )
         try:
             request = exchange.request
@@ -113,7 +113,8 @@ class RequestPipeline:
                     route.path_prefix,
                     options.strip_path_prefix,
                 )
-            if (refused := exchange.body_refused()) is not None:  # known bad before any target
+            # A body known bad before any target (a bodiless request has none to ask about).
+            if exchange.has_body and (refused := exchange.body_refused()) is not None:
                 return await self._fail(exchange, log, BadRequestBody(refused))
             service_options = service.options.service
             if service_options.client_ip_header:
@@ -140,7 +141,8 @@ class RequestPipeline:
                 host_header = header_value(request.headers, b"host")
                 log.cookie_scope = CookieScope(route.path_prefix, text(host_header))
             target_options = service.options.target
-            log.add_request_headers(request.headers, target_options.log_request_headers)
+            if target_options.log_request_headers:  # asked here: a call costs more
+                log.add_request_headers(request.headers, target_options.log_request_headers)
             log.response_header_names = target_options.log_response_headers
             upstream_target = raw_target
             if service_options.strip_path_prefix:
