@@ -62,12 +62,15 @@ class RequestLog(ResponseRecord):
         # (the last duplicate written first, so the first one wins) instead of six scans.
         first = dict(reversed(request.headers))
         path, _, query = request.target.partition(b"?")
-        self.host = request_host(first.get(b"host"))
+        host = first.get(b"host")
+        self.host = _HOSTS.get(host) or _new_host(host)
         self.port = port
         self.path = path.decode("latin-1")
         # Every line gets a request id, 404s included (kamal-proxy's request-id middleware
-        # runs before routing); an empty incoming value counts as absent, as in Go.
-        self.request_id = first.get(b"x-request-id", b"").decode("latin-1") or _new_request_id()
+        # runs before routing); an empty incoming value counts as absent, as in Go. Here and
+        # below, an absent or empty value is not decoded: a call saved.
+        incoming_id = first.get(b"x-request-id")
+        self.request_id = incoming_id.decode("latin-1") if incoming_id else next(_REQUEST_IDS)
         self.service = ""
         self.target = ""
         self.method = request.method.decode("latin-1")
@@ -80,15 +83,18 @@ class RequestLog(ResponseRecord):
             if length is not None and length.isdigit()
             else 0
         )
-        self.req_content_type = first.get(b"content-type", b"").decode("latin-1")
+        content_type = first.get(b"content-type")
+        self.req_content_type = content_type.decode("latin-1") if content_type else ""
         self.client_addr = client_ip
         self.client_port = str(client_port) if client_ip else ""  # a string, as Go logs it
-        self.remote_addr = first.get(b"x-forwarded-for", b"").decode("latin-1") or client_ip
-        self.user_agent = first.get(b"user-agent", b"").decode("latin-1")
+        forwarded_for = first.get(b"x-forwarded-for")
+        self.remote_addr = forwarded_for.decode("latin-1") if forwarded_for else client_ip
+        user_agent = first.get(b"user-agent")
+        self.user_agent = user_agent.decode("latin-1") if user_agent else ""
         version = request.http_version
         self.proto = _PROTOS.get(version) or f"HTTP/{version.decode()}"
         self.scheme = scheme
-        self.query = query.decode("latin-1")
+        self.query = query.decode("latin-1") if query else ""
         self.started = now
         self.request_header_fields: dict[str, Any] | None = None
         self.response_header_names: tuple[str, ...] = ()
@@ -186,11 +192,20 @@ def _request_id_prefix() -> str:
 
 _ID_PREFIX: Final = _request_id_prefix()
 _ID_FORMAT: Final = _ID_PREFIX + "-%012x"  # a %-format: cheaper than an f-string's spec
-_id_counter = itertools.count(int.from_bytes(os.urandom(5)))
+# The ids themselves, made by a C iterator (no Python call per id); the counter starts below
+# 2**40, so it takes 2**48 - 2**40 requests before it outgrows its 12 digits.
+_REQUEST_IDS: Final = map(_ID_FORMAT.__mod__, itertools.count(int.from_bytes(os.urandom(5))))
+# request_host() of the Host values seen: the same few come again and again. Cleared when
+# full, so made-up hosts cannot grow it.
+_HOSTS: Final[dict[bytes | None, str]] = {}
+MAX_HOSTS_KEPT: Final = 1024
 
 
-def _new_request_id() -> str:
-    return _ID_FORMAT % (next(_id_counter) & 0xFFFFFFFFFFFF)
+def _new_host(header: bytes | None) -> str:
+    if len(_HOSTS) >= MAX_HOSTS_KEPT:
+        _HOSTS.clear()
+    host = _HOSTS[header] = request_host(header)
+    return host
 
 
 def text(value: bytes | None) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from kproxy.runtime import access_log
 from kproxy.runtime.access_log import RequestLog
 from kproxy.runtime.exchange import RequestHead
 from kproxy.runtime.log import ACCESS_FIELDS, Logger
@@ -125,3 +126,13 @@ def test_a_request_log_is_written_as_json_writes_its_line(
         logger.access(log.line(2.5))
     assert_written_as_json(logs, context, log.line(2.5))
     assert fast == (not change and context != {"worker": 1.5})
+
+
+def test_hosts_are_remembered_within_a_bound() -> None:
+    """RequestLog keeps request_host() of the Host values it saw, and no more than
+    MAX_HOSTS_KEPT of them: made-up hosts cannot grow it."""
+    for k in range(access_log.MAX_HOSTS_KEPT + 10):
+        host = b"H%d.Example:8080" % k
+        request = RequestHead(b"GET", b"/", [(b"host", host)], b"1.1", frozenset())
+        assert RequestLog(request, 80, "http", "", 0, 0.0).host == f"h{k}.example"
+        assert 0 < len(access_log._HOSTS) <= access_log.MAX_HOSTS_KEPT
