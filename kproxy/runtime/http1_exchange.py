@@ -44,6 +44,7 @@ MAX_LINGER_BYTES: Final = 256 * 1024  # bytes read (and dropped) while lingering
 # it was read to its end (DONE, MUST_CLOSE, and MIGHT_SWITCH_PROTOCOL for an upgrade request).
 _REQUEST_UNREAD: Final = frozenset({h11.IDLE, h11.SEND_BODY, h11.ERROR, h11.CLOSED})
 _NO_REQUEST: Final = RequestHead(b"", b"", [], b"1.1", frozenset())
+_NOTHING_CARRIED: Final = (b"", False)
 JOIN_BELOW: Final = 16 * 1024  # bytes: a response smaller than this is joined to be sent
 # h11's Headers is a Sequence: a list of it goes through the ABC's __iter__, a generator
 # step and a __getitem__ call per field. h11 0.16 keeps (raw name, name, value) triples in a
@@ -82,6 +83,9 @@ class Http1Exchange:
     framing_verdict: request_framing.Accept = attrs.field(factory=request_framing.Accept)
     body_check: request_framing.ChunkedBody | None = None  # the current request's, when chunked
     pacer: ReadPacer = attrs.field(factory=ReadPacer)  # slows the reads of a trickled request
+    # What the last h11 connection had received beyond its request (``next_cycle``): where
+    # the next head begins, read by ``receive_head`` without asking h11 again.
+    carried: tuple[bytes, bool] = (b"", False)
     started_at: float = 0.0  # trio's clock when the current request's head was whole
     finished_at: float = 0.0  # trio's clock when the pipeline was done with the last request
 
@@ -92,7 +96,8 @@ class Http1Exchange:
         self.client_ip, self.client_port = self.transport.peer()
 
     def _new_connection(self) -> h11.Connection:
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
+        # max_incomplete_event_size by position: a keyword costs type.__call__ a dict.
+        return h11.Connection(h11.SERVER, self.max_head_bytes)
 
     # --- the connection's life ------------------------------------------------------------
 
@@ -112,10 +117,10 @@ class Http1Exchange:
     def next_cycle(self) -> None:
         """Ready for the next request: h11 starts afresh with the bytes already received
         (a pipelined request), since the responses it would track are not written by it."""
-        pending, closed = self.conn.trailing_data
+        self.carried = pending, closed = self.conn.trailing_data
         self.conn = self._new_connection()
         if pending:
-            self.conn.receive_data(bytes(pending))
+            self.conn.receive_data(pending)
         if closed:
             self.conn.receive_data(b"")
 
@@ -167,7 +172,8 @@ class Http1Exchange:
         pacer = self.pacer
         if pacer.trickles:
             pacer.reset()
-        pending, closed = self.conn.trailing_data  # a pipelined head may already be here
+        pending, closed = self.carried  # a pipelined head may already be here
+        self.carried = _NOTHING_CARRIED
         buffer = bytearray(pending)
         if closed and not buffer:
             return None
@@ -209,7 +215,8 @@ class Http1Exchange:
         self.started_at = trio.current_time() if stale else now
         if end > max_bytes:
             return request_framing.Reject(431, f"request head larger than {max_bytes} bytes")
-        verdict = request_framing.check_head(bytes(buffer[:end]), max_headers=max_headers)
+        head = bytes(buffer) if end == len(buffer) else bytes(buffer[:end])  # one copy, mostly
+        verdict = request_framing.check_head(head, max_headers=max_headers)
         if isinstance(verdict, request_framing.Accept) and verdict.chunked:
             # Body bytes that came with the head are checked now; if they are bad already,
             # ``body_rejection`` says so and the request is answered 400 before any target
