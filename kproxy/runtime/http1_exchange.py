@@ -186,9 +186,15 @@ class Http1Exchange:
         searched = 0
         stale = False  # a read came after ``now`` was read
         try:
-            if idle_wait is not None:
-                if not await self._receive_into(buffer):
+            if idle_wait is not None:  # _receive_into inlined: an await layer fewer
+                try:
+                    data = await self.transport.receive()
+                except STREAM_ERRORS:
                     return None
+                if not data:
+                    return None
+                self.conn.receive_data(data)
+                buffer += data
                 now = trio.current_time()
                 clock.set(alarm, now + header_timeout)
             while (end := find_head_end(buffer, searched)) is None:

@@ -109,8 +109,15 @@ class Logger:
         head = self._access_head
         if head is None:
             return False
-        pending = self._pending  # _add, inlined: this runs for every request
-        pending.append(f'{{"time": "{self._timestamp()}", {head}{members}}}\n')
+        # _timestamp and _add, inlined: this runs for every request.
+        now = time.time()
+        second = int(now)
+        if second == self._stamp_second:
+            stamp = self._stamp_prefix + _MILLIS[int((now - second) * 1000)]
+        else:
+            stamp = self._timestamp()
+        pending = self._pending
+        pending.append(f'{{"time": "{stamp}", {head}{members}}}\n')
         if len(pending) >= MAX_PENDING or time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
             self.flush()
         elif not self._flushing:
