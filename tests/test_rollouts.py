@@ -54,7 +54,7 @@ def head(method: bytes = b"GET", rollout: bytes | None = None) -> RequestHead:
     headers = [(b"host", b"example.test")]
     if rollout is not None:
         headers.append((b"cookie", b"kamal-rollout=" + rollout))
-    return RequestHead(method, b"/", headers, b"1.1")
+    return RequestHead(method, b"/", headers, b"1.1", frozenset())
 
 
 def chosen(service: Service, request: RequestHead) -> str:

@@ -26,7 +26,7 @@ from kproxy.runtime.worker_links import Workers
 from tests.health_script import HealthScript, logger, options
 
 ONE, TWO, THREE = "10.0.0.1:3000", "10.0.0.2:3000", "10.0.0.3:3000"
-REQUEST = RequestHead(b"GET", b"/", [(b"host", b"example.test")], b"1.1")
+REQUEST = RequestHead(b"GET", b"/", [(b"host", b"example.test")], b"1.1", frozenset())
 
 
 class Pair:
@@ -140,7 +140,11 @@ async def test_remove_and_pause_reach_the_replica(
 
 def _with_cookie(value: bytes) -> RequestHead:
     return RequestHead(
-        b"GET", b"/", [(b"host", b"example.test"), (b"cookie", b"kamal-rollout=" + value)], b"1.1"
+        b"GET",
+        b"/",
+        [(b"host", b"example.test"), (b"cookie", b"kamal-rollout=" + value)],
+        b"1.1",
+        frozenset(),
     )
 
 

@@ -177,6 +177,7 @@ def build_upstream_request_headers(
     new_request_id: str,
     upgrade: bool,
     forwarded_for: Sequence[str] | None = None,
+    connection: frozenset[bytes] | None = None,
 ) -> UpstreamRequestHeaders:
     """The headers to send to a target for one client request, kamal-proxy's rules in one pass.
 
@@ -197,6 +198,7 @@ def build_upstream_request_headers(
         :func:`client_ips_from_header`). When not None they replace the incoming
         X-Forwarded-For whatever ``forward_headers`` says, and ``client_ip`` is appended;
         None (the option unset, or the request lacks the header) keeps the usual rule.
+      connection: ``connection_tokens(headers)``, if the caller has it (else read here).
 
     Returns:
       The new list (kept headers in their original order, then X-Forwarded-For, -Proto, -Host,
@@ -220,7 +222,13 @@ def build_upstream_request_headers(
     incoming_start = first.get(X_REQUEST_START)
     # Go's Header.Get treats an empty first value as absent, so the middleware replaces it.
     dropped = _REQUEST_DROPPED[bool(incoming_id), bool(incoming_start)]
-    out = _strip(headers, keep_upgrade=upgrade, protected=_REQUEST_PROTECTED, dropped=dropped)
+    out = _strip(
+        headers,
+        keep_upgrade=upgrade,
+        protected=_REQUEST_PROTECTED,
+        dropped=dropped,
+        named=connection_tokens(headers) if connection is None else connection,
+    )
 
     if client_ip:
         prior = [v for v in forwarded if v] if forward_headers else []
@@ -374,10 +382,13 @@ def _strip(
     keep_upgrade: bool,
     protected: frozenset[bytes],
     dropped: frozenset[bytes] = HOP_BY_HOP,
+    named: frozenset[bytes] | None = None,
 ) -> HeaderList:
     """Shared body of the strip functions; ``protected`` names survive being Connection-named,
-    and ``dropped`` names (the hop-by-hop ones, and any the caller replaces) never do."""
-    named = connection_tokens(headers)
+    and ``dropped`` names (the hop-by-hop ones, and any the caller replaces) never do.
+    ``named``: the Connection tokens, if the caller has them."""
+    if named is None:
+        named = connection_tokens(headers)
     # One comprehension with is_hop_by_hop inlined (a call per field costs more than the rest
     # of the test), and ``protected`` asked only about a name the Connection header gave.
     out = [

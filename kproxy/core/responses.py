@@ -55,8 +55,19 @@ class ResponseWriter:
         cls, method: bytes, http_version: bytes, headers: Sequence[Header]
     ) -> ResponseWriter:
         """HTTP/1.0 clients, and those that say ``Connection: close``, get one answer only."""
-        keep_alive = http_version >= b"1.1" and b"close" not in connection_tokens(headers)
-        return cls(head_request=method == b"HEAD", http_version=http_version, keep_alive=keep_alive)
+        return cls(
+            head_request=method == b"HEAD",
+            http_version=http_version,
+            keep_alive=keeps_alive(http_version, connection_tokens(headers)),
+        )
+
+    def restart(self, method: bytes, http_version: bytes, keep_alive: bool) -> None:
+        """Ready for the answer to the connection's next request, as ``for_request`` makes
+        one (``keep_alive`` as it says): one writer per connection, not one per request."""
+        self.head_request = method == b"HEAD"
+        self.http_version, self.keep_alive = http_version, keep_alive
+        self.answered = self.continued = self.started = self.done = False
+        self.framing, self._remaining = _NONE, 0
 
     def informational(self, status: int, headers: Sequence[Header] = ()) -> bytes:
         """A 1xx head (100 Continue, 103, or the 101 that hands the connection over)."""
@@ -128,6 +139,12 @@ class ResponseWriter:
     ) -> bytes:
         """A complete small response in one piece (error pages, redirects)."""
         return self.head(status, headers, close=close) + self.data(body) + self.end()
+
+
+def keeps_alive(http_version: bytes, connection: frozenset[bytes]) -> bool:
+    """Whether a request's connection may carry another after its answer, by its version
+    and its Connection tokens (RFC 9112 §9.3)."""
+    return http_version >= b"1.1" and b"close" not in connection
 
 
 def _framing(headers: Sequence[Header], last: dict[bytes, bytes]) -> tuple[Framing, int]:

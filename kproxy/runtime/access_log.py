@@ -26,8 +26,8 @@ class RequestLog(ResponseRecord):
     also the request's :class:`ResponseRecord`, which the relay fills in (``status`` is the
     status logged, ``headers`` and ``body_bytes`` those of the response sent).
 
-    A plain class with a slot per field, not a dict: the usual line's values go to
-    ``Logger.access_values`` in their order, with no dict to build and check."""
+    A plain class with a slot per field, not a dict: the usual line is written from the
+    slots (``members``), with no dict to build and check."""
 
     __slots__ = (
         *ACCESS_FIELDS[:16],  # the request's fields, in their order (see values())
@@ -45,41 +45,56 @@ class RequestLog(ResponseRecord):
     def __init__(
         self,
         request: RequestHead,
-        *,
         port: int,
         scheme: str,
         client_ip: str,
         client_port: int,
         now: float,
     ) -> None:
-        """The fields known from the request head alone."""
-        super().__init__()
+        """The fields known from the request head alone. (Called with positional arguments
+        per request: keywords cost type.__call__ a dict.)"""
+        # ResponseRecord's fields, set here: its __init__ would be a call more.
+        self.status = self.body_bytes = 0
+        self.headers = []
+        self.head_sent = self.upgraded = False
+        self.interruption = None
         # The first value of each header, as Go's Header.Get gives it: one dict built in C
         # (the last duplicate written first, so the first one wins) instead of six scans.
         first = dict(reversed(request.headers))
         path, _, query = request.target.partition(b"?")
-        self.host = request_host(first.get(b"host"))
+        host = first.get(b"host")
+        self.host = _HOSTS.get(host) or _new_host(host)
         self.port = port
         self.path = path.decode("latin-1")
         # Every line gets a request id, 404s included (kamal-proxy's request-id middleware
-        # runs before routing); an empty incoming value counts as absent, as in Go.
-        self.request_id = first.get(b"x-request-id", b"").decode("latin-1") or _new_request_id()
+        # runs before routing); an empty incoming value counts as absent, as in Go. Here and
+        # below, an absent or empty value is not decoded: a call saved.
+        incoming_id = first.get(b"x-request-id")
+        self.request_id = incoming_id.decode("latin-1") if incoming_id else next(_REQUEST_IDS)
         self.service = ""
         self.target = ""
         self.method = request.method.decode("latin-1")
         # Go's Request.ContentLength: -1 when unknown (chunked).
+        length = first.get(b"content-length")
         self.req_content_length = (
-            -1 if b"transfer-encoding" in first else _length(first.get(b"content-length"))
+            -1
+            if b"transfer-encoding" in first
+            else int(length)
+            if length is not None and length.isdigit()
+            else 0
         )
-        self.req_content_type = first.get(b"content-type", b"").decode("latin-1")
+        content_type = first.get(b"content-type")
+        self.req_content_type = content_type.decode("latin-1") if content_type else ""
         self.client_addr = client_ip
         self.client_port = str(client_port) if client_ip else ""  # a string, as Go logs it
-        self.remote_addr = first.get(b"x-forwarded-for", b"").decode("latin-1") or client_ip
-        self.user_agent = first.get(b"user-agent", b"").decode("latin-1")
+        forwarded_for = first.get(b"x-forwarded-for")
+        self.remote_addr = forwarded_for.decode("latin-1") if forwarded_for else client_ip
+        user_agent = first.get(b"user-agent")
+        self.user_agent = user_agent.decode("latin-1") if user_agent else ""
         version = request.http_version
         self.proto = _PROTOS.get(version) or f"HTTP/{version.decode()}"
         self.scheme = scheme
-        self.query = query.decode("latin-1")
+        self.query = query.decode("latin-1") if query else ""
         self.started = now
         self.request_header_fields: dict[str, Any] | None = None
         self.response_header_names: tuple[str, ...] = ()
@@ -109,9 +124,13 @@ class RequestLog(ResponseRecord):
             _add_headers(fields, "req_", headers, names)
             self.request_header_fields = fields
 
-    def values(self, now: float) -> tuple[Any, ...] | None:
-        """The usual line's values, in ``ACCESS_FIELDS``' order; None when the line has more
-        fields (--log-request-header, --log-response-header): see ``line``."""
+    def members(self, now: float) -> str | None:
+        """The usual line's members as JSON text, in ``ACCESS_FIELDS``' order, for
+        ``Logger.access_members``; None when the line has more fields (--log-request-header,
+        --log-response-header) or a value json would escape: see ``line``.
+
+        One f-string from the slots (the values are str and int by construction), checked
+        once as a whole: a tuple of values and a join of the pieces cost twice as much."""
         if self.request_header_fields is not None or self.response_header_names:
             return None
         content_type = ""
@@ -119,13 +138,31 @@ class RequestLog(ResponseRecord):
             if name == b"content-type":
                 content_type = value.decode("latin-1")
                 break
-        return (
-            self.host, self.port, self.path, self.request_id, self.service, self.target,
-            self.method, self.req_content_length, self.req_content_type, self.client_addr,
-            self.client_port, self.remote_addr, self.user_agent, self.proto, self.scheme,
-            self.query, self.status, int((now - self.started) * 1e9), self.body_bytes,
-            content_type,
+        host, path, request_id, service, target, method = (
+            self.host, self.path, self.request_id, self.service, self.target, self.method
         )  # fmt: skip
+        req_type, client_addr, client_port, remote_addr, user_agent, proto, scheme, query = (
+            self.req_content_type, self.client_addr, self.client_port, self.remote_addr,
+            self.user_agent, self.proto, self.scheme, self.query,
+        )  # fmt: skip
+        text = (
+            f"{host}{path}{request_id}{service}{target}{method}{req_type}{client_addr}"
+            f"{client_port}{remote_addr}{user_agent}{proto}{scheme}{query}{content_type}"
+        )
+        # json (ensure_ascii) writes printable ASCII as it is, but for the quote and backslash.
+        if not (text.isascii() and text.isprintable()) or '"' in text or "\\" in text:
+            return None
+        return (
+            f'"host": "{host}", "port": {self.port}, "path": "{path}", '
+            f'"request_id": "{request_id}", "service": "{service}", "target": "{target}", '
+            f'"method": "{method}", "req_content_length": {self.req_content_length}, '
+            f'"req_content_type": "{req_type}", "client_addr": "{client_addr}", '
+            f'"client_port": "{client_port}", "remote_addr": "{remote_addr}", '
+            f'"user_agent": "{user_agent}", "proto": "{proto}", "scheme": "{scheme}", '
+            f'"query": "{query}", "status": {self.status}, '
+            f'"duration": {int((now - self.started) * 1e9)}, '
+            f'"resp_content_length": {self.body_bytes}, "resp_content_type": "{content_type}"'
+        )
 
     def line(self, now: float) -> dict[str, Any]:
         """The fields to log, by name, in the order they are written."""
@@ -155,19 +192,24 @@ def _request_id_prefix() -> str:
 
 _ID_PREFIX: Final = _request_id_prefix()
 _ID_FORMAT: Final = _ID_PREFIX + "-%012x"  # a %-format: cheaper than an f-string's spec
-_id_counter = itertools.count(int.from_bytes(os.urandom(5)))
+# The ids themselves, made by a C iterator (no Python call per id); the counter starts below
+# 2**40, so it takes 2**48 - 2**40 requests before it outgrows its 12 digits.
+_REQUEST_IDS: Final = map(_ID_FORMAT.__mod__, itertools.count(int.from_bytes(os.urandom(5))))
+# request_host() of the Host values seen: the same few come again and again. Cleared when
+# full, so made-up hosts cannot grow it.
+_HOSTS: Final[dict[bytes | None, str]] = {}
+MAX_HOSTS_KEPT: Final = 1024
 
 
-def _new_request_id() -> str:
-    return _ID_FORMAT % (next(_id_counter) & 0xFFFFFFFFFFFF)
+def _new_host(header: bytes | None) -> str:
+    if len(_HOSTS) >= MAX_HOSTS_KEPT:
+        _HOSTS.clear()
+    host = _HOSTS[header] = request_host(header)
+    return host
 
 
 def text(value: bytes | None) -> str:
     return value.decode("latin-1") if value is not None else ""
-
-
-def _length(value: bytes | None) -> int:
-    return int(value) if value is not None and value.isdigit() else 0
 
 
 def _add_headers(

@@ -35,6 +35,7 @@ class RequestHead(NamedTuple):  # not attrs.frozen: see core/upstream_http.Respo
     target: bytes
     headers: list[Header]
     http_version: bytes
+    connection: frozenset[bytes]  # its Connection tokens (core/headers.connection_tokens)
 
 
 @attrs.frozen
@@ -74,6 +75,10 @@ class Exchange(Protocol):
     clock: AlarmClock  # the server's, for the deadlines of this exchange
     hangup_watch: HangupWatch  # the relay's alarm while a bodiless request waits on a target
     has_body: bool  # the request declares a body
+    # trio's clock when the request's head was whole (the access log's start), and when the
+    # pipeline was done with it (its log line's end): readings shared, not taken again.
+    started_at: float
+    finished_at: float
 
     @property
     def scope(self) -> trio.CancelScope:

@@ -107,9 +107,10 @@ class TargetStall(Alarm):
             watch_client=watch_client,
         )
         if timeout != math.inf or watch_client:
-            now = trio.current_time()
-            stall._quiet_since = now
-            exchange.clock.set(stall, now + stall._look_every())
+            # From the request's start, not a clock reading (2,500 instructions): a first
+            # look that comes early only notes the time (``due``: no read was seen yet, so
+            # the quiet time starts then), and the looks go on from there.
+            exchange.clock.set(stall, exchange.started_at + stall._look_every())
         return stall
 
     def _look_every(self) -> float:

@@ -24,8 +24,9 @@ import h11
 import trio
 
 from kproxy.core import request_framing
+from kproxy.core.headers import connection_tokens
 from kproxy.core.http1 import find_head_end
-from kproxy.core.responses import ResponseWriter
+from kproxy.core.responses import ResponseWriter, keeps_alive
 from kproxy.core.upstream_http import Header
 from kproxy.errors import BadRequestBody, ClientGone
 from kproxy.runtime.alarms import Alarm, AlarmClock
@@ -42,8 +43,15 @@ MAX_LINGER_BYTES: Final = 256 * 1024  # bytes read (and dropped) while lingering
 # h11's states for a client whose request is not (or no longer) whole; every other one means
 # it was read to its end (DONE, MUST_CLOSE, and MIGHT_SWITCH_PROTOCOL for an upgrade request).
 _REQUEST_UNREAD: Final = frozenset({h11.IDLE, h11.SEND_BODY, h11.ERROR, h11.CLOSED})
-_NO_REQUEST: Final = RequestHead(b"", b"", [], b"1.1")
+_NO_REQUEST: Final = RequestHead(b"", b"", [], b"1.1", frozenset())
+_NOTHING_CARRIED: Final = (b"", False)
 JOIN_BELOW: Final = 16 * 1024  # bytes: a response smaller than this is joined to be sent
+# h11's Headers is a Sequence: a list of it goes through the ABC's __iter__, a generator
+# step and a __getitem__ call per field. h11 0.16 keeps (raw name, name, value) triples in a
+# slot, read directly when it is there.
+_H11_FIELDS: Final = hasattr(
+    type(h11.Request(method="GET", target="/", headers=[("Host", "a")]).headers), "_full_items"
+)
 
 
 @attrs.define(eq=False)
@@ -75,6 +83,11 @@ class Http1Exchange:
     framing_verdict: request_framing.Accept = attrs.field(factory=request_framing.Accept)
     body_check: request_framing.ChunkedBody | None = None  # the current request's, when chunked
     pacer: ReadPacer = attrs.field(factory=ReadPacer)  # slows the reads of a trickled request
+    # What the last h11 connection had received beyond its request (``next_cycle``): where
+    # the next head begins, read by ``receive_head`` without asking h11 again.
+    carried: tuple[bytes, bool] = (b"", False)
+    started_at: float = 0.0  # trio's clock when the current request's head was whole
+    finished_at: float = 0.0  # trio's clock when the pipeline was done with the last request
 
     def __attrs_post_init__(self) -> None:
         self.head_alarm = Alarm(self.connection_scope)
@@ -83,27 +96,31 @@ class Http1Exchange:
         self.client_ip, self.client_port = self.transport.peer()
 
     def _new_connection(self) -> h11.Connection:
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
+        # max_incomplete_event_size by position: a keyword costs type.__call__ a dict.
+        return h11.Connection(h11.SERVER, self.max_head_bytes)
 
     # --- the connection's life ------------------------------------------------------------
 
     def begin(self, event: h11.Request, verdict: request_framing.Accept) -> None:
         """The request h11 parsed from the head that ``verdict`` judged is the current one."""
-        self.request = RequestHead(
-            event.method, bytes(event.target), list(event.headers), event.http_version
+        headers = event.headers
+        fields = (
+            [(name, value) for _, name, value in headers._full_items]
+            if _H11_FIELDS
+            else list(headers)
         )
+        version, connection = event.http_version, connection_tokens(fields)
+        self.request = RequestHead(event.method, bytes(event.target), fields, version, connection)
         self.has_body, self.framing_verdict = verdict.has_body, verdict
-        self.response = ResponseWriter.for_request(
-            self.request.method, self.request.http_version, self.request.headers
-        )
+        self.response.restart(event.method, version, keeps_alive(version, connection))
 
     def next_cycle(self) -> None:
         """Ready for the next request: h11 starts afresh with the bytes already received
         (a pipelined request), since the responses it would track are not written by it."""
-        pending, closed = self.conn.trailing_data
+        self.carried = pending, closed = self.conn.trailing_data
         self.conn = self._new_connection()
         if pending:
-            self.conn.receive_data(bytes(pending))
+            self.conn.receive_data(pending)
         if closed:
             self.conn.receive_data(b"")
 
@@ -155,19 +172,31 @@ class Http1Exchange:
         pacer = self.pacer
         if pacer.trickles:
             pacer.reset()
-        pending, closed = self.conn.trailing_data  # a pipelined head may already be here
+        pending, closed = self.carried  # a pipelined head may already be here
+        self.carried = _NOTHING_CARRIED
         buffer = bytearray(pending)
         if closed and not buffer:
             return None
-        idle_wait = idle_timeout if idle_timeout is not None and not buffer else None
-        searched = 0
         alarm, clock = self.head_alarm, self.clock
-        clock.set(alarm, trio.current_time() + (header_timeout if idle_wait is None else idle_wait))
+        # One clock reading per head: the wait for its first byte runs from the previous
+        # request's end, read for its log line (the first request's from the accept).
+        now = trio.current_time() if idle_timeout is None else self.finished_at
+        idle_wait = idle_timeout if idle_timeout is not None and not buffer else None
+        clock.set(alarm, now + (header_timeout if idle_wait is None else idle_wait))
+        searched = 0
+        stale = False  # a read came after ``now`` was read
         try:
-            if idle_wait is not None:
-                if not await self._receive_into(buffer):
+            if idle_wait is not None:  # _receive_into inlined: an await layer fewer
+                try:
+                    data = await self.transport.receive()
+                except STREAM_ERRORS:
                     return None
-                clock.set(alarm, trio.current_time() + header_timeout)
+                if not data:
+                    return None
+                self.conn.receive_data(data)
+                buffer += data
+                now = trio.current_time()
+                clock.set(alarm, now + header_timeout)
             while (end := find_head_end(buffer, searched)) is None:
                 if len(buffer) > max_bytes:
                     return request_framing.Reject(
@@ -183,13 +212,17 @@ class Http1Exchange:
                 searched = len(buffer)
                 if pacer.paced:
                     await pacer.pause()
+                stale = True
                 if not await self._receive_into(buffer):
                     return None
         finally:
             alarm.deadline = math.inf  # disarmed, as clock.set does it (without the call)
+        # The request starts when its head is whole: ``now``, unless it took more reads.
+        self.started_at = trio.current_time() if stale else now
         if end > max_bytes:
             return request_framing.Reject(431, f"request head larger than {max_bytes} bytes")
-        verdict = request_framing.check_head(bytes(buffer[:end]), max_headers=max_headers)
+        head = bytes(buffer) if end == len(buffer) else bytes(buffer[:end])  # one copy, mostly
+        verdict = request_framing.check_head(head, max_headers=max_headers)
         if isinstance(verdict, request_framing.Accept) and verdict.chunked:
             # Body bytes that came with the head are checked now; if they are bad already,
             # ``body_rejection`` says so and the request is answered 400 before any target

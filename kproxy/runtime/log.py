@@ -102,15 +102,27 @@ class Logger:
         # The same text as _write's: a timestamp has nothing for JSON to escape.
         self._add(f'{{"time": "{self._timestamp()}", {head}{members}}}\n', batched=True)
 
-    def access_values(self, values: tuple[Any, ...]) -> None:
-        """``access`` of the line whose fields are ``ACCESS_FIELDS``, given their values in
-        that order: the usual line, without a dict to build and take apart."""
+    def access_members(self, members: str) -> bool:
+        """``access`` of the usual line, given its members as JSON text
+        (``RequestLog.members``); False, writing nothing, if the context does not suit the
+        template (then ``access`` writes it)."""
         head = self._access_head
-        members = _access_members(values) if head is not None else None
-        if members is None or head is None:
-            self._write("INFO", ACCESS_MSG, dict(zip(ACCESS_FIELDS, values, strict=True)))
-            return
-        self._add(f'{{"time": "{self._timestamp()}", {head}{members}}}\n', batched=True)
+        if head is None:
+            return False
+        # _timestamp and _add, inlined: this runs for every request.
+        now = time.time()
+        second = int(now)
+        if second == self._stamp_second:
+            stamp = self._stamp_prefix + _MILLIS[int((now - second) * 1000)]
+        else:
+            stamp = self._timestamp()
+        pending = self._pending
+        pending.append(f'{{"time": "{stamp}", {head}{members}}}\n')
+        if len(pending) >= MAX_PENDING or time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
+            self.flush()
+        elif not self._flushing:
+            self._defer_flush()
+        return True
 
     def warning(self, msg: str, **fields: Any) -> None:
         self._write("WARN", msg, fields)

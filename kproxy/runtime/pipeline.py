@@ -19,6 +19,7 @@ from kproxy.core.acme_challenges import CONTENT_TYPE as CHALLENGE_CONTENT_TYPE
 from kproxy.core.buffering import BufferPolicy, has_request_body
 from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import (
+    UPGRADE,
     build_upstream_request_headers,
     header_value,
     upgrade_type,
@@ -71,15 +72,19 @@ class RequestPipeline:
             absolute = absolute_form(request.target, request.headers)
             if absolute is not None:  # routed, logged and forwarded by its authority
                 exchange.request = RequestHead(
-                    request.method, absolute[0], absolute[1], request.http_version
+                    request.method,
+                    absolute[0],
+                    absolute[1],
+                    request.http_version,
+                    request.connection,
                 )
-        log = RequestLog(
+        log = RequestLog(  # port, scheme, client_ip, client_port, now
             exchange.request,
-            port=self.port,
-            scheme=exchange.scheme,
-            client_ip=exchange.client_ip,
-            client_port=exchange.client_port,
-            now=trio.current_time(),
+            self.port,
+            exchange.scheme,
+            exchange.client_ip,
+            exchange.client_port,
+            exchange.started_at,
         )
         try:
             request = exchange.request
@@ -108,7 +113,8 @@ class RequestPipeline:
                     route.path_prefix,
                     options.strip_path_prefix,
                 )
-            if (refused := exchange.body_refused()) is not None:  # known bad before any target
+            # A body known bad before any target (a bodiless request has none to ask about).
+            if exchange.has_body and (refused := exchange.body_refused()) is not None:
                 return await self._fail(exchange, log, BadRequestBody(refused))
             service_options = service.options.service
             if service_options.client_ip_header:
@@ -135,7 +141,8 @@ class RequestPipeline:
                 host_header = header_value(request.headers, b"host")
                 log.cookie_scope = CookieScope(route.path_prefix, text(host_header))
             target_options = service.options.target
-            log.add_request_headers(request.headers, target_options.log_request_headers)
+            if target_options.log_request_headers:  # asked here: a call costs more
+                log.add_request_headers(request.headers, target_options.log_request_headers)
             log.response_header_names = target_options.log_response_headers
             upstream_target = raw_target
             if service_options.strip_path_prefix:
@@ -158,11 +165,9 @@ class RequestPipeline:
             log.target = target.name
             return await self._proxy(exchange, upstream_target, service, target, log)
         finally:  # the access log line (and metrics), however the request ended
-            now = trio.current_time()
-            values = log.values(now)
-            if values is not None:
-                self.logger.access_values(values)
-            else:
+            exchange.finished_at = now = trio.current_time()
+            members = log.members(now)
+            if members is None or not self.logger.access_members(members):
                 self.logger.access(log.line(now))
             if self.metrics is not None:
                 self.metrics.leave(
@@ -207,7 +212,8 @@ class RequestPipeline:
         body: SpooledBody | None = None,
     ) -> bool:
         request = exchange.request
-        upgrade = upgrade_type(request.headers) is not None
+        # The Connection tokens read once, for upgrade_type's and the header rules' use.
+        upgrade = UPGRADE in request.connection and upgrade_type(request.headers) is not None
         headers = build_upstream_request_headers(
             request.headers,
             client_ip=log.peer_ip,
@@ -218,6 +224,7 @@ class RequestPipeline:
             new_request_id=log.request_id,
             upgrade=upgrade,
             forwarded_for=log.forwarded_for,
+            connection=request.connection,
         )
         upstream_request = relay_rules.upstream_request(
             request.method,

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-import attrs
 import trio
 
 from kproxy.core.buffering import BufferAction, declared_length
@@ -33,21 +32,23 @@ MIN_BODY_RATE: Final = 1024  # bytes per second that extend it
 KEEP_FOR_RESEND: Final = 64 * 1024  # bytes
 
 
-@attrs.define(eq=False)
 class RequestBodyPump:
-    """Moves the client's request body to the target; remembers enough to allow one retry."""
+    """Moves the client's request body to the target; remembers enough to allow one retry.
 
-    exchange: Exchange
-    chunked: bool  # the request goes to the target chunked (else by its Content-Length)
-    body: SpooledBody | None = None  # --buffer-requests: the whole body, already read
-    sent_data: bool = False  # body bytes went to a target and are gone: no replay
-    # What went to the target so far, as sent, while it is small (KEEP_FOR_RESEND).
-    _kept: bytearray | None = attrs.field(factory=bytearray)
-    finished: bool = False  # the whole request body was read (or there is none)
-    error: Exception | None = None
+    A plain class: one is made per request, and attrs' generated ``__init__`` with a factory
+    and ``__attrs_post_init__`` cost twice as much."""
 
-    def __attrs_post_init__(self) -> None:
-        self.finished = self.body is not None
+    __slots__ = ("_kept", "body", "chunked", "error", "exchange", "finished", "sent_data")
+
+    def __init__(self, exchange: Exchange, chunked: bool, body: SpooledBody | None = None) -> None:
+        self.exchange = exchange
+        self.chunked = chunked  # the request goes to the target chunked (else by its length)
+        self.body = body  # --buffer-requests: the whole body, already read
+        self.sent_data = False  # body bytes went to a target and are gone: no replay
+        # What went to the target so far, as sent, while it is small (KEEP_FOR_RESEND).
+        self._kept: bytearray | None = bytearray()
+        self.finished = body is not None  # the whole request body was read (or there is none)
+        self.error: Exception | None = None
 
     def end_without_body(self) -> bool:
         """A request that declared no body is complete as it is (see Exchange.has_body): no

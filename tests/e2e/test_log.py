@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from kproxy.runtime import access_log
 from kproxy.runtime.access_log import RequestLog
 from kproxy.runtime.exchange import RequestHead
 from kproxy.runtime.log import ACCESS_FIELDS, Logger
@@ -24,7 +25,11 @@ class Scheme(str, enum.Enum):  # noqa: UP042 (its str() is not its value)
 
 def usual_access_fields() -> dict[str, Any]:
     request = RequestHead(
-        b"GET", b"/p?q=1", [(b"host", b"App.example:80"), (b"user-agent", b"caf\xe9")], b"1.1"
+        b"GET",
+        b"/p?q=1",
+        [(b"host", b"App.example:80"), (b"user-agent", b"caf\xe9")],
+        b"1.1",
+        frozenset(),
     )
     log = RequestLog(
         request, port=80, scheme="http", client_ip="127.0.0.1", client_port=5000, now=1.0
@@ -86,3 +91,48 @@ def test_context_is_fixed_when_the_logger_is_made() -> None:
     fields = usual_access_fields()
     logger.access(fields)
     assert_written_as_json(logs, {"worker": 1}, fields)
+
+
+@pytest.mark.parametrize("context", [{}, {"worker": 3}, {"worker": 1.5}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"user_agent": "caf\u00e9"},
+        {"path": '/a"b'},
+        {"query": "a\\b"},
+        {"host": "\t"},
+        {"request_id": "id\x7f"},
+        {"remote_addr": "\u2028"},
+    ],
+)
+def test_a_request_log_is_written_as_json_writes_its_line(
+    context: dict[str, Any], change: dict[str, str]
+) -> None:
+    """The pipeline's way: RequestLog.members to Logger.access_members, else Logger.access of
+    its line. Either way the text is json.dumps of the line; plain values take the first."""
+    request = RequestHead(b"GET", b"/p?q=1", [(b"host", b"app.example")], b"1.1", frozenset())
+    log = RequestLog(
+        request, port=80, scheme="http", client_ip="127.0.0.1", client_port=5000, now=1.0
+    )
+    log.status, log.body_bytes, log.headers = 404, 9, [(b"content-type", b"text/html")]
+    for name, value in change.items():
+        setattr(log, name, value)
+    logs = LogCapture()
+    logger = Logger(out=logs, context=context)  # type: ignore[arg-type]
+    members = log.members(2.5)
+    fast = members is not None and logger.access_members(members)
+    if not fast:
+        logger.access(log.line(2.5))
+    assert_written_as_json(logs, context, log.line(2.5))
+    assert fast == (not change and context != {"worker": 1.5})
+
+
+def test_hosts_are_remembered_within_a_bound() -> None:
+    """RequestLog keeps request_host() of the Host values it saw, and no more than
+    MAX_HOSTS_KEPT of them: made-up hosts cannot grow it."""
+    for k in range(access_log.MAX_HOSTS_KEPT + 10):
+        host = b"H%d.Example:8080" % k
+        request = RequestHead(b"GET", b"/", [(b"host", host)], b"1.1", frozenset())
+        assert RequestLog(request, 80, "http", "", 0, 0.0).host == f"h{k}.example"
+        assert 0 < len(access_log._HOSTS) <= access_log.MAX_HOSTS_KEPT
