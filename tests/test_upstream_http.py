@@ -1183,3 +1183,28 @@ def test_has_trailing_says_what_trailing_holds() -> None:
     events, reader = drive(response(b"Content-Length: 2", body=b"ok"), eof=False)
     assert not reader.has_trailing
     assert reader.trailing == b""
+
+
+def test_a_large_body_piece_is_a_view_of_the_bytes_read_not_a_copy() -> None:
+    body = bytes(range(256)) * 256  # 64 KiB
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n" + body
+    reader = ResponseReader()
+    reader.feed(data)
+    assert isinstance(reader.next_event(), ResponseHead)
+    piece = reader.next_event()
+    assert isinstance(piece, memoryview)
+    assert piece.obj is data
+    assert piece == body
+    assert reader.next_event() is END
+
+
+def test_a_small_body_piece_is_bytes_and_a_whole_read_is_passed_on_as_it_came() -> None:
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\nab")
+    assert isinstance(reader.next_event(), ResponseHead)
+    assert reader.next_event() == b"ab"
+    assert reader.next_event() is NEED_DATA
+    rest = b"c" * 4998
+    reader.feed(rest)
+    assert reader.next_event() is rest
+    assert reader.next_event() is END

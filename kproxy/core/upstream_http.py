@@ -43,6 +43,9 @@ from kproxy.errors import ProtocolError
 Header: TypeAlias = tuple[bytes, bytes]
 
 MAX_HEAD_BYTES: Final = 1024 * 1024  # status line + headers; as much as kproxy takes from clients
+# Body pieces this large are views of the bytes read, not copies: a copy (and its allocation)
+# costs more than a view's two objects from about here on.
+VIEW_FROM: Final = 4096  # bytes
 
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: (" + FIELD_TEXT + rb"))?")
 # Both at once, for a head with CRLF line ends throughout (what servers send): one match
@@ -71,7 +74,10 @@ NEED_DATA: Final = _Sentinel.NEED_DATA  # feed more bytes
 END: Final = _Sentinel.END  # the body is complete
 CLOSED: Final = _Sentinel.CLOSED  # EOF before the first byte of a head: no response at all
 
-Event: TypeAlias = "ResponseHead | bytes | _Sentinel"
+# A piece of a response body: a memoryview of the bytes read when it is large (see
+# ResponseReader), which every writer of bytes takes as it takes bytes.
+Body: TypeAlias = bytes | memoryview
+Event: TypeAlias = "ResponseHead | Body | _Sentinel"
 
 
 # The values made for every request (these two, ``headers.UpstreamRequestHeaders`` and
@@ -142,25 +148,33 @@ _BODY_STATES: Final = {
 @attrs.define
 class ResponseReader:
     """Reads one response to one request (1xx heads first, if any), then ``restart`` for the
-    next one on the same connection."""
+    next one on the same connection.
+
+    The bytes fed are kept as they came (``_data``, read from ``_pos`` on), not copied into
+    a buffer: a body piece of at least VIEW_FROM bytes is a memoryview of them (a 64 KiB body
+    read with its head is neither copied nor allocated again), a smaller one a bytes copy."""
 
     head_request: bool = False  # a response to HEAD has no body, whatever it declares
     max_head_bytes: int = MAX_HEAD_BYTES
     received: int = 0  # bytes fed so far: tells "closed silently" from "sent garbage"
     eof: bool = False
-    _buffer: bytearray = attrs.field(factory=bytearray)
+    # What was fed and not yet read, from ``_pos`` on: bytes as received, or while a head
+    # arrives in pieces a bytearray they are gathered in (each read is copied once, not the
+    # whole head at each read).
+    _data: bytes | bytearray = b""
+    _pos: int = 0
     _state: _Body = _Body.HEAD
     _remaining: int = 0  # body bytes left (LENGTH)
-    _searched: int = 0  # how far the buffer was searched for a head's end
+    _searched: int = 0  # how far the unread bytes were searched for a head's end
     _chunks: ChunkedDecoder | None = None  # the body's, when it is chunked
 
     def restart(self, *, head_request: bool) -> None:
         """Ready for the response to the next request on the same connection (the previous
         one was read to its end): as a new reader, without making one per exchange."""
         self.head_request = head_request
-        self.received = self._remaining = self._searched = 0
+        self.received = self._remaining = self._searched = self._pos = 0
         self.eof = False
-        self._buffer.clear()
+        self._data = b""
         self._state = _HEAD
         self._chunks = None
 
@@ -171,19 +185,26 @@ class ResponseReader:
     @property
     def has_trailing(self) -> bool:
         """Bytes came after what was read (``trailing``, without copying them)."""
-        return bool(self._buffer)
+        return self._pos < len(self._data)
 
     @property
     def trailing(self) -> bytes:
         """Bytes after what was read: the upgraded stream after a 101, or stray bytes."""
-        return bytes(self._buffer)
+        return bytes(self._data[self._pos :])
 
     def feed(self, data: bytes) -> None:
         if not data:
             self.eof = True
             return
         self.received += len(data)
-        self._buffer += data
+        held, pos = self._data, self._pos
+        if pos < len(held):  # an unfinished head (or stray bytes): gathered
+            if pos or type(held) is bytes:
+                held = bytearray(held[pos:])
+            held += data
+            self._data, self._pos = held, 0
+        else:
+            self._data, self._pos = data, 0
 
     def next_event(self) -> Event:
         """The next head, body bytes, END, CLOSED or NEED_DATA; raises BadResponse."""
@@ -193,8 +214,8 @@ class ResponseReader:
         if state is _LENGTH:
             return self._read_length()
         if state is _CLOSE:
-            if self._buffer:
-                return self._take(len(self._buffer))
+            if self._pos < len(self._data):
+                return self._take(len(self._data) - self._pos)
             if self.eof:
                 self._state = _DONE
                 return END
@@ -203,18 +224,23 @@ class ResponseReader:
             return END
         return self._read_chunked()
 
-    def _take(self, n: int) -> bytes:
-        if n == len(self._buffer):
-            data = bytes(self._buffer)
-            self._buffer.clear()
-        else:
-            data = bytes(self._buffer[:n])
-            del self._buffer[:n]
-        return data
+    def _take(self, n: int) -> Body:
+        """The next ``n`` unread bytes (there are as many), as a body piece."""
+        data, pos = self._data, self._pos
+        if type(data) is not bytes:  # stray bytes after a response, gathered: rare
+            data = self._data = bytes(data)
+        self._pos = end = pos + n
+        if n == len(data):  # the whole of one read: as it came
+            return data
+        if n < VIEW_FROM:
+            return data[pos:end]
+        with memoryview(data) as view:
+            return view[pos:end]
 
     def _read_length(self) -> Event:
-        if self._buffer and self._remaining:
-            data = self._take(min(self._remaining, len(self._buffer)))
+        available = len(self._data) - self._pos
+        if available and self._remaining:
+            data = self._take(min(self._remaining, available))
             self._remaining -= len(data)
             if not self._remaining:
                 self._state = _DONE
@@ -227,19 +253,25 @@ class ResponseReader:
         return NEED_DATA
 
     def _read_head(self) -> Event:
-        end = find_head_end(self._buffer, self._searched)
+        if self._pos:  # a head after a 1xx one: read from the start of the bytes
+            self._data, self._pos = self._data[self._pos :], 0
+        data = self._data
+        end = find_head_end(data, self._searched)
         if end is None:
-            if len(self._buffer) > self.max_head_bytes:
+            if len(data) > self.max_head_bytes:
                 raise BadResponse(f"response head larger than {self.max_head_bytes} bytes")
             if self.eof:
-                if not self._buffer and self.received == 0:
+                if not data and self.received == 0:
                     return CLOSED
                 raise BadResponse("connection closed in the middle of the response head")
-            self._searched = len(self._buffer)
+            self._searched = len(data)
             return NEED_DATA
         if end > self.max_head_bytes:
             raise BadResponse(f"response head larger than {self.max_head_bytes} bytes")
-        head = self._parse_head(self._take(end))
+        if type(data) is not bytes:  # gathered: bytes again, which body pieces may view
+            data = self._data = bytes(data)
+        head = self._parse_head(data[:end])
+        self._pos = end
         self._searched = 0
         if head.status == 101:
             self._state = _DONE  # what follows is the new protocol's: see ``trailing``
@@ -306,21 +338,16 @@ class ResponseReader:
         return ResponseHead(status, reason or b"", headers, framing, length, keep_alive)
 
     def _read_chunked(self) -> Event:
-        buffer, chunks = self._buffer, self._chunks
+        chunks = self._chunks
         assert chunks is not None  # set with the state
         try:
-            begin, end = chunks.next_data(buffer)
+            begin, end = chunks.next_data(self._data, self._pos)
         except ProtocolError as exc:
             raise BadResponse(str(exc)) from None
         if begin < end:
-            if end == len(buffer) and not begin:
-                data = bytes(buffer)
-                buffer.clear()
-            else:
-                data = bytes(buffer[begin:end])
-                del buffer[:end]
-            return data
-        del buffer[:end]
+            self._pos = begin
+            return self._take(end - begin)
+        self._pos = end
         if chunks.done:
             self._state = _DONE
             return END

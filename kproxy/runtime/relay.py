@@ -346,7 +346,7 @@ class _Relay:
             except (BadResponse, *STREAM_ERRORS) as exc:
                 await exchange.flush()  # what came before the break is the client's
                 raise ResponseAborted(f"{target.name} broke off the response: {exc}") from exc
-            if isinstance(event, bytes):
+            if isinstance(event, bytes | memoryview):
                 exchange.queue_data(event)
                 record.body_bytes += len(event)
             else:  # END: a body ends nowhere else
@@ -369,7 +369,7 @@ class _Relay:
                     raise UpstreamUnreachable(
                         f"{target.name} broke off the response: {exc}"
                     ) from exc
-                if not isinstance(event, bytes):
+                if not isinstance(event, bytes | memoryview):
                     break  # END
                 if body.write(event) is BufferAction.REJECT:
                     raise ResponseTooLarge(

@@ -161,7 +161,7 @@ async def send_all(
 
 async def send_parts(
     sock: socket.socket,
-    parts: list[bytes],
+    parts: list[bytes | memoryview],
     timeout: float = math.inf,
     progress: SendProgress | None = None,
 ) -> None:
