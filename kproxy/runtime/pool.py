@@ -24,6 +24,7 @@ import trio
 from kproxy.core import tcp_info
 from kproxy.core.addresses import Address
 from kproxy.core.upstream_http import ResponseReader
+from kproxy.runtime.socket_io import receive_nowait, receive_when_ready
 from kproxy.runtime.transport import SocketTransport, Transport
 
 MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side uses, so a
@@ -57,14 +58,37 @@ class UpstreamConnection:
     reader: ResponseReader = attrs.field(factory=ResponseReader)
     reused: bool = False
     idle_since: float = 0.0  # time.monotonic() when it went back to the pool
+    # A plain socket's, read without waiting by ``receive_nowait``; None for other transports.
+    _sock: socket.socket | None = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        transport = self.transport
+        self._sock = transport.sock if isinstance(transport, SocketTransport) else None
 
     def start(self, *, head_request: bool) -> None:
         """The reader made ready for the next exchange."""
         self.reader.restart(head_request=head_request)
 
-    async def receive(self) -> None:
-        """One read, fed to the reader (b"" at EOF)."""
-        self.reader.feed(await self.transport.receive())
+    async def receive_when_ready(self) -> None:
+        """One read, fed to the reader (b"" at EOF), after ``receive_nowait`` found nothing:
+        the wait first."""
+        if self._sock is None:
+            self.reader.feed(await self.transport.receive())
+        else:
+            self.reader.feed(await receive_when_ready(self._sock))
+
+    def receive_nowait(self) -> bool:
+        """One read if the target's bytes are already there (usually: a send yields, and the
+        target answers meanwhile), fed to the reader; whether there were bytes (or EOF). It
+        arms no alarm and reads no clock, which a wait needs. No checkpoint: the caller's loop
+        has one elsewhere. False on a transport other than a plain socket: the caller waits."""
+        if self._sock is None:
+            return False
+        data = receive_nowait(self._sock)
+        if data is None:
+            return False
+        self.reader.feed(data)
+        return True
 
     async def aclose(self) -> None:
         await self.transport.aclose()

@@ -161,9 +161,8 @@ class _Relay:
                 ) from exc
             # An upgrade's client bytes belong to the splice: nothing else may read them.
             if pump.end_without_body():  # most requests: no task, no nursery
-                if not self.upgrade:
-                    self.hangup_watch = watch = self.exchange.hangup_watch
-                    watch.watch(self.exchange.scope, self.record, self.target.name)
+                if not self.upgrade:  # readied by the first wait (_receive)
+                    self.hangup_watch = self.exchange.hangup_watch
                 release = await self._relay_response()
             else:
                 release = await self._relay_with_pump(watch=not self.upgrade)
@@ -221,7 +220,8 @@ class _Relay:
         return release
 
     async def _receive(self, deadline: float, watch_at: float) -> bool:
-        """One read from the target, given up at ``deadline`` (False).
+        """One read from the target, which had nothing to read a moment ago (see
+        ``receive_nowait``), given up at ``deadline`` (False).
 
         With a ``hangup_watch``, the deadline and the look for a hang-up (from ``watch_at``
         on) are its alarm's: one that goes off cancels the request's scope
@@ -231,27 +231,31 @@ class _Relay:
         upstream = self.upstream
         watch = self.hangup_watch
         if watch is not None:
+            watch.watch(self.exchange.scope, self.record, self.target.name)
             watch.timeout_at = deadline
             self.exchange.clock.set(watch, min(deadline, watch_at))
             try:
-                upstream.reader.feed(await upstream.transport.receive())
+                await upstream.receive_when_ready()
             finally:
                 watch.deadline = math.inf  # disarmed, as clock.set does it (without the call)
             if watch.rang:  # it went off just as the read completed: stop here, not later
                 await trio.lowlevel.checkpoint()
             return True
         if deadline == math.inf:
-            await upstream.receive()
+            await upstream.receive_when_ready()
             return True
         with trio.move_on_at(deadline):
-            await upstream.receive()
+            await upstream.receive_when_ready()
             return True
         return False
 
     async def _next_event(self) -> Event:
         """The reader's next event of the response body, reading as needed."""
-        reader = self.upstream.reader
+        upstream = self.upstream
+        reader = upstream.reader
         while (event := reader.next_event()) is NEED_DATA:
+            if upstream.receive_nowait():  # more was there: no alarm needed
+                continue
             if (stall := self.stall) is None:
                 stall = self.stall = TargetStall.of_body(
                     self.exchange,
@@ -260,21 +264,30 @@ class _Relay:
                     self.target.options.target_timeout,
                     watch_client=self.hangup_watch is not None,
                 )
-            await stall.receive(self.upstream.receive)
+            await stall.receive(upstream.receive_when_ready)
         return event
 
     async def _read_head(self) -> ResponseHead:
         """The final response head (or a 101); 1xx answers on the way go to the client."""
-        exchange, target, reader = self.exchange, self.target, self.upstream.reader
-        now = trio.current_time()  # one clock reading for the deadline and the hang-up look
-        deadline = now + target.options.target_timeout
-        watch_at = now + HANGUP_WATCH_DELAY
+        exchange, target, upstream = self.exchange, self.target, self.upstream
+        reader = upstream.reader
+        # Set at the first wait, with one clock reading: an answer already there (the usual,
+        # see socket_io) costs none, and no alarm.
+        deadline = watch_at = 0.0
         while True:
-            wait = deadline
-            if exchange.waiting_for_100:
-                wait = min(deadline, trio.current_time() + EXPECT_CONTINUE_TIMEOUT)
+            wait = 0.0  # the end of this wait: the deadline, or sooner for a 100-continue
             try:  # the next event, reading as needed; None once ``wait`` passed
                 while (event := reader.next_event()) is NEED_DATA:
+                    if upstream.receive_nowait():
+                        continue
+                    if not wait:
+                        if not deadline:
+                            now = trio.current_time()  # for the deadline and the hang-up look
+                            deadline = now + target.options.target_timeout
+                            watch_at = now + HANGUP_WATCH_DELAY
+                        wait = deadline
+                        if exchange.waiting_for_100:
+                            wait = min(deadline, trio.current_time() + EXPECT_CONTINUE_TIMEOUT)
                     if not await self._receive(wait, watch_at):
                         event = None
                         break

@@ -81,6 +81,26 @@ async def receive(sock: socket.socket) -> bytes:
             pass
 
 
+async def receive_when_ready(sock: socket.socket) -> bytes:
+    """``receive`` for a socket that had nothing to read a moment ago (``receive_nowait``):
+    it waits first, rather than ask the kernel again."""
+    while True:
+        await wait_readable(sock)
+        try:
+            return sock.recv(READ_SIZE)
+        except BlockingIOError:
+            pass
+
+
+def receive_nowait(sock: socket.socket) -> bytes | None:
+    """What ``receive`` would return if it would not wait; None if it would. No checkpoint:
+    the caller's loop has one elsewhere."""
+    try:
+        return sock.recv(READ_SIZE)
+    except BlockingIOError:
+        return None
+
+
 class SendTimeout(TimeoutError):
     """The peer took no byte of what we sent for the whole send timeout (an OSError, so
     it counts among STREAM_ERRORS: a peer that stopped taking bytes is as good as gone)."""
