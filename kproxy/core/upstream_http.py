@@ -136,6 +136,7 @@ class _Body(enum.Enum):
 # Python 3.11 finds an Enum member through a descriptor (about 70 ns, where a global takes 10),
 # and the reader compares its state a few times per event: it uses these names instead.
 _HEAD, _LENGTH, _CLOSE, _DONE = _Body.HEAD, _Body.LENGTH, _Body.CLOSE, _Body.DONE
+_NO_BODY, _BY_LENGTH, _CHUNKED = Framing.NONE, Framing.LENGTH, Framing.CHUNKED
 
 _BODY_STATES: Final = {
     Framing.NONE: _DONE,
@@ -276,11 +277,11 @@ class ResponseReader:
         if head.status == 101:
             self._state = _DONE  # what follows is the new protocol's: see ``trailing``
             return head
-        if head.informational:
+        if head.status < 200:
             return head  # the state stays HEAD: the final response follows
         self._state = _BODY_STATES[head.framing]
         self._remaining = head.length
-        if head.framing is Framing.CHUNKED:
+        if head.framing is _CHUNKED:
             # Responses never had Go's limit on framing without data (see ChunkedDecoder).
             self._chunks = ChunkedDecoder(max_excess_framing=None)
         return head
@@ -310,6 +311,8 @@ class ResponseReader:
                 # RFC 9112 §6.3: the length is void and must not be forwarded, and the
                 # message, a sign of a confused sender, ends the connection.
                 headers, confused = _without_length(headers), True
+            elif once and value.isdigit() and len(value) <= 18 and value[:1] != b"0":
+                declared = int(value)  # the usual field: one plain number (length_value's)
             else:
                 declared = length_value(value) if once else None
                 if declared is None or (value[:1] == b"0" and value != b"0"):
@@ -323,7 +326,11 @@ class ResponseReader:
                         declared, headers = None, _without_length(headers)
                     else:  # one field, one plain number, as h11 and Go pass it on (RFC 9110 §8.6)
                         headers = _one_length(headers, declared)
-        framing, length = _response_framing(headers, last, declared, status, head_request)
+        if declared is not None and status >= 200 and status not in NO_BODY_STATUSES:
+            # The usual: a length and no Transfer-Encoding (with one it is void, see above).
+            framing, length = (_NO_BODY, 0) if head_request else (_BY_LENGTH, declared)
+        else:
+            framing, length = _response_framing(headers, last, declared, status, head_request)
         keep_alive = (
             version >= 1  # HTTP/1.1 or a later 1.x
             and not confused
