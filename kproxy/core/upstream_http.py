@@ -254,9 +254,12 @@ class ResponseReader:
         return NEED_DATA
 
     def _read_head(self) -> Event:
-        if self._pos:  # a head after a 1xx one: read from the start of the bytes
-            self._data, self._pos = self._data[self._pos :], 0
         data = self._data
+        if self._pos:  # a head after a 1xx one: read from the start of the bytes
+            data = self._data = data[self._pos :]
+            self._pos = 0
+        if not data and not self.eof:
+            return NEED_DATA  # nothing to look at yet (the first look, usually)
         end = find_head_end(data, self._searched)
         if end is None:
             if len(data) > self.max_head_bytes:

@@ -146,25 +146,31 @@ class ConnectionPool:
     async def acquire(self, *, replayable: bool = False) -> UpstreamConnection:
         """A pooled connection that still looks alive, else a new one (OSError if refused).
         ``replayable``: the request may be retried if the connection proves stale."""
+        connection = self.take_idle(replayable=replayable)
+        return connection if connection is not None else await self.connect()
+
+    def take_idle(self, *, replayable: bool = False) -> UpstreamConnection | None:
+        """``acquire`` without the connect: a pooled connection that still looks alive, or
+        None. No await: the usual request costs no coroutine here."""
         now = time.monotonic()
         idle = self._idle
         if idle and idle[0].idle_since < now - self.idle_timeout:  # the oldest first
             self._expire(now)
         recent = now - STALE_CHECK_AFTER if replayable else math.inf
-        while self._idle:
-            connection = self._idle.pop()
+        while idle:
+            connection = idle.pop()
             # An idle HTTP connection must be silent: readable means EOF, a reset, or stray bytes.
             if connection.idle_since > recent or not connection.transport.readable_now():
                 connection.reused = True
                 return connection
-            await connection.aclose()
-        return await self.connect()
+            connection.transport.close_nowait()
+        return None
 
     async def connect(self) -> UpstreamConnection:
         """A new connection (OSError if refused)."""
         return UpstreamConnection(await self.connector(self.address))
 
-    async def release(self, connection: UpstreamConnection) -> None:
+    def release(self, connection: UpstreamConnection) -> None:
         """Back to the pool (the caller knows the last exchange ended cleanly), or closed when
         the pool is full or closing."""
         if not self._closed and len(self._idle) < self.max_idle:
@@ -173,7 +179,7 @@ class ConnectionPool:
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:
-            await connection.aclose()
+            connection.transport.close_nowait()
 
     def _expire(self, now: float) -> None:
         """Close the connections idle for longer than ``idle_timeout`` (at the bottom)."""

@@ -102,10 +102,8 @@ async def forward(
     replayable = request.method in relay_rules.REPLAYABLE_METHODS and not exchange.has_body
     for fresh in (False, True):  # a pooled connection first; one retry if it proved stale
         try:
-            if fresh:
-                upstream = await target.pool.connect()
-            else:
-                upstream = await target.pool.acquire(replayable=replayable)
+            pooled = None if fresh else target.pool.take_idle(replayable=replayable)
+            upstream = pooled if pooled is not None else await target.pool.connect()
         except OSError as exc:
             raise UpstreamUnreachable(
                 f"cannot connect to {target.name}: {describe_connect_error(exc)}"
@@ -187,7 +185,7 @@ class _Relay:
             if self.stall is not None:
                 self.stall.disarm()
             if release and pump.finished:
-                await self.target.pool.release(upstream)
+                self.target.pool.release(upstream)
             else:
                 await upstream.aclose()
 
