@@ -98,7 +98,10 @@ async def forward(
     ``writer_affinity``: the response to a write on a service with read targets gets the
     ``kamal-writer`` cookie for that many seconds (core/writer_affinity.py).
     """
-    pump = RequestBodyPump(exchange, request.chunked, body)
+    # Most requests have no body: no pump for them (None), and no object made for it.
+    pump = None
+    if body is not None or exchange.has_body:
+        pump = RequestBodyPump(exchange, request.chunked, body)
     replayable = request.method in relay_rules.REPLAYABLE_METHODS and not exchange.has_body
     for fresh in (False, True):  # a pooled connection first; one retry if it proved stale
         try:
@@ -116,7 +119,8 @@ async def forward(
             return
         except _StaleConnection:  # only a reused connection can be: at most once
             await upstream.aclose()
-            pump.rewind()
+            if pump is not None:
+                pump.rewind()
 
 
 @attrs.define(eq=False)
@@ -126,7 +130,7 @@ class _Relay:
     exchange: Exchange
     upstream: UpstreamConnection
     target: Target
-    pump: RequestBodyPump
+    pump: RequestBodyPump | None  # None: the request has no body
     record: ResponseRecord
     buffer_dir: str | None
     cookie_scope: CookieScope | None
@@ -158,23 +162,23 @@ class _Relay:
                     f"cannot send to {self.target.name}: {exc}", request_sent=False
                 ) from exc
             # An upgrade's client bytes belong to the splice: nothing else may read them.
-            if pump.end_without_body():  # most requests: no task, no nursery
+            if pump is None:  # most requests: no task, no nursery
                 if not self.upgrade:  # readied by the first wait (_receive)
                     self.hangup_watch = self.exchange.hangup_watch
                 release = await self._relay_response()
             else:
-                release = await self._relay_with_pump(watch=not self.upgrade)
+                release = await self._relay_with_pump(pump, watch=not self.upgrade)
         except Exception as error:
             # The connection broke: reading the answer, or sending the body (the pump's error).
             lost = isinstance(error, _ConnectionLost) or (
-                error is pump.error and isinstance(error, UpstreamUnreachable)
+                pump is not None and error is pump.error and isinstance(error, UpstreamUnreachable)
             )
             if lost and relay_rules.may_resend(
                 request.method,
                 reused=upstream.reused,
                 response_began=self.record.status != 0,
-                body_sent=pump.sent_data,
-                body_buffered=pump.body is not None,
+                body_sent=pump is not None and pump.sent_data,
+                body_buffered=pump is not None and pump.body is not None,
                 request_sent=getattr(error, "request_sent", True),
                 never_received=await upstream.never_received(acked_before),
             ):
@@ -184,15 +188,14 @@ class _Relay:
         finally:
             if self.stall is not None:
                 self.stall.disarm()
-            if release and pump.finished:
+            if release and (pump is None or pump.finished):
                 self.target.pool.release(upstream)
             else:
                 await upstream.aclose()
 
-    async def _relay_with_pump(self, *, watch: bool) -> bool:
+    async def _relay_with_pump(self, pump: RequestBodyPump, *, watch: bool) -> bool:
         """The response relayed while a task sends the request body (and then watches the
         client, if ``watch``); returns whether the target connection may be reused."""
-        pump = self.pump
         error: Exception | None = None
         release = completed = False
         async with trio.open_nursery() as nursery:
