@@ -65,10 +65,6 @@ class UpstreamConnection:
         transport = self.transport
         self._sock = transport.sock if isinstance(transport, SocketTransport) else None
 
-    def start(self, *, head_request: bool) -> None:
-        """The reader made ready for the next exchange."""
-        self.reader.restart(head_request=head_request)
-
     async def receive_when_ready(self) -> None:
         """One read, fed to the reader (b"" at EOF), after ``receive_nowait`` found nothing:
         the wait first."""

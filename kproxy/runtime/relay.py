@@ -41,6 +41,7 @@ from kproxy.core.upstream_http import (
     Header,
     ResponseHead,
     UpstreamRequest,
+    encode_request_head,
 )
 from kproxy.core.writer_affinity import write_response_headers
 from kproxy.errors import (
@@ -62,6 +63,7 @@ from kproxy.runtime.target import Target
 from kproxy.runtime.tunnel import splice
 
 EXPECT_CONTINUE_TIMEOUT: Final = 1.0  # seconds; ExpectContinueTimeout of Go's DefaultTransport
+_BODY: Final = (bytes, memoryview)  # a piece of the response body (upstream_http.Body)
 
 
 class _StaleConnection(KProxyError):
@@ -144,7 +146,7 @@ class _Relay:
     async def run(self, request: UpstreamRequest) -> None:
         """The whole exchange; the connection goes back to the pool only if it ended cleanly."""
         upstream, pump = self.upstream, self.pump
-        upstream.start(head_request=request.method == b"HEAD")
+        upstream.reader.restart(head_request=request.method == b"HEAD")
         self.upgrade = request.upgrade
         release = False
         # What the target had acknowledged before this request, to tell later whether any of
@@ -156,7 +158,9 @@ class _Relay:
             acked_before = info.bytes_acked if info is not None else None
         try:
             try:
-                await upstream.transport.send(request.head)
+                await upstream.transport.send(
+                    encode_request_head(request.method, request.target, request.headers)
+                )
             except STREAM_ERRORS as exc:
                 raise _ConnectionLost(
                     f"cannot send to {self.target.name}: {exc}", request_sent=False
@@ -312,7 +316,7 @@ class _Relay:
                 raise _ConnectionLost(
                     f"{target.name} closed the connection without a response", request_sent=True
                 )
-            if not event.informational:
+            if event.status >= 200:  # final (``informational`` without the call)
                 return event
             action = relay_rules.interim_action(
                 event.status, upgrade=self.upgrade, client_waiting_for_100=exchange.waiting_for_100
@@ -360,7 +364,7 @@ class _Relay:
             except (BadResponse, *STREAM_ERRORS) as exc:
                 await exchange.flush()  # what came before the break is the client's
                 raise ResponseAborted(f"{target.name} broke off the response: {exc}") from exc
-            if isinstance(event, bytes | memoryview):
+            if isinstance(event, _BODY):
                 exchange.queue_data(event)
                 record.body_bytes += len(event)
             else:  # END: a body ends nowhere else
@@ -383,7 +387,7 @@ class _Relay:
                     raise UpstreamUnreachable(
                         f"{target.name} broke off the response: {exc}"
                     ) from exc
-                if not isinstance(event, bytes | memoryview):
+                if not isinstance(event, _BODY):
                     break  # END
                 if body.write(event) is BufferAction.REJECT:
                     raise ResponseTooLarge(
