@@ -193,11 +193,20 @@ async def send_all(
 ) -> None:
     """All of ``data``; SendTimeout when the peer takes no byte for ``timeout`` (counted
     across calls that pass the connection's ``progress``)."""
-    sent = await _send(sock, data, timeout, progress)
-    if sent < len(data):  # the kernel's buffer filled up: go on from where it stopped
-        with memoryview(data) as view:
-            while sent < len(data):
-                sent += await _send(sock, view[sent:], timeout, progress)
+    await checkpoint_if_cancelled()
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+        await _wait_sendable(sock, timeout, progress)
+    else:
+        if sent == len(data):  # the usual: all at once (one coroutine, not two)
+            await cancel_shielded_checkpoint()
+            return
+    # The kernel's buffer filled up: go on from where it stopped.
+    with memoryview(data) as view:
+        while sent < len(data):
+            sent += await _send(sock, view[sent:], timeout, progress)
 
 
 async def send_parts(
