@@ -25,7 +25,7 @@ from typing import Final, NamedTuple, TypeAlias
 import attrs
 
 from kproxy.core.chunked import ChunkedDecoder
-from kproxy.core.headers import connection_tokens
+from kproxy.core.headers import HOP_BY_HOP, connection_tokens
 from kproxy.core.http1 import (
     FIELD_LINES,
     FIELD_TEXT,
@@ -93,6 +93,11 @@ class ResponseHead(NamedTuple):
     framing: Framing
     length: int = 0  # for Framing.LENGTH
     keep_alive: bool = True  # the target allows another request on this connection
+    # ``headers`` without the hop-by-hop fields (headers.strip_response_hop_by_hop's answer),
+    # gathered as they were read, for the usual head: its only hop-by-hop fields are of
+    # HOP_BY_HOP's names and proxy-*, and its Connection field names no other field present.
+    # None for any other head (strip_response_hop_by_hop decides).
+    end_to_end: list[Header] | None = None
 
     @property
     def informational(self) -> bool:
@@ -299,9 +304,17 @@ class ResponseReader:
                 raise BadResponse(f"invalid status code {status:03d}")
         head_request = self.head_request
         headers: list[Header] = []
+        gathered: list[Header] = []  # the end-to-end fields, as ResponseHead.end_to_end says
+        proxy_named = False  # a proxy* field: is_hop_by_hop's to judge, not the usual head
         for line in fields.split(b"\r\n")[:-1]:
             name, _, value = line.partition(b":")
-            headers.append((name.lower(), value.strip(OWS)))
+            field = (name := name.lower(), value.strip(OWS))
+            headers.append(field)
+            if name[:5] == b"proxy":
+                proxy_named = True
+            elif name not in HOP_BY_HOP:
+                gathered.append(field)
+        end_to_end = None if proxy_named else gathered
         # Each name's last value, built in C: it answers "is there one" for every name, and
         # when no name repeats (the usual head) it is each name's only value.
         last = dict(headers)
@@ -313,7 +326,7 @@ class ResponseReader:
             if b"transfer-encoding" in last:
                 # RFC 9112 §6.3: the length is void and must not be forwarded, and the
                 # message, a sign of a confused sender, ends the connection.
-                headers, confused = _without_length(headers), True
+                headers, confused, end_to_end = _without_length(headers), True, None
             elif once and value.isdigit() and len(value) <= 18 and value[:1] != b"0":
                 declared = int(value)  # the usual field: one plain number (length_value's)
             else:
@@ -326,26 +339,32 @@ class ResponseReader:
                         if status >= 200 and status not in NO_BODY_STATUSES and not head_request:
                             raise BadResponse(str(exc)) from None  # it frames the body
                         # It frames nothing: dropped, as Go does.
-                        declared, headers = None, _without_length(headers)
+                        declared, headers, end_to_end = None, _without_length(headers), None
                     else:  # one field, one plain number, as h11 and Go pass it on (RFC 9110 §8.6)
-                        headers = _one_length(headers, declared)
+                        headers, end_to_end = _one_length(headers, declared), None
         if declared is not None and status >= 200 and status not in NO_BODY_STATUSES:
             # The usual: a length and no Transfer-Encoding (with one it is void, see above).
             framing, length = (_NO_BODY, 0) if head_request else (_BY_LENGTH, declared)
         else:
             framing, length = _response_framing(headers, last, declared, status, head_request)
+        if (connection := last.get(b"connection")) is not None:
+            # It may name other fields hop-by-hop: one token that names none present (the
+            # usual keep-alive or close) leaves end_to_end as gathered.
+            token = connection.lower()
+            if not once or b"," in token or (token in last and token not in HOP_BY_HOP):
+                end_to_end = None
         keep_alive = (
             version >= 1  # HTTP/1.1 or a later 1.x
             and not confused
             and framing is not Framing.CLOSE
             and (
-                (connection := last.get(b"connection")) is None
+                connection is None
                 # The one Connection value cannot hold a "close" token: no need to list them.
                 or (once and b"close" not in connection.lower())
                 or b"close" not in connection_tokens(headers)
             )
         )
-        return ResponseHead(status, reason or b"", headers, framing, length, keep_alive)
+        return ResponseHead(status, reason or b"", headers, framing, length, keep_alive, end_to_end)
 
     def _read_chunked(self) -> Event:
         chunks = self._chunks

@@ -350,9 +350,10 @@ class _Relay:
         # the body, and flushed when more must be read: the head, the body and its end
         # usually go out in one send(2). The target's framing is checked as it is read, so a
         # target that breaks it is caught (ResponseAborted), never relayed as a whole response.
-        exchange.queue_head(
-            head.status, relay_rules.client_response_headers(headers, head.framing), head.reason
-        )
+        client_headers = head.end_to_end  # the usual head's, found as it was read
+        if client_headers is None or headers is not head.headers:
+            client_headers = relay_rules.client_response_headers(headers, head.framing)
+        exchange.queue_head(head.status, client_headers, head.reason)
         record.head_sent = True
         reader = self.upstream.reader
         while True:
