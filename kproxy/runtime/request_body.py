@@ -43,11 +43,19 @@ class RequestBodyPump:
     sent_data: bool = False  # body bytes went to a target and are gone: no replay
     # What went to the target so far, as sent, while it is small (KEEP_FOR_RESEND).
     _kept: bytearray | None = attrs.field(factory=bytearray)
-    finished: bool = False  # the whole request body was read (or it was buffered)
+    finished: bool = False  # the whole request body was read (or there is none)
     error: Exception | None = None
 
     def __attrs_post_init__(self) -> None:
         self.finished = self.body is not None
+
+    def end_without_body(self) -> bool:
+        """A request that declared no body is complete as it is (see Exchange.has_body): no
+        task has to pump it. Returns whether that is so."""
+        if self.body is not None or self.exchange.has_body:
+            return False  # bytes to send
+        self.finished = True
+        return True
 
     async def run(
         self, upstream: UpstreamConnection, cancel: trio.CancelScope, *, watch: bool
