@@ -89,7 +89,7 @@ class MemoryTransport:
             outbound.wake()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def send_parts(self, parts: list[bytes]) -> None:
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
         await self.send(b"".join(parts))
 
     def peer_gone(self) -> bool:

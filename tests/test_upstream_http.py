@@ -10,6 +10,7 @@ import h11
 import pytest
 
 from kproxy.core.chunked import LAST_CHUNK, MAX_CHUNK_LINE, MAX_TRAILER_BYTES, encode_chunk
+from kproxy.core.headers import strip_response_hop_by_hop
 from kproxy.core.upstream_http import (
     CLOSED,
     END,
@@ -817,13 +818,11 @@ def test_100_and_200_in_one_feed() -> None:
     reader = ResponseReader()
     reader.feed(EARLY_HINTS + response(b"Content-Length: 2", b"X-A: 1", body=b"hi"))
     first, second = reader.next_event(), reader.next_event()
-    assert first == ResponseHead(
-        103, b"Early Hints", [(b"link", b"</a.css>; rel=preload")], Framing.NONE
-    )
+    link = [(b"link", b"</a.css>; rel=preload")]
+    assert first == ResponseHead(103, b"Early Hints", link, Framing.NONE, end_to_end=link)
     assert first.informational
-    assert second == ResponseHead(
-        200, b"OK", [(b"content-length", b"2"), (b"x-a", b"1")], Framing.LENGTH, 2
-    )
+    fields = [(b"content-length", b"2"), (b"x-a", b"1")]
+    assert second == ResponseHead(200, b"OK", fields, Framing.LENGTH, 2, end_to_end=fields)
     assert not second.informational
     assert reader.next_event() == b"hi"
     assert reader.next_event() is END
@@ -1183,3 +1182,59 @@ def test_has_trailing_says_what_trailing_holds() -> None:
     events, reader = drive(response(b"Content-Length: 2", body=b"ok"), eof=False)
     assert not reader.has_trailing
     assert reader.trailing == b""
+
+
+def test_a_large_body_piece_is_a_view_of_the_bytes_read_not_a_copy() -> None:
+    body = bytes(range(256)) * 256  # 64 KiB
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n" + body
+    reader = ResponseReader()
+    reader.feed(data)
+    assert isinstance(reader.next_event(), ResponseHead)
+    piece = reader.next_event()
+    assert isinstance(piece, memoryview)
+    assert piece.obj is data
+    assert piece == body
+    assert reader.next_event() is END
+
+
+def test_a_small_body_piece_is_bytes_and_a_whole_read_is_passed_on_as_it_came() -> None:
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\nab")
+    assert isinstance(reader.next_event(), ResponseHead)
+    assert reader.next_event() == b"ab"
+    assert reader.next_event() is NEED_DATA
+    rest = b"c" * 4998
+    reader.feed(rest)
+    assert reader.next_event() is rest
+    assert reader.next_event() is END
+
+
+@pytest.mark.parametrize(
+    ("fields", "usual"),
+    [
+        pytest.param([b"Server: nginx", b"Content-Length: 0"], True, id="nothing-to-drop"),
+        pytest.param([b"Connection: keep-alive", b"Keep-Alive: timeout=5"], True, id="nginx"),
+        pytest.param([b"Connection: Close", b"X-A: 1"], True, id="close"),
+        pytest.param([b"Connection: close", b"Close: x"], False, id="close-names-a-field"),
+        pytest.param([b"Connection: x-a", b"X-A: 1"], False, id="names-a-field"),
+        pytest.param([b"Connection: x-a, x-b", b"X-B: 2"], False, id="a-list"),
+        pytest.param([b"Connection: content-length", b"Content-Length: 1"], False, id="kept"),
+        pytest.param([b"Connection: x", b"Connection: x-a", b"X-A: 1"], False, id="repeated"),
+        pytest.param([b"Proxy-Authenticate: x", b"X-A: 1"], False, id="proxy-"),
+        pytest.param([b"Proxyx: 1"], False, id="proxy-prefix-not-hop-by-hop"),
+        pytest.param([b"TE: x", b"Trailer: y", b"Upgrade: z", b"X-A: 1"], True, id="hop"),
+        pytest.param([b"Transfer-Encoding: chunked", b"X-A: 1"], True, id="chunked"),
+        pytest.param([b"Transfer-Encoding: chunked", b"Content-Length: 3"], False, id="both"),
+        pytest.param([b"Content-Length: 003"], False, id="length-rewritten"),
+    ],
+)
+def test_end_to_end_fields_are_strip_response_hop_by_hops_answer(
+    fields: list[bytes], usual: bool
+) -> None:
+    """The usual head's end-to-end fields are gathered as it is read, and are exactly what
+    headers.strip_response_hop_by_hop makes of its fields; any other head says None."""
+    head = head_of(response(b"Date: today", *fields, b"X-App: 1"))
+    if usual:
+        assert head.end_to_end == strip_response_hop_by_hop(head.headers)
+    else:
+        assert head.end_to_end is None

@@ -49,9 +49,9 @@ CHUNK_LINE: Final = re.compile(
 )
 
 
-def encode_chunk(data: bytes) -> bytes:
+def encode_chunk(data: bytes | memoryview) -> bytes:
     """One chunk of a chunked body (empty data encodes nothing: it would end the body)."""
-    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+    return b"".join((b"%x\r\n" % len(data), data, b"\r\n")) if data else b""
 
 
 class _State(enum.Enum):

@@ -140,8 +140,7 @@ def encode_head(start_line: list[bytes], headers: Iterable[Header]) -> bytes:
         and its CRLF, in a new list that the head is built onto (no bytes are joined twice).
       headers: the fields in the order to send them.
     """
-    lines = start_line
-    for name, value in headers:
-        lines += (name, b": ", value, b"\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    # Each line made in C (``b": ".join`` of a field's pair), none in a loop of Python's.
+    fields = b"\r\n".join(map(b": ".join, headers))
+    start_line += (fields, b"\r\n\r\n" if fields else b"\r\n")
+    return b"".join(start_line)

@@ -114,7 +114,7 @@ class ResponseWriter:
             [b"HTTP/1.1 %d %b\r\n" % (status, reason or reason_phrase(status))], fields
         )
 
-    def data(self, chunk: bytes) -> bytes:
+    def data(self, chunk: bytes | memoryview) -> bytes | memoryview:
         framing = self.framing
         if framing is _CHUNKED:
             return encode_chunk(chunk)

@@ -44,7 +44,7 @@ class SpooledBody:
     def spilled(self) -> bool:
         return self._file is not None
 
-    def write(self, data: bytes) -> BufferAction:
+    def write(self, data: bytes | memoryview) -> BufferAction:
         """Keep ``data``; returns REJECT (and keeps nothing more) when the body is too large."""
         if self.closed:
             raise RuntimeError("write() on a closed buffer")

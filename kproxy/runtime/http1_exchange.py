@@ -74,7 +74,8 @@ class Http1Exchange:
     conn: h11.Connection = attrs.field(init=False)
     request: RequestHead = _NO_REQUEST
     response: ResponseWriter = attrs.field(factory=ResponseWriter)
-    _pending: list[bytes] = attrs.field(factory=list)  # response bytes queued for ``flush``
+    # Response bytes queued for ``flush`` (a large body piece is a view of the target's bytes).
+    _pending: list[bytes | memoryview] = attrs.field(factory=list)
     eof: bool = False  # the client has closed (or half-closed) its side
     # The current request's framing declares a body. Without one the request is whole once
     # its head is read: h11 is not asked for its end (the next request gets a new Connection).
@@ -379,7 +380,7 @@ class Http1Exchange:
         close = self.waiting_for_100
         self._pending.append(self.response.head(status, headers, reason=reason, close=close))
 
-    def queue_data(self, data: bytes) -> None:
+    def queue_data(self, data: bytes | memoryview) -> None:
         self._pending.append(self.response.data(data))
 
     def queue_end(self) -> None:

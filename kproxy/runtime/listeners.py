@@ -19,6 +19,7 @@ from kproxy.runtime.listen import open_reuseport_listeners
 from kproxy.runtime.log import Logger
 from kproxy.runtime.metrics import RequestMetrics
 from kproxy.runtime.router import Router
+from kproxy.runtime.socket_io import keep_heap
 from kproxy.runtime.tls_transport import open_tls
 from kproxy.runtime.transport import SocketTransport
 
@@ -43,6 +44,7 @@ class Listeners:
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
     async def open(self) -> tuple[int, int | None]:
+        keep_heap()  # the data path's reads come and go: see socket_io.keep_heap
         self._listeners = await self._listen(self.options.http_port)
         self.http_port = self._listeners[0].socket.getsockname()[1]
         if self.options.https_port is not None:

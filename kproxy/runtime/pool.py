@@ -24,6 +24,7 @@ import trio
 from kproxy.core import tcp_info
 from kproxy.core.addresses import Address
 from kproxy.core.upstream_http import ResponseReader
+from kproxy.runtime.socket_io import receive_nowait, receive_when_ready
 from kproxy.runtime.transport import SocketTransport, Transport
 
 MAX_IDLE_CONNECTIONS: Final = 256  # per target: as many as a busy client side uses, so a
@@ -57,14 +58,33 @@ class UpstreamConnection:
     reader: ResponseReader = attrs.field(factory=ResponseReader)
     reused: bool = False
     idle_since: float = 0.0  # time.monotonic() when it went back to the pool
+    # A plain socket's, read without waiting by ``receive_nowait``; None for other transports.
+    _sock: socket.socket | None = attrs.field(init=False)
 
-    def start(self, *, head_request: bool) -> None:
-        """The reader made ready for the next exchange."""
-        self.reader.restart(head_request=head_request)
+    def __attrs_post_init__(self) -> None:
+        transport = self.transport
+        self._sock = transport.sock if isinstance(transport, SocketTransport) else None
 
-    async def receive(self) -> None:
-        """One read, fed to the reader (b"" at EOF)."""
-        self.reader.feed(await self.transport.receive())
+    async def receive_when_ready(self) -> None:
+        """One read, fed to the reader (b"" at EOF), after ``receive_nowait`` found nothing:
+        the wait first."""
+        if self._sock is None:
+            self.reader.feed(await self.transport.receive())
+        else:
+            self.reader.feed(await receive_when_ready(self._sock))
+
+    def receive_nowait(self) -> bool:
+        """One read if the target's bytes are already there (usually: a send yields, and the
+        target answers meanwhile), fed to the reader; whether there were bytes (or EOF). It
+        arms no alarm and reads no clock, which a wait needs. No checkpoint: the caller's loop
+        has one elsewhere. False on a transport other than a plain socket: the caller waits."""
+        if self._sock is None:
+            return False
+        data = receive_nowait(self._sock)
+        if data is None:
+            return False
+        self.reader.feed(data)
+        return True
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -122,25 +142,31 @@ class ConnectionPool:
     async def acquire(self, *, replayable: bool = False) -> UpstreamConnection:
         """A pooled connection that still looks alive, else a new one (OSError if refused).
         ``replayable``: the request may be retried if the connection proves stale."""
+        connection = self.take_idle(replayable=replayable)
+        return connection if connection is not None else await self.connect()
+
+    def take_idle(self, *, replayable: bool = False) -> UpstreamConnection | None:
+        """``acquire`` without the connect: a pooled connection that still looks alive, or
+        None. No await: the usual request costs no coroutine here."""
         now = time.monotonic()
         idle = self._idle
         if idle and idle[0].idle_since < now - self.idle_timeout:  # the oldest first
             self._expire(now)
         recent = now - STALE_CHECK_AFTER if replayable else math.inf
-        while self._idle:
-            connection = self._idle.pop()
+        while idle:
+            connection = idle.pop()
             # An idle HTTP connection must be silent: readable means EOF, a reset, or stray bytes.
             if connection.idle_since > recent or not connection.transport.readable_now():
                 connection.reused = True
                 return connection
-            await connection.aclose()
-        return await self.connect()
+            connection.transport.close_nowait()
+        return None
 
     async def connect(self) -> UpstreamConnection:
         """A new connection (OSError if refused)."""
         return UpstreamConnection(await self.connector(self.address))
 
-    async def release(self, connection: UpstreamConnection) -> None:
+    def release(self, connection: UpstreamConnection) -> None:
         """Back to the pool (the caller knows the last exchange ended cleanly), or closed when
         the pool is full or closing."""
         if not self._closed and len(self._idle) < self.max_idle:
@@ -149,7 +175,7 @@ class ConnectionPool:
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:
-            await connection.aclose()
+            connection.transport.close_nowait()
 
     def _expire(self, now: float) -> None:
         """Close the connections idle for longer than ``idle_timeout`` (at the bottom)."""

@@ -41,6 +41,7 @@ from kproxy.core.upstream_http import (
     Header,
     ResponseHead,
     UpstreamRequest,
+    encode_request_head,
 )
 from kproxy.core.writer_affinity import write_response_headers
 from kproxy.errors import (
@@ -62,6 +63,7 @@ from kproxy.runtime.target import Target
 from kproxy.runtime.tunnel import splice
 
 EXPECT_CONTINUE_TIMEOUT: Final = 1.0  # seconds; ExpectContinueTimeout of Go's DefaultTransport
+_BODY: Final = (bytes, memoryview)  # a piece of the response body (upstream_http.Body)
 
 
 class _StaleConnection(KProxyError):
@@ -98,14 +100,15 @@ async def forward(
     ``writer_affinity``: the response to a write on a service with read targets gets the
     ``kamal-writer`` cookie for that many seconds (core/writer_affinity.py).
     """
-    pump = RequestBodyPump(exchange, request.chunked, body)
+    # Most requests have no body: no pump for them (None), and no object made for it.
+    pump = None
+    if body is not None or exchange.has_body:
+        pump = RequestBodyPump(exchange, request.chunked, body)
     replayable = request.method in relay_rules.REPLAYABLE_METHODS and not exchange.has_body
     for fresh in (False, True):  # a pooled connection first; one retry if it proved stale
         try:
-            if fresh:
-                upstream = await target.pool.connect()
-            else:
-                upstream = await target.pool.acquire(replayable=replayable)
+            pooled = None if fresh else target.pool.take_idle(replayable=replayable)
+            upstream = pooled if pooled is not None else await target.pool.connect()
         except OSError as exc:
             raise UpstreamUnreachable(
                 f"cannot connect to {target.name}: {describe_connect_error(exc)}"
@@ -118,7 +121,8 @@ async def forward(
             return
         except _StaleConnection:  # only a reused connection can be: at most once
             await upstream.aclose()
-            pump.rewind()
+            if pump is not None:
+                pump.rewind()
 
 
 @attrs.define(eq=False)
@@ -128,7 +132,7 @@ class _Relay:
     exchange: Exchange
     upstream: UpstreamConnection
     target: Target
-    pump: RequestBodyPump
+    pump: RequestBodyPump | None  # None: the request has no body
     record: ResponseRecord
     buffer_dir: str | None
     cookie_scope: CookieScope | None
@@ -142,7 +146,7 @@ class _Relay:
     async def run(self, request: UpstreamRequest) -> None:
         """The whole exchange; the connection goes back to the pool only if it ended cleanly."""
         upstream, pump = self.upstream, self.pump
-        upstream.start(head_request=request.method == b"HEAD")
+        upstream.reader.restart(head_request=request.method == b"HEAD")
         self.upgrade = request.upgrade
         release = False
         # What the target had acknowledged before this request, to tell later whether any of
@@ -154,30 +158,31 @@ class _Relay:
             acked_before = info.bytes_acked if info is not None else None
         try:
             try:
-                await upstream.transport.send(request.head)
+                await upstream.transport.send(
+                    encode_request_head(request.method, request.target, request.headers)
+                )
             except STREAM_ERRORS as exc:
                 raise _ConnectionLost(
                     f"cannot send to {self.target.name}: {exc}", request_sent=False
                 ) from exc
             # An upgrade's client bytes belong to the splice: nothing else may read them.
-            if pump.end_without_body():  # most requests: no task, no nursery
-                if not self.upgrade:
-                    self.hangup_watch = watch = self.exchange.hangup_watch
-                    watch.watch(self.exchange.scope, self.record, self.target.name)
+            if pump is None:  # most requests: no task, no nursery
+                if not self.upgrade:  # readied by the first wait (_receive)
+                    self.hangup_watch = self.exchange.hangup_watch
                 release = await self._relay_response()
             else:
-                release = await self._relay_with_pump(watch=not self.upgrade)
+                release = await self._relay_with_pump(pump, watch=not self.upgrade)
         except Exception as error:
             # The connection broke: reading the answer, or sending the body (the pump's error).
             lost = isinstance(error, _ConnectionLost) or (
-                error is pump.error and isinstance(error, UpstreamUnreachable)
+                pump is not None and error is pump.error and isinstance(error, UpstreamUnreachable)
             )
             if lost and relay_rules.may_resend(
                 request.method,
                 reused=upstream.reused,
                 response_began=self.record.status != 0,
-                body_sent=pump.sent_data,
-                body_buffered=pump.body is not None,
+                body_sent=pump is not None and pump.sent_data,
+                body_buffered=pump is not None and pump.body is not None,
                 request_sent=getattr(error, "request_sent", True),
                 never_received=await upstream.never_received(acked_before),
             ):
@@ -187,15 +192,14 @@ class _Relay:
         finally:
             if self.stall is not None:
                 self.stall.disarm()
-            if release and pump.finished:
-                await self.target.pool.release(upstream)
+            if release and (pump is None or pump.finished):
+                self.target.pool.release(upstream)
             else:
                 await upstream.aclose()
 
-    async def _relay_with_pump(self, *, watch: bool) -> bool:
+    async def _relay_with_pump(self, pump: RequestBodyPump, *, watch: bool) -> bool:
         """The response relayed while a task sends the request body (and then watches the
         client, if ``watch``); returns whether the target connection may be reused."""
-        pump = self.pump
         error: Exception | None = None
         release = completed = False
         async with trio.open_nursery() as nursery:
@@ -221,7 +225,8 @@ class _Relay:
         return release
 
     async def _receive(self, deadline: float, watch_at: float) -> bool:
-        """One read from the target, given up at ``deadline`` (False).
+        """One read from the target, which had nothing to read a moment ago (see
+        ``receive_nowait``), given up at ``deadline`` (False).
 
         With a ``hangup_watch``, the deadline and the look for a hang-up (from ``watch_at``
         on) are its alarm's: one that goes off cancels the request's scope
@@ -231,27 +236,31 @@ class _Relay:
         upstream = self.upstream
         watch = self.hangup_watch
         if watch is not None:
+            watch.watch(self.exchange.scope, self.record, self.target.name)
             watch.timeout_at = deadline
             self.exchange.clock.set(watch, min(deadline, watch_at))
             try:
-                upstream.reader.feed(await upstream.transport.receive())
+                await upstream.receive_when_ready()
             finally:
                 watch.deadline = math.inf  # disarmed, as clock.set does it (without the call)
             if watch.rang:  # it went off just as the read completed: stop here, not later
                 await trio.lowlevel.checkpoint()
             return True
         if deadline == math.inf:
-            await upstream.receive()
+            await upstream.receive_when_ready()
             return True
         with trio.move_on_at(deadline):
-            await upstream.receive()
+            await upstream.receive_when_ready()
             return True
         return False
 
     async def _next_event(self) -> Event:
         """The reader's next event of the response body, reading as needed."""
-        reader = self.upstream.reader
+        upstream = self.upstream
+        reader = upstream.reader
         while (event := reader.next_event()) is NEED_DATA:
+            if upstream.receive_nowait():  # more was there: no alarm needed
+                continue
             if (stall := self.stall) is None:
                 stall = self.stall = TargetStall.of_body(
                     self.exchange,
@@ -260,21 +269,30 @@ class _Relay:
                     self.target.options.target_timeout,
                     watch_client=self.hangup_watch is not None,
                 )
-            await stall.receive(self.upstream.receive)
+            await stall.receive(upstream.receive_when_ready)
         return event
 
     async def _read_head(self) -> ResponseHead:
         """The final response head (or a 101); 1xx answers on the way go to the client."""
-        exchange, target, reader = self.exchange, self.target, self.upstream.reader
-        now = trio.current_time()  # one clock reading for the deadline and the hang-up look
-        deadline = now + target.options.target_timeout
-        watch_at = now + HANGUP_WATCH_DELAY
+        exchange, target, upstream = self.exchange, self.target, self.upstream
+        reader = upstream.reader
+        # Set at the first wait, with one clock reading: an answer already there (the usual,
+        # see socket_io) costs none, and no alarm.
+        deadline = watch_at = 0.0
         while True:
-            wait = deadline
-            if exchange.waiting_for_100:
-                wait = min(deadline, trio.current_time() + EXPECT_CONTINUE_TIMEOUT)
+            wait = 0.0  # the end of this wait: the deadline, or sooner for a 100-continue
             try:  # the next event, reading as needed; None once ``wait`` passed
                 while (event := reader.next_event()) is NEED_DATA:
+                    if upstream.receive_nowait():
+                        continue
+                    if not wait:
+                        if not deadline:
+                            now = trio.current_time()  # for the deadline and the hang-up look
+                            deadline = now + target.options.target_timeout
+                            watch_at = now + HANGUP_WATCH_DELAY
+                        wait = deadline
+                        if exchange.waiting_for_100:
+                            wait = min(deadline, trio.current_time() + EXPECT_CONTINUE_TIMEOUT)
                     if not await self._receive(wait, watch_at):
                         event = None
                         break
@@ -298,7 +316,7 @@ class _Relay:
                 raise _ConnectionLost(
                     f"{target.name} closed the connection without a response", request_sent=True
                 )
-            if not event.informational:
+            if event.status >= 200:  # final (``informational`` without the call)
                 return event
             action = relay_rules.interim_action(
                 event.status, upgrade=self.upgrade, client_waiting_for_100=exchange.waiting_for_100
@@ -332,9 +350,10 @@ class _Relay:
         # the body, and flushed when more must be read: the head, the body and its end
         # usually go out in one send(2). The target's framing is checked as it is read, so a
         # target that breaks it is caught (ResponseAborted), never relayed as a whole response.
-        exchange.queue_head(
-            head.status, relay_rules.client_response_headers(headers, head.framing), head.reason
-        )
+        client_headers = head.end_to_end  # the usual head's, found as it was read
+        if client_headers is None or headers is not head.headers:
+            client_headers = relay_rules.client_response_headers(headers, head.framing)
+        exchange.queue_head(head.status, client_headers, head.reason)
         record.head_sent = True
         reader = self.upstream.reader
         while True:
@@ -346,7 +365,7 @@ class _Relay:
             except (BadResponse, *STREAM_ERRORS) as exc:
                 await exchange.flush()  # what came before the break is the client's
                 raise ResponseAborted(f"{target.name} broke off the response: {exc}") from exc
-            if isinstance(event, bytes):
+            if isinstance(event, _BODY):
                 exchange.queue_data(event)
                 record.body_bytes += len(event)
             else:  # END: a body ends nowhere else
@@ -369,7 +388,7 @@ class _Relay:
                     raise UpstreamUnreachable(
                         f"{target.name} broke off the response: {exc}"
                     ) from exc
-                if not isinstance(event, bytes):
+                if not isinstance(event, _BODY):
                     break  # END
                 if body.write(event) is BufferAction.REJECT:
                     raise ResponseTooLarge(

@@ -130,7 +130,7 @@ class TlsTransport:
             self.session.write(data)
             await self.raw.send(self.outgoing.read())
 
-    async def send_parts(self, parts: list[bytes]) -> None:
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
         total = sum(map(len, parts))
         if total <= RECORD_SIZE:  # one record for a head and a small body, not one each
             self.session.write(b"".join(parts))

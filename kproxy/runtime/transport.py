@@ -49,7 +49,7 @@ class Transport(Protocol):
         whose peer takes none of it for SEND_TIMEOUT."""
         ...
 
-    async def send_parts(self, parts: list[bytes]) -> None:
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
         """All of ``parts`` in order (at most ``socket_io.MAX_PARTS``), without joining them."""
         ...
 
@@ -122,7 +122,7 @@ class SocketTransport:
         if data:
             await socket_io.send_all(self.sock, data, self.send_timeout, self._progress)
 
-    async def send_parts(self, parts: list[bytes]) -> None:
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
         await socket_io.send_parts(self.sock, parts, self.send_timeout, self._progress)
 
     def peer_gone(self) -> bool:

@@ -28,20 +28,20 @@ async def test_a_connection_idle_past_the_timeout_is_closed_not_reused(
     target = await start_raw_server(nursery, hold)
     pool = ConnectionPool(parse_target(target.address), idle_timeout=0.3)
     first = await pool.acquire()
-    await pool.release(first)
+    pool.release(first)
     again = await pool.acquire()
     assert again is first  # within the timeout: reused
     assert again.reused
-    await pool.release(again)
+    pool.release(again)
     second = await pool.connect()  # a younger connection above it
     await trio.sleep(0.2)
-    await pool.release(second)
+    pool.release(second)
     await trio.sleep(0.15)  # first: idle 0.35 s; second: 0.15 s
     assert (await pool.acquire()) is second
     assert pool.idle_count == 0  # first was closed, not kept
     await wait_until(lambda: len(closed) == 1)
     await trio.sleep(0.35)
-    await pool.release(second)
+    pool.release(second)
     await trio.sleep(0.35)
     fresh = await pool.acquire()
     assert fresh is not second
@@ -59,7 +59,7 @@ async def _pooled_pair(nursery: trio.Nursery, serve: RawHandler) -> UpstreamConn
     connection = await pool.connect()
     await connection.transport.send(b"first")
     assert await connection.transport.receive() == b"answer"
-    await pool.release(connection)
+    pool.release(connection)
     return await pool.acquire()
 
 
