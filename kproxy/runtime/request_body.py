@@ -50,14 +50,6 @@ class RequestBodyPump:
         self.finished = body is not None  # the whole request body was read (or there is none)
         self.error: Exception | None = None
 
-    def end_without_body(self) -> bool:
-        """A request that declared no body is complete as it is (see Exchange.has_body): no
-        task has to pump it. Returns whether that is so."""
-        if self.body is not None or self.exchange.has_body:
-            return False  # bytes to send
-        self.finished = True
-        return True
-
     async def run(
         self, upstream: UpstreamConnection, cancel: trio.CancelScope, *, watch: bool
     ) -> None:
