@@ -12,35 +12,23 @@ services than the one burst a second they replaced; in batches of 20 ms (at most
 a second, each a fiftieth of the checks) they cost less, and a deploy's first check, which
 does not wait on the timer, still finds at most one small batch ahead of it.
 
-The timer is a system task of the trio run, started by the first sleeper; it sleeps for good
-(costing nothing) while nobody waits.
+The timer's task runs in the nursery it is given (the router's, beside the target sets whose
+checks sleep on it), started by the first sleeper and ended once nobody sleeps: no task of its
+own outlives the proxy, and a router whose target sets all stopped has no task left here.
+Without a nursery (a target set run on its own, as in tests) each sleeper simply sleeps.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from typing import Final
 
 import attrs
 import trio
-from trio.lowlevel import Abort, RaiseCancelT, RunVar, Task
+from trio.lowlevel import Abort, RaiseCancelT, Task
 
 BATCH: Final = 0.02  # seconds: sleepers due this close together are woken together
-
-_TIMER: RunVar[CheckTimer] = RunVar("kproxy_check_timer")
-
-
-async def sleep_until(deadline: float) -> None:
-    """Like ``trio.sleep_until``, on the run's shared timer: may end up to BATCH early."""
-    try:
-        timer = _TIMER.get()
-    except LookupError:
-        timer = CheckTimer()
-        _TIMER.set(timer)
-        trio.lowlevel.spawn_system_task(timer.run, name="kproxy.check_timer")
-    await timer.sleep_until(deadline)
 
 
 @attrs.define(eq=False)
@@ -50,15 +38,23 @@ class _Sleeper:
 
 @attrs.define(eq=False)
 class CheckTimer:
+    nursery: trio.Nursery | None = None  # where the timer's task runs (None: no shared timer)
     _sleepers: list[tuple[float, int, _Sleeper]] = attrs.field(factory=list)  # a heap
     _order: itertools.count[int] = attrs.field(factory=itertools.count)
     _alarm: trio.CancelScope | None = None  # the timer's own sleep, while it sleeps
+    _running: bool = False  # its task runs (from the first sleeper until the heap is empty)
 
     async def sleep_until(self, deadline: float) -> None:
+        """Like ``trio.sleep_until``, on the shared timer: may end up to BATCH early."""
+        if self.nursery is None:
+            await trio.sleep_until(deadline)
+            return
         sleeper = _Sleeper(trio.lowlevel.current_task())
         heapq.heappush(self._sleepers, (deadline, next(self._order), sleeper))
-        alarm = self._alarm
-        if alarm is not None and deadline < alarm.deadline:
+        if not self._running:
+            self._running = True
+            self.nursery.start_soon(self._run, name="kproxy.check_timer")
+        elif (alarm := self._alarm) is not None and deadline < alarm.deadline:
             alarm.deadline = deadline  # the earliest sleeper now: wake for it
 
         def abort(_: RaiseCancelT) -> Abort:
@@ -67,15 +63,21 @@ class CheckTimer:
 
         await trio.lowlevel.wait_task_rescheduled(abort)
 
-    async def run(self) -> None:
+    async def _run(self) -> None:
         sleepers = self._sleepers
-        while True:
-            wake_by = trio.current_time() + BATCH
-            while sleepers and sleepers[0][0] <= wake_by:
-                task = heapq.heappop(sleepers)[2].task
-                if task is not None:
-                    trio.lowlevel.reschedule(task)
-            with trio.CancelScope(deadline=sleepers[0][0] if sleepers else math.inf) as alarm:
-                self._alarm = alarm
-                await trio.sleep_forever()
+        try:
+            while sleepers:
+                wake_by = trio.current_time() + BATCH
+                while sleepers and sleepers[0][0] <= wake_by:
+                    task = heapq.heappop(sleepers)[2].task
+                    if task is not None:
+                        trio.lowlevel.reschedule(task)
+                if not sleepers:
+                    break
+                with trio.CancelScope(deadline=sleepers[0][0]) as alarm:
+                    self._alarm = alarm
+                    await trio.sleep_forever()
+                self._alarm = None
+        finally:
             self._alarm = None
+            self._running = False

@@ -62,6 +62,7 @@ class Router(Routing):
 
     def __attrs_post_init__(self) -> None:
         self.saver = StateSaver(self.store, self.logger)
+        self.check_timer.nursery = self.nursery  # its task runs beside the target sets
 
     # --- commands ---------------------------------------------------------------------------
 

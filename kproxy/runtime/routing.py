@@ -26,6 +26,7 @@ from kproxy.core.states import TargetHealth
 from kproxy.core.tls_rules import inherits_tls, policy_for, root_host
 from kproxy.errors import ServiceNotFound
 from kproxy.runtime.certificates import CertificateSource, Targets
+from kproxy.runtime.check_timer import CheckTimer
 from kproxy.runtime.health import KeptChecks
 from kproxy.runtime.log import Logger
 from kproxy.runtime.pages import BUILTIN_PAGES
@@ -74,6 +75,9 @@ class Routing:
     # Each target's checks keep a connection (tests script the checks instead).
     health_check: HealthCheck = attrs.field(factory=KeptChecks, kw_only=True)
     connector: Connector = attrs.field(default=open_tcp, kw_only=True)  # tests: in memory
+    # What the target sets' checks sleep on (runtime/check_timer.py); the router gives it
+    # its nursery.
+    check_timer: CheckTimer = attrs.field(factory=CheckTimer, kw_only=True)
 
     def route(self, host: str, path: str) -> tuple[Service, Route] | None:
         route = self.service_map.lookup(host, path)
@@ -109,6 +113,7 @@ class Routing:
             check=self.health_check,
             on_change=self.publish,
             remote_drain=self.replicas.drain if self.replicas is not None else None,
+            timer=self.check_timer,
         )
 
     def cut_over(

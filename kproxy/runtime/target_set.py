@@ -9,7 +9,7 @@ away leaves a drain running to the end, and nothing is stopped by a scope stored
 Health: every target is checked every ``--health-check-interval`` on a fixed grid
 (core/check_schedule.py): a deployed target at once and then every interval from then on, a
 restored one (which starts out healthy) at a phase of its own, so that many targets' checks
-are spread out, not bunched. Between checks they sleep on one shared timer
+are spread out, not bunched. Between checks they sleep on the router's shared timer
 (runtime/check_timer.py), which wakes those due together in one pass. A single-target set
 stops checking its target once healthy (taking the only target out of rotation would not help
 anyone; kamal-proxy does the same), so a restored single target is not checked at all.
@@ -32,7 +32,7 @@ from kproxy.core.check_schedule import next_check_at, phase_at, spread_phase
 from kproxy.core.flag_values import format_duration
 from kproxy.core.states import TargetHealth
 from kproxy.errors import DeployTimeout
-from kproxy.runtime import check_timer
+from kproxy.runtime.check_timer import CheckTimer
 from kproxy.runtime.health import CheckResult, KeptChecks, check_once
 from kproxy.runtime.log import Logger
 from kproxy.runtime.target import Target
@@ -61,6 +61,8 @@ class TargetSet:
         check: one health check of one target (``health.check_once``; tests script it).
         on_change: called after every change of a target's health (the supervisor publishes).
         remote_drain: with ``--workers N``, drains the targets in the workers too.
+        timer: what the checks sleep on between checks (the router's shared one; by
+            default each check sleeps on its own).
     """
 
     service: str
@@ -69,6 +71,7 @@ class TargetSet:
     check: HealthCheck = check_once
     on_change: Callable[[], None] = _ignore
     remote_drain: RemoteDrain | None = None
+    timer: CheckTimer = attrs.field(factory=CheckTimer)
     balancer: ReadWriteBalancer[Target] = attrs.field(init=False)
     has_readers: bool = attrs.field(init=False)  # the one check the data path makes
     cancelled: int = 0  # requests cut off by the drain, once ``drained`` is set
@@ -222,7 +225,7 @@ class TargetSet:
         if target.healthy:  # restored: serving already, its checks take a place of their own
             phase = spread_phase(target.name)
             due = next_check_at(due, interval, phase)
-            await check_timer.sleep_until(due)
+            await self.timer.sleep_until(due)
         while True:
             result = await self.check(target)
             target.last_check = result.reason
@@ -246,7 +249,7 @@ class TargetSet:
                 phase = phase_at(now, interval)
             # The timer may wake a check a little early: the next one is after this one's due.
             due = next_check_at(max(now, due), interval, phase)
-            await check_timer.sleep_until(due)
+            await self.timer.sleep_until(due)
 
     async def _drain(self, timeout: float) -> None:
         for target in self.targets:  # out of rotation, should the set still be asked
