@@ -72,13 +72,7 @@ async def receive(sock: socket.socket) -> bytes:
     try:
         return sock.recv(READ_SIZE)
     except BlockingIOError:
-        pass
-    while True:
-        await wait_readable(sock)
-        try:
-            return sock.recv(READ_SIZE)
-        except BlockingIOError:
-            pass
+        return await receive_when_ready(sock)
 
 
 async def receive_when_ready(sock: socket.socket) -> bytes:

@@ -12,6 +12,7 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -31,6 +32,7 @@ from tests.helpers import (
     send_reply,
     start_proxy_process,
     start_upstream,
+    wait_until,
 )
 from tests.pebble import Pebble, requires_pebble, run_pebble
 from tests.tls_helpers import HttpsClient
@@ -291,13 +293,18 @@ async def test_workers_ask_the_supervisor(
         assert len(served) == 1
         assert len(running.records(OBTAINED)) == 1  # ordered once, by the supervisor
         assert all("worker" not in r for r in running.records(OBTAINED))
-        answered = [
-            r
-            for r in running.records("Request")
-            if r["path"].startswith("/.well-known/acme-challenge/")
-        ]
-        assert answered  # by the workers, from the supervisor's tokens
-        assert {r["status"] for r in answered} == {200}
+
+        def answered() -> list[dict[str, Any]]:
+            return [
+                r
+                for r in running.records("Request")
+                if r["path"].startswith("/.well-known/acme-challenge/")
+            ]
+
+        # By the workers, from the supervisor's tokens. Their access lines are batched (up to
+        # 0.1 s), and the challenge came just before the first handshake's certificate.
+        await wait_until(lambda: bool(answered()))
+        assert {r["status"] for r in answered()} == {200}
         line = f"deploy app --target {upstream.address} --host *.w.test --tls"
         answers = await control(running.socket_path, line)
         assert "wildcard host *.w.test needs a certificate file" in answers[-1]
