@@ -21,7 +21,7 @@ import trio.testing
 from kproxy.core.options import TargetOptions
 from kproxy.runtime.alarms import TICK
 from kproxy.runtime.hangup_watch import HANGUP_WATCH_DELAY
-from kproxy.runtime.http_server import HttpServer
+from kproxy.runtime.http_server import HttpServer, _cancel_requested
 from kproxy.runtime.router import Router
 from tests.health_script import CHECK_TIME, HealthScript, logger, options
 from tests.helpers import LogCapture
@@ -297,3 +297,15 @@ async def test_a_pooled_connection_the_target_closed_is_not_reused(
     assert rig.network.connections == 2
     assert [line["status"] for line in await rig.records("Request")] == [200, 200]
     assert await rig.records("Proxy error") == []
+
+
+async def test_an_epochs_cancel_is_seen_as_trio_reports_it() -> None:
+    # The server reads trio's flag without the property's clock reading: it must agree.
+    with trio.CancelScope() as epoch:
+        before = (_cancel_requested(epoch), epoch.cancel_called)
+        epoch.cancel()
+        after = (_cancel_requested(epoch), epoch.cancel_called)
+        await trio.lowlevel.checkpoint()
+    assert before == (False, False)
+    assert after == (True, True)
+    assert epoch.cancelled_caught
