@@ -377,7 +377,7 @@ class Http1Exchange:
     def queue_head(self, status: int, headers: Sequence[Header], reason: bytes = b"") -> None:
         # Answered before the client sent the body it announced with Expect: 100-continue,
         # the connection cannot be reused: the body may or may not follow (RFC 9110 §10.1.1).
-        close = self.waiting_for_100
+        close = self.has_body and self.waiting_for_100  # no property call without a body
         self._pending.append(self.response.head(status, headers, reason=reason, close=close))
 
     def queue_data(self, data: bytes | memoryview) -> None:
