@@ -111,7 +111,10 @@ class Http1Exchange:
             else list(headers)
         )
         version, connection = event.http_version, connection_tokens(fields)
-        self.request = RequestHead(event.method, bytes(event.target), fields, version, connection)
+        # tuple.__new__ (C) for every field: the NamedTuple's own __new__ is a Python call.
+        self.request = tuple.__new__(
+            RequestHead, (event.method, bytes(event.target), fields, version, connection)
+        )
         self.has_body, self.framing_verdict = verdict.has_body, verdict
         self.response.restart(event.method, version, keeps_alive(version, connection))
 
