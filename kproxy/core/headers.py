@@ -234,7 +234,8 @@ def build_upstream_request_headers(
         prior = [v for v in forwarded if v] if forward_headers else []
         if forwarded_for is not None:
             prior = [", ".join(forwarded_for).encode("ascii")] if forwarded_for else []
-        out.append((X_FORWARDED_FOR, b", ".join([*prior, client_ip.encode("ascii")])))
+        client = client_ip.encode("ascii")
+        out.append((X_FORWARDED_FOR, b", ".join([*prior, client]) if prior else client))
     proto = first.get(X_FORWARDED_PROTO) if forward_headers else None
     out.append((X_FORWARDED_PROTO, proto or scheme.encode("ascii")))
     host = first.get(X_FORWARDED_HOST) if forward_headers else None
@@ -252,9 +253,12 @@ def build_upstream_request_headers(
         out.append((X_REQUEST_START, b"t=%d" % int(now * 1000)))
     # kamal-proxy's setTargetHeader (load_balancer.go): with forwarded headers trusted, every
     # incoming value (empty ones too, as Go's Header map holds them) then the target.
-    prior = targets if forward_headers else []
-    out.append((X_KAMAL_TARGET, b", ".join([*prior, target.encode("ascii")])))
-    return UpstreamRequestHeaders(headers=out, request_id=request_id)
+    own = target.encode("ascii")
+    if forward_headers and targets:
+        own = b", ".join([*targets, own])
+    out.append((X_KAMAL_TARGET, own))
+    # tuple.__new__ (C): the NamedTuple's own __new__ is a Python call.
+    return tuple.__new__(UpstreamRequestHeaders, (out, request_id))
 
 
 def client_ips_from_header(headers: Sequence[Header], name: str) -> tuple[str, ...] | None:

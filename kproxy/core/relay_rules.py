@@ -77,7 +77,8 @@ def upstream_request(
         chunked = any(name == b"transfer-encoding" for name, _ in framing)
     if header_value(headers, b"host") is None:
         headers.insert(0, (b"host", target_name.encode()))
-    return UpstreamRequest(method, target, headers, chunked, upgrade)
+    # tuple.__new__ (C) for every field: the NamedTuple's own __new__ is a Python call.
+    return tuple.__new__(UpstreamRequest, (method, target, headers, chunked, upgrade))
 
 
 class Interim(enum.Enum):

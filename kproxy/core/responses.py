@@ -92,13 +92,23 @@ class ResponseWriter:
         last = dict(fields)
         framing, length = _NONE, 0  # 204 and 304: the fields stay as they are
         if status not in NO_BODY_STATUSES:
-            framing, length = _framing(fields, last)
-            if framing is _CHUNKED and self.http_version < b"1.1":
-                framing = _CLOSE
-            if framing is not _LENGTH:
-                fields = [h for h in fields if h[0] not in FRAMING_FIELDS]
-                if framing is _CHUNKED:
-                    fields.append((b"transfer-encoding", b"chunked"))
+            value = last.get(b"content-length")
+            if (
+                value is not None
+                and len(last) == len(fields)
+                and b"transfer-encoding" not in last
+                and value.isdigit()
+                and len(value) <= 18
+            ):  # the usual: one plain length (_framing's and length_value's first case, inline)
+                framing, length = _LENGTH, int(value)
+            else:
+                framing, length = _framing(fields, last)
+                if framing is _CHUNKED and self.http_version < b"1.1":
+                    framing = _CLOSE
+                if framing is not _LENGTH:
+                    fields = [h for h in fields if h[0] not in FRAMING_FIELDS]
+                    if framing is _CHUNKED:
+                        fields.append((b"transfer-encoding", b"chunked"))
         has_connection = b"connection" in last
         if has_connection and b"close" in connection_tokens(fields):
             close = True  # the caller said it in the fields: the connection ends all the same

@@ -299,7 +299,8 @@ class ResponseReader:
         if match is None:  # bare LF line ends, or a head to refuse: step by step
             version, status, reason, fields = _split_head(head)
         else:
-            version, status, reason, fields = int(match[1]), int(match[2]), match[3], match[4]
+            digit, code, reason, fields = match.groups()  # one call, not four
+            version, status = int(digit), int(code)
             if status < 100:  # as _split_head says it
                 raise BadResponse(f"invalid status code {status:03d}")
         head_request = self.head_request
@@ -364,7 +365,10 @@ class ResponseReader:
                 or b"close" not in connection_tokens(headers)
             )
         )
-        return ResponseHead(status, reason or b"", headers, framing, length, keep_alive, end_to_end)
+        # tuple.__new__ (C) for every field: the NamedTuple's own __new__ is a Python call.
+        return tuple.__new__(
+            ResponseHead, (status, reason or b"", headers, framing, length, keep_alive, end_to_end)
+        )
 
     def _read_chunked(self) -> Event:
         chunks = self._chunks

@@ -111,7 +111,10 @@ class Http1Exchange:
             else list(headers)
         )
         version, connection = event.http_version, connection_tokens(fields)
-        self.request = RequestHead(event.method, bytes(event.target), fields, version, connection)
+        # tuple.__new__ (C) for every field: the NamedTuple's own __new__ is a Python call.
+        self.request = tuple.__new__(
+            RequestHead, (event.method, bytes(event.target), fields, version, connection)
+        )
         self.has_body, self.framing_verdict = verdict.has_body, verdict
         self.response.restart(event.method, version, keeps_alive(version, connection))
 
@@ -377,7 +380,7 @@ class Http1Exchange:
     def queue_head(self, status: int, headers: Sequence[Header], reason: bytes = b"") -> None:
         # Answered before the client sent the body it announced with Expect: 100-continue,
         # the connection cannot be reused: the body may or may not follow (RFC 9110 §10.1.1).
-        close = self.waiting_for_100
+        close = self.has_body and self.waiting_for_100  # no property call without a body
         self._pending.append(self.response.head(status, headers, reason=reason, close=close))
 
     def queue_data(self, data: bytes | memoryview) -> None:
