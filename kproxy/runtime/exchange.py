@@ -13,7 +13,7 @@ response goes out in one write.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import attrs
@@ -79,6 +79,7 @@ class Exchange(Protocol):
     # pipeline was done with it (its log line's end): readings shared, not taken again.
     started_at: float
     finished_at: float
+    now: Callable[[], float]  # trio.current_time(), without its per-call overhead
 
     @property
     def scope(self) -> trio.CancelScope:

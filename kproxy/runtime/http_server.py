@@ -180,7 +180,7 @@ class HttpServer:
         if client.has_body and not client.request_complete:  # a bodiless one is complete
             if not await client.discard_body():
                 return False  # too much unread body (an early answer) to reuse the connection
-            client.finished_at = trio.current_time()  # the keep-alive wait runs from here
+            client.finished_at = client.now()  # the keep-alive wait runs from here
         if body_check is not None and not body_check.done:
             return False  # kproxy's check and h11's parse of the body disagree (a bug)
         client.next_cycle()

@@ -165,7 +165,7 @@ class RequestPipeline:
             log.target = target.name
             return await self._proxy(exchange, upstream_target, service, target, log)
         finally:  # the access log line (and metrics), however the request ended
-            exchange.finished_at = now = trio.current_time()
+            exchange.finished_at = now = exchange.now()
             members = log.members(now)
             if members is None or not self.logger.access_members(members):
                 self.logger.access(log.line(now))
