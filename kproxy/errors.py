@@ -7,7 +7,7 @@ at the edges: :class:`CommandError` becomes an ``ERR <message>`` line on the con
 side; ``kproxy.core.relay_rules.status_for`` turns either into the status, in one place. A
 fourth stays inside: :class:`ProtocolError`, raised by the sans-IO readers when a peer's bytes
 break the protocol, which the runtime turns into one of the others (or a 400) where it knows
-who the peer is. Its members elsewhere: ``kproxy.core.upstream_http.BadResponse`` (a target's
+who the peer is. Its members elsewhere: ``kproxy.core.response_head.BadResponse`` (a target's
 response) and ``kproxy.core.worker_protocol.ChannelError`` (the worker channel).
 """
 

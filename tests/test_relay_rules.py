@@ -6,7 +6,7 @@ import pytest
 
 from kproxy.core import relay_rules
 from kproxy.core.relay_rules import Interim
-from kproxy.core.upstream_http import Framing
+from kproxy.core.response_head import Framing
 from kproxy.errors import (
     BadRequestBody,
     BodyTimeout,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import h11
 import pytest
 
+from kproxy.core.response_head import Framing
 from kproxy.core.responses import ResponseWriter, reason_phrase
-from kproxy.core.upstream_http import Framing
 
 Headers = list[tuple[bytes, bytes]]
 TEXT: Headers = [(b"content-type", b"text/plain")]

@@ -11,14 +11,13 @@ import pytest
 
 from kproxy.core.chunked import LAST_CHUNK, MAX_CHUNK_LINE, MAX_TRAILER_BYTES, encode_chunk
 from kproxy.core.headers import strip_response_hop_by_hop
+from kproxy.core.response_head import BadResponse, Framing
 from kproxy.core.upstream_http import (
     CLOSED,
     END,
     MAX_HEAD_BYTES,
     NEED_DATA,
-    BadResponse,
     Event,
-    Framing,
     ResponseHead,
     ResponseReader,
     UpstreamRequest,

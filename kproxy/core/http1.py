@@ -8,7 +8,7 @@ the statuses that never carry a body, and the one head encoder. Chunked coding h
 module (``chunked``).
 
 Grammar violations raise :class:`~kproxy.errors.ProtocolError`; each reader turns it into its
-own answer (a 400 for a client, a :class:`~kproxy.core.upstream_http.BadResponse` for a target).
+own answer (a 400 for a client, a :class:`~kproxy.core.response_head.BadResponse` for a target).
 """
 
 from __future__ import annotations

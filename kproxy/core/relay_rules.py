@@ -14,7 +14,11 @@ from typing import Final
 
 from kproxy.core.buffering import buffered_request_headers
 from kproxy.core.headers import header_value, strip_response_hop_by_hop
-from kproxy.core.upstream_http import Framing, Header, UpstreamRequest
+from kproxy.core.response_head import Framing
+from kproxy.core.upstream_http import (
+    Header,
+    UpstreamRequest,
+)
 from kproxy.errors import BadRequestBody, BodyTimeout, ClientGone, UpstreamError
 
 STATUS_CLIENT_CLOSED: Final = 499  # nginx's convention, as kamal-proxy logs it

@@ -19,7 +19,7 @@ import attrs
 from kproxy.core.chunked import LAST_CHUNK, encode_chunk
 from kproxy.core.headers import connection_tokens
 from kproxy.core.http1 import FRAMING_FIELDS, NO_BODY_STATUSES, encode_head, length_value
-from kproxy.core.upstream_http import Framing
+from kproxy.core.response_head import Framing
 
 Header: TypeAlias = tuple[bytes, bytes]
 

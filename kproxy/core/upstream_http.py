@@ -8,18 +8,18 @@ The response side is :class:`ResponseReader`, shaped like h11's ``Connection``:
 ``feed(data)`` (``b""`` for EOF), then ``next_event()``, which returns a :class:`ResponseHead`,
 body bytes, :data:`END`, or :data:`NEED_DATA`. Each head is parsed once, and the body is
 delimited by the framing it declared (RFC 9112 §6.3: none, Content-Length, chunked, or until
-close). A target that breaks its framing raises :class:`BadResponse`, so a response cut short
-never passes for a complete one. What the target sends is held to the same grammar the client
-side holds requests to (``http1`` for heads and Content-Length, ``chunked`` for chunked
-bodies), and a response whose framing the proxy could not relay faithfully (a transfer coding
-other than chunked, conflicting lengths) is refused, as h11 refuses it.
+close). A target that breaks its framing raises :class:`~kproxy.core.response_head.BadResponse`,
+so a response cut short never passes for a complete one. What the target sends is held to the
+same grammar the client side holds requests to (``response_head`` judges each head with
+``http1``'s rules; ``chunked`` checks chunked bodies), and a response whose framing the proxy
+could not relay faithfully (a transfer coding other than chunked, conflicting lengths) is
+refused, as h11 refuses it.
 """
 
 from __future__ import annotations
 
 import enum
-import re
-from collections.abc import Container, Iterable
+from collections.abc import Iterable
 from typing import Final, NamedTuple, TypeAlias
 
 import attrs
@@ -27,16 +27,21 @@ import attrs
 from kproxy.core.chunked import ChunkedDecoder
 from kproxy.core.headers import HOP_BY_HOP, connection_tokens
 from kproxy.core.http1 import (
-    FIELD_LINES,
-    FIELD_TEXT,
     NO_BODY_STATUSES,
     OWS,
     content_length,
     encode_head,
     find_head_end,
     length_value,
-    list_elements,
-    parse_field_line,
+)
+from kproxy.core.response_head import (
+    CRLF_HEAD,
+    BadResponse,
+    Framing,
+    one_length,
+    response_framing,
+    split_head,
+    without_length,
 )
 from kproxy.errors import ProtocolError
 
@@ -46,22 +51,6 @@ MAX_HEAD_BYTES: Final = 1024 * 1024  # status line + headers; as much as kproxy 
 # Body pieces this large are views of the bytes read, not copies: a copy (and its allocation)
 # costs more than a view's two objects from about here on.
 VIEW_FROM: Final = 4096  # bytes
-
-_STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: (" + FIELD_TEXT + rb"))?")
-# Both at once, for a head with CRLF line ends throughout (what servers send): one match
-# instead of splitting off the status line and the blank line first. Group 4 is the fields.
-_CRLF_HEAD: Final = re.compile(_STATUS_LINE.pattern + rb"\r\n(" + FIELD_LINES.pattern + rb")\r\n")
-
-
-class BadResponse(ProtocolError):
-    """The target's bytes are not a well-framed HTTP/1.1 response."""
-
-
-class Framing(enum.Enum):
-    NONE = enum.auto()  # HEAD answers, 1xx, 204, 304
-    LENGTH = enum.auto()  # Content-Length bytes
-    CHUNKED = enum.auto()
-    CLOSE = enum.auto()  # until the target closes the connection
 
 
 class _Sentinel(enum.Enum):
@@ -295,13 +284,13 @@ class ResponseReader:
         return head
 
     def _parse_head(self, head: bytes) -> ResponseHead:
-        match = _CRLF_HEAD.fullmatch(head)
+        match = CRLF_HEAD.fullmatch(head)
         if match is None:  # bare LF line ends, or a head to refuse: step by step
-            version, status, reason, fields = _split_head(head)
+            version, status, reason, fields = split_head(head)
         else:
             digit, code, reason, fields = match.groups()  # one call, not four
             version, status = int(digit), int(code)
-            if status < 100:  # as _split_head says it
+            if status < 100:  # as split_head says it
                 raise BadResponse(f"invalid status code {status:03d}")
         head_request = self.head_request
         headers: list[Header] = []
@@ -327,27 +316,27 @@ class ResponseReader:
             if b"transfer-encoding" in last:
                 # RFC 9112 §6.3: the length is void and must not be forwarded, and the
                 # message, a sign of a confused sender, ends the connection.
-                headers, confused, end_to_end = _without_length(headers), True, None
+                headers, confused, end_to_end = without_length(headers), True, None
             elif once and value.isdigit() and len(value) <= 18 and value[:1] != b"0":
                 declared = int(value)  # the usual field: one plain number (length_value's)
             else:
                 declared = length_value(value) if once else None
                 if declared is None or (value[:1] == b"0" and value != b"0"):
-                    # Not the one plain number _one_length would make of it: judged whole.
+                    # Not the one plain number one_length would make of it: judged whole.
                     try:
                         declared = content_length([v for n, v in headers if n == b"content-length"])
                     except ProtocolError as exc:
                         if status >= 200 and status not in NO_BODY_STATUSES and not head_request:
                             raise BadResponse(str(exc)) from None  # it frames the body
                         # It frames nothing: dropped, as Go does.
-                        declared, headers, end_to_end = None, _without_length(headers), None
+                        declared, headers, end_to_end = None, without_length(headers), None
                     else:  # one field, one plain number, as h11 and Go pass it on (RFC 9110 §8.6)
-                        headers, end_to_end = _one_length(headers, declared), None
+                        headers, end_to_end = one_length(headers, declared), None
         if declared is not None and status >= 200 and status not in NO_BODY_STATUSES:
             # The usual: a length and no Transfer-Encoding (with one it is void, see above).
             framing, length = (_NO_BODY, 0) if head_request else (_BY_LENGTH, declared)
         else:
-            framing, length = _response_framing(headers, last, declared, status, head_request)
+            framing, length = response_framing(headers, last, declared, status, head_request)
         if (connection := last.get(b"connection")) is not None:
             # It may name other fields hop-by-hop: one token that names none present (the
             # usual keep-alive or close) leaves end_to_end as gathered.
@@ -387,69 +376,3 @@ class ResponseReader:
         if self.eof:
             raise BadResponse("connection closed in the middle of a chunked body")
         return NEED_DATA
-
-
-def _split_head(head: bytes) -> tuple[int, int, bytes | None, bytes]:
-    """The version digit, status, reason and CRLF-ended field lines of a head, checked."""
-    status_line, _, fields = head.partition(b"\n")
-    status_line = status_line.removesuffix(b"\r")
-    match = _STATUS_LINE.fullmatch(status_line)
-    if match is None:
-        raise BadResponse(f"malformed status line {status_line[:80]!r}")
-    version, status, reason = int(match[1]), int(match[2]), match[3]
-    if status < 100:  # RFC 9110 §15: 100-599 (Go and h11 refuse lower codes too)
-        raise BadResponse(f"invalid status code {status:03d}")
-    fields = fields[: -2 if fields.endswith(b"\r\n") else -1]  # the blank line
-    if fields.count(b"\n") != fields.count(b"\r\n"):  # bare LF line ends, as h11 allows
-        fields = fields.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if not FIELD_LINES.fullmatch(fields):
-        raise BadResponse(_field_error(fields))
-    return version, status, reason, fields
-
-
-def _without_length(headers: list[Header]) -> list[Header]:
-    return [h for h in headers if h[0] != b"content-length"]
-
-
-def _one_length(headers: list[Header], length: int) -> list[Header]:
-    """The fields with every Content-Length replaced by one canonical field, where the first was."""
-    out: list[Header] = []
-    for name, value in headers:
-        if name != b"content-length":
-            out.append((name, value))
-        elif length >= 0:
-            out.append((name, b"%d" % length))
-            length = -1  # written: later ones are dropped
-    return out
-
-
-def _response_framing(
-    headers: list[Header],
-    names: Container[bytes],
-    declared: int | None,
-    status: int,
-    head_request: bool,
-) -> tuple[Framing, int]:
-    """RFC 9112 §6.3 for a response: how its body is delimited."""
-    if status < 200 or status in NO_BODY_STATUSES or head_request:
-        return Framing.NONE, 0
-    if b"transfer-encoding" in names:  # it wins over any Content-Length (§6.3 item 3)
-        codings = list_elements(v for n, v in headers if n == b"transfer-encoding")
-        if [c.lower() for c in codings] != [b"chunked"]:
-            raise BadResponse("unsupported Transfer-Encoding (only chunked is)")
-        return Framing.CHUNKED, 0
-    if declared is None:
-        return Framing.CLOSE, 0
-    return Framing.LENGTH, declared
-
-
-def _field_error(fields: bytes) -> str:
-    """Say which header line broke the grammar (only called once a head failed)."""
-    for line in fields.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t"):
-            return "obsolete line folding in the response head"
-        try:
-            parse_field_line(line)
-        except ProtocolError as exc:
-            return f"invalid response header: {exc}"
-    return "malformed response head"

@@ -29,11 +29,11 @@ import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, wait_readable, wait_writable
 
 from kproxy.core.flag_values import format_duration
+from kproxy.core.response_head import BadResponse
 from kproxy.core.upstream_http import (
     CLOSED,
     END,
     NEED_DATA,
-    BadResponse,
     ResponseHead,
     ResponseReader,
     encode_request_head,

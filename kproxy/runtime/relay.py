@@ -34,9 +34,9 @@ from kproxy.core.buffering import (
 from kproxy.core.cookies import CookieScope
 from kproxy.core.headers import strip_response_hop_by_hop
 from kproxy.core.relay_rules import Interim
+from kproxy.core.response_head import BadResponse
 from kproxy.core.upstream_http import (
     NEED_DATA,
-    BadResponse,
     Event,
     Header,
     ResponseHead,
