@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
 from kproxy.core.cookies import CookieScope
@@ -30,7 +31,7 @@ class RequestLog(ResponseRecord):
     slots (``members``), with no dict to build and check."""
 
     __slots__ = (
-        *ACCESS_FIELDS[:16],  # the request's fields, in their order (see values())
+        *ACCESS_FIELDS[:16],  # the request's fields, in their order (see members())
         "started",
         "request_header_fields",  # --log-request-header's fields, or None
         "response_header_names",  # the service's --log-response-header
@@ -127,7 +128,7 @@ class RequestLog(ResponseRecord):
     def members(self, now: float) -> str | None:
         """The usual line's members as JSON text, in ``ACCESS_FIELDS``' order, for
         ``Logger.access_members``; None when the line has more fields (--log-request-header,
-        --log-response-header) or a value json would escape: see ``line``.
+        --log-response-header): see ``line``.
 
         One f-string from the slots (the values are str and int by construction), checked
         once as a whole: a tuple of values and a join of the pieces cost twice as much."""
@@ -151,9 +152,16 @@ class RequestLog(ResponseRecord):
         )
         # json (ensure_ascii) writes printable ASCII as it is, but for the quote and backslash:
         # with those and the controls deleted, ASCII text keeps its length (one pass in C;
-        # isprintable looks each character up in the Unicode tables).
+        # isprintable looks each character up in the Unicode tables). Otherwise each value is
+        # escaped as json escapes a str.
         if not text.isascii() or len(text.encode().translate(None, _JSON_ESCAPED)) != len(text):
-            return None
+            (host, path, request_id, service, target, method, req_type, client_addr,
+             client_port, remote_addr, user_agent, proto, scheme, query, content_type) = (
+                encode_basestring_ascii(s)[1:-1]
+                for s in (host, path, request_id, service, target, method, req_type,
+                          client_addr, client_port, remote_addr, user_agent, proto, scheme,
+                          query, content_type)
+            )  # fmt: skip
         return (
             f'"host": "{host}", "port": {self.port}, "path": "{path}", '
             f'"request_id": "{request_id}", "service": "{service}", "target": "{target}", '

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 import sys
 import time
 import types
 from collections.abc import Mapping
-from json.encoder import encode_basestring_ascii
 from typing import Any, Final, TextIO
 
 import attrs
@@ -24,8 +22,8 @@ _ENCODER: Final = json.JSONEncoder(default=str)
 _MILLIS: Final = tuple(f".{ms:03d}+00:00" for ms in range(1000))
 
 # The fields of an access line as RequestLog fills them (kamal-proxy's names, in its order).
-# Every request logs them, and JSONEncoder spends ~150 ns per dict member, so a line with
-# exactly these fields is formatted by _access_members instead (one join, these names).
+# Every request logs them, and JSONEncoder spends ~150 ns per dict member, so the usual line is
+# formatted by RequestLog.members instead (one f-string, these names).
 ACCESS_FIELDS: Final = (
     "host",
     "port",
@@ -48,8 +46,6 @@ ACCESS_FIELDS: Final = (
     "resp_content_length",
     "resp_content_type",
 )
-# Text json writes as it is (ensure_ascii): printable ASCII but for the quote and backslash.
-_PLAIN_TEXT: Final = re.compile(r"[ !#-\[\]-~]*")
 
 
 def _read_only(context: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -91,16 +87,9 @@ class Logger:
         self._write("INFO", msg, fields)
 
     def access(self, fields: dict[str, Any]) -> None:
-        """The access log line of one request (msg "Request"), ``fields`` taken as they are."""
-        head = self._access_head
-        members = None
-        if head is not None and tuple(fields) == ACCESS_FIELDS:
-            members = _access_members(tuple(fields.values()))
-        if members is None or head is None:
-            self._write("INFO", ACCESS_MSG, fields)
-            return
-        # The same text as _write's: a timestamp has nothing for JSON to escape.
-        self._add(f'{{"time": "{self._timestamp()}", {head}{members}}}\n', batched=True)
+        """The access log line of one request (msg "Request"), ``fields`` taken as they are
+        (the usual line comes through ``access_members`` instead)."""
+        self._write("INFO", ACCESS_MSG, fields)
 
     def access_members(self, members: str) -> bool:
         """``access`` of the usual line, given its members as JSON text
@@ -200,39 +189,3 @@ def _access_head(context: Mapping[str, Any]) -> str | None:
     if not context.keys().isdisjoint(("time", *ACCESS_FIELDS)):
         return None
     return _ENCODER.encode({"level": "INFO", "msg": ACCESS_MSG, **context})[1:-1] + ", "
-
-
-def _access_members(values: tuple[Any, ...]) -> str | None:
-    """The members of an access line, as the encoder writes them, given the values of
-    ``ACCESS_FIELDS`` in order, if they have their usual types; None otherwise.
-
-    Most values have nothing to escape, so one test over all of them decides whether they can
-    go in as they are; if not, each is escaped by the function json uses to write a str,
-    encode_basestring_ascii."""
-    (host, port, path, request_id, service, target, method, length, content_type, client_addr,
-     client_port, remote_addr, user_agent, proto, scheme, query, status, duration, sent,
-     resp_type) = values  # fmt: skip
-    # Exact ints only: "%d" would spell a bool or a float differently from json.
-    if not (type(port) is type(length) is type(status) is type(duration) is type(sent) is int):
-        return None
-    strings = (host, path, request_id, service, target, method, content_type, client_addr,
-               client_port, remote_addr, user_agent, proto, scheme, query, resp_type)  # fmt: skip
-    try:
-        text = "".join(strings)
-    except TypeError:
-        return None  # not all str: json writes other types its own ways
-    if _PLAIN_TEXT.fullmatch(text) is None:
-        (host, path, request_id, service, target, method, content_type, client_addr,
-         client_port, remote_addr, user_agent, proto, scheme, query, resp_type) = (
-            encode_basestring_ascii(s)[1:-1] for s in strings)  # fmt: skip
-    # One join, not an f-string: a str subclass goes in as its text, as json writes it.
-    return "".join((
-        '"host": "', host, '", "port": ', str(port), ', "path": "', path,
-        '", "request_id": "', request_id, '", "service": "', service, '", "target": "', target,
-        '", "method": "', method, '", "req_content_length": ', str(length),
-        ', "req_content_type": "', content_type, '", "client_addr": "', client_addr,
-        '", "client_port": "', client_port, '", "remote_addr": "', remote_addr,
-        '", "user_agent": "', user_agent, '", "proto": "', proto, '", "scheme": "', scheme,
-        '", "query": "', query, '", "status": ', str(status), ', "duration": ', str(duration),
-        ', "resp_content_length": ', str(sent), ', "resp_content_type": "', resp_type, '"',
-    ))  # fmt: skip
