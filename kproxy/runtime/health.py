@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
 from typing import Final
 
@@ -39,7 +38,7 @@ from kproxy.core.upstream_http import (
     encode_request_head,
 )
 from kproxy.runtime.pool import describe_connect_error
-from kproxy.runtime.socket_io import readable_now
+from kproxy.runtime.socket_io import readable_now, writable_now
 from kproxy.runtime.target import Target
 
 USER_AGENT = b"kproxy/health-check"
@@ -169,7 +168,7 @@ async def _connect(target: Target, *, keep_alive: bool) -> _Connection | CheckRe
             if error == errno.EINPROGRESS:
                 with trio.move_on_at(deadline):
                     await wait_writable(sock)
-                if not _writable_now(sock):
+                if not writable_now(sock.fileno()):
                     sock.close()
                     return _timed_out(target)
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -180,13 +179,6 @@ async def _connect(target: Target, *, keep_alive: bool) -> _Connection | CheckRe
             return _Connection(sock, _request(target, keep_alive=keep_alive))
         sock.close()
     return CheckResult(False, f"cannot connect: {os.strerror(error).lower()}")
-
-
-def _writable_now(sock: socket.socket) -> bool:
-    """Whether the connect ended (connected or refused), asked without waiting."""
-    poller = select.poll()
-    poller.register(sock, select.POLLOUT)
-    return bool(poller.poll(0))
 
 
 async def _ask(connection: _Connection, target: Target) -> tuple[CheckResult | None, bool]:

@@ -223,10 +223,21 @@ async def send_parts(
 
 
 def readable_now(fd: int) -> bool:
-    """Whether a read of ``fd`` would not wait (data, EOF or an error), asked of poll(2), which
-    takes any descriptor (select(2) refuses those from 1024 on, and a busy proxy has them)."""
+    """Whether a read of ``fd`` would not wait (data, EOF or an error)."""
+    return _ready_now(fd, select.POLLIN)
+
+
+def writable_now(fd: int) -> bool:
+    """Whether a write to ``fd`` would not wait; for a connecting socket, whether the connect
+    ended (connected or refused)."""
+    return _ready_now(fd, select.POLLOUT)
+
+
+def _ready_now(fd: int, events: int) -> bool:
+    """Asked of poll(2), which takes any descriptor (select(2) refuses those from 1024 on, and
+    a busy proxy has them)."""
     poller = select.poll()
-    poller.register(fd, select.POLLIN)
+    poller.register(fd, events)
     return bool(poller.poll(0))
 
 
