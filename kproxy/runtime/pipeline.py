@@ -71,7 +71,7 @@ class RequestPipeline:
         if request.target[:1] != b"/":  # the one check origin-form requests pay
             absolute = absolute_form(request.target, request.headers)
             if absolute is not None:  # routed, logged and forwarded by its authority
-                exchange.request = RequestHead(
+                request = exchange.request = RequestHead(
                     request.method,
                     absolute[0],
                     absolute[1],
@@ -79,7 +79,7 @@ class RequestPipeline:
                     request.connection,
                 )
         log = RequestLog(  # port, scheme, client_ip, client_port, now
-            exchange.request,
+            request,
             self.port,
             exchange.scheme,
             exchange.client_ip,
@@ -87,7 +87,6 @@ class RequestPipeline:
             exchange.started_at,
         )
         try:
-            request = exchange.request
             raw_target = request.target
             # HTTP-01 (RFC 8555 §8.3) before routing, redirects and pause/stop: a pending token
             # is answered; any other request goes on. One prefix check is all others pay.
@@ -104,19 +103,18 @@ class RequestPipeline:
             service, route = routed
             log.service = service.name
             log.pages = service.pages
+            service_options = service.options.service
             if self.metrics is not None:
-                options = service.options.service
                 log.metered = self.metrics.enter(
                     service.name,
                     log.path,
-                    options.exclude_metrics_paths,
+                    service_options.exclude_metrics_paths,
                     route.path_prefix,
-                    options.strip_path_prefix,
+                    service_options.strip_path_prefix,
                 )
             # A body known bad before any target (a bodiless request has none to ask about).
             if exchange.has_body and (refused := exchange.body_refused()) is not None:
                 return await self._fail(exchange, log, BadRequestBody(refused))
-            service_options = service.options.service
             if service_options.client_ip_header:
                 log.use_client_ip_header(request.headers, service_options.client_ip_header)
             secure = exchange.scheme == "https"
