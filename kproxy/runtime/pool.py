@@ -139,15 +139,10 @@ class ConnectionPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
-    async def acquire(self, *, replayable: bool = False) -> UpstreamConnection:
-        """A pooled connection that still looks alive, else a new one (OSError if refused).
-        ``replayable``: the request may be retried if the connection proves stale."""
-        connection = self.take_idle(replayable=replayable)
-        return connection if connection is not None else await self.connect()
-
     def take_idle(self, *, replayable: bool = False) -> UpstreamConnection | None:
-        """``acquire`` without the connect: a pooled connection that still looks alive, or
-        None. No await: the usual request costs no coroutine here."""
+        """A pooled connection that still looks alive, or None (then ``connect``).
+        ``replayable``: the request may be retried if the connection proves stale. No await:
+        the usual request costs no coroutine here."""
         now = time.monotonic()
         idle = self._idle
         if idle and idle[0].idle_since < now - self.idle_timeout:  # the oldest first
@@ -170,7 +165,7 @@ class ConnectionPool:
         """Back to the pool (the caller knows the last exchange ended cleanly), or closed when
         the pool is full or closing."""
         if not self._closed and len(self._idle) < self.max_idle:
-            # Those idle too long are closed by the next acquire, which looks at the oldest
+            # Those idle too long are closed by the next take_idle, which looks at the oldest
             # before it takes the newest (this one): a look here too would find the same.
             connection.idle_since = time.monotonic()
             self._idle.append(connection)

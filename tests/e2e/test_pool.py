@@ -27,9 +27,9 @@ async def test_a_connection_idle_past_the_timeout_is_closed_not_reused(
 
     target = await start_raw_server(nursery, hold)
     pool = ConnectionPool(parse_target(target.address), idle_timeout=0.3)
-    first = await pool.acquire()
+    first = await pool.connect()
     pool.release(first)
-    again = await pool.acquire()
+    again = pool.take_idle()
     assert again is first  # within the timeout: reused
     assert again.reused
     pool.release(again)
@@ -37,13 +37,14 @@ async def test_a_connection_idle_past_the_timeout_is_closed_not_reused(
     await trio.sleep(0.2)
     pool.release(second)
     await trio.sleep(0.15)  # first: idle 0.35 s; second: 0.15 s
-    assert (await pool.acquire()) is second
+    assert pool.take_idle() is second
     assert pool.idle_count == 0  # first was closed, not kept
     await wait_until(lambda: len(closed) == 1)
     await trio.sleep(0.35)
     pool.release(second)
     await trio.sleep(0.35)
-    fresh = await pool.acquire()
+    assert pool.take_idle() is None  # second idled too long: closed
+    fresh = await pool.connect()
     assert fresh is not second
     assert not fresh.reused
     assert target.connections == 3
@@ -60,7 +61,9 @@ async def _pooled_pair(nursery: trio.Nursery, serve: RawHandler) -> UpstreamConn
     await connection.transport.send(b"first")
     assert await connection.transport.receive() == b"answer"
     pool.release(connection)
-    return await pool.acquire()
+    again = pool.take_idle()
+    assert again is connection
+    return again
 
 
 @guard(10)
