@@ -20,7 +20,6 @@ from kproxy.core.upstream_http import (
     Event,
     ResponseHead,
     ResponseReader,
-    UpstreamRequest,
     encode_request_head,
 )
 from kproxy.errors import ProtocolError
@@ -91,7 +90,7 @@ def failure(data: bytes, step: int = AT_ONCE, *, max_head_bytes: int = MAX_HEAD_
     return str(info.value)
 
 
-# --- encode_request_head, encode_chunk, UpstreamRequest -----------------------------------------
+# --- encode_request_head, encode_chunk -------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -142,22 +141,6 @@ def test_encoded_chunks_read_back() -> None:
     events, reader = drive(chunked(body))
     assert summary(events) == [200, b"".join(pieces), END]
     assert reader.trailing == b""
-
-
-@pytest.mark.parametrize(
-    ("headers", "is_chunked", "upgrade"),
-    [
-        pytest.param([(b"host", b"a")], False, False, id="plain"),
-        pytest.param([(b"content-length", b"5")], False, False, id="length"),
-        pytest.param([(b"transfer-encoding", b"chunked")], True, False, id="chunked"),
-        pytest.param([(b"connection", b"upgrade"), (b"upgrade", b"ws")], False, True, id="ws"),
-    ],
-)
-def test_upstream_request(headers: list[Header], is_chunked: bool, upgrade: bool) -> None:
-    request = UpstreamRequest.of(b"GET", b"/", headers)
-    assert request.head == encode_request_head(b"GET", b"/", headers)
-    assert request.chunked is is_chunked
-    assert request.upgrade is upgrade
 
 
 # --- status lines -------------------------------------------------------------------------------

@@ -102,17 +102,6 @@ class UpstreamRequest(NamedTuple):
     chunked: bool  # the body goes chunked
     upgrade: bool  # the request asks to switch protocols
 
-    @classmethod
-    def of(cls, method: bytes, target: bytes, headers: list[Header]) -> UpstreamRequest:
-        """``chunked`` and ``upgrade`` found in ``headers`` (``relay_rules.upstream_request``
-        knows them without a look)."""
-        names = {name for name, _ in headers}
-        return cls(method, target, headers, b"transfer-encoding" in names, b"upgrade" in names)
-
-    @property
-    def head(self) -> bytes:
-        return encode_request_head(self.method, self.target, self.headers)
-
 
 def encode_request_head(method: bytes, target: bytes, headers: Iterable[Header]) -> bytes:
     """``METHOD target HTTP/1.1`` and the fields, exactly as given (already checked)."""
