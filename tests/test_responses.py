@@ -5,8 +5,9 @@ from __future__ import annotations
 import h11
 import pytest
 
+from kproxy.core.headers import connection_tokens
 from kproxy.core.response_head import Framing
-from kproxy.core.responses import ResponseWriter, reason_phrase
+from kproxy.core.responses import ResponseWriter, keeps_alive, reason_phrase
 
 Headers = list[tuple[bytes, bytes]]
 TEXT: Headers = [(b"content-type", b"text/plain")]
@@ -15,7 +16,10 @@ TEXT: Headers = [(b"content-type", b"text/plain")]
 def writer(
     method: bytes = b"GET", version: bytes = b"1.1", headers: Headers | None = None
 ) -> ResponseWriter:
-    return ResponseWriter.for_request(method, version, headers or [(b"host", b"a")])
+    fields = headers or [(b"host", b"a")]
+    answer = ResponseWriter()  # as the connection's writer is readied for each request
+    answer.restart(method, version, keeps_alive(version, connection_tokens(fields)))
+    return answer
 
 
 def read_back(method: bytes, version: bytes, data: bytes) -> tuple[h11.Response, bytes]:

@@ -50,20 +50,10 @@ class ResponseWriter:
     framing: Framing = Framing.NONE
     _remaining: int = 0  # Framing.LENGTH: body bytes still owed
 
-    @classmethod
-    def for_request(
-        cls, method: bytes, http_version: bytes, headers: Sequence[Header]
-    ) -> ResponseWriter:
-        """HTTP/1.0 clients, and those that say ``Connection: close``, get one answer only."""
-        return cls(
-            head_request=method == b"HEAD",
-            http_version=http_version,
-            keep_alive=keeps_alive(http_version, connection_tokens(headers)),
-        )
-
     def restart(self, method: bytes, http_version: bytes, keep_alive: bool) -> None:
-        """Ready for the answer to the connection's next request, as ``for_request`` makes
-        one (``keep_alive`` as it says): one writer per connection, not one per request."""
+        """Ready for the answer to the connection's next request (``keep_alive``: see
+        :func:`keeps_alive`; HTTP/1.0 clients, and those that say ``Connection: close``, get
+        one answer only): one writer per connection, not one per request."""
         self.head_request = method == b"HEAD"
         self.http_version, self.keep_alive = http_version, keep_alive
         self.answered = self.continued = self.started = self.done = False
