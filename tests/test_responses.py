@@ -263,3 +263,21 @@ def test_framing_fields_as_given(
     assert response.head(200, headers) == b"HTTP/1.1 200 OK\r\n" + expected_head + b"\r\n"
     assert response.framing is framing
     assert response.data(b"abcdefghi") == body  # a length cuts the body short
+
+
+def test_a_restarted_writer_answers_the_next_request_afresh() -> None:
+    """One writer per connection: after a HEAD answer that closes nothing, restart readies it
+    for a GET as a new writer would be, body and all."""
+    answer = writer(b"HEAD")
+    answer.head(200, [(b"content-length", b"3")])
+    answer.end()
+    assert answer.done
+    answer.restart(b"GET", b"1.1", keep_alive=False)
+    assert (answer.answered, answer.started, answer.done) == (False, False, False)
+    head = answer.head(200, [(b"content-length", b"3")])
+    data = bytes(answer.data(b"abc")) + answer.end()
+    response, body = read_back(b"GET", b"1.1", head + data)
+    assert response.status_code == 200
+    assert body == b"abc"
+    assert answer.done
+    assert not answer.keep_alive
